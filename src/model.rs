@@ -1,0 +1,299 @@
+//! Domain types the stores speak: sessions, messages, windows, write options and outcomes.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// A JSON object: session state and message metadata.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// The key of a session. Validated by the service layer before it reaches a store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Wraps an already validated id.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Author of a message (OpenAI chat roles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// One tool call of an assistant message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function_name: String,
+    /// The JSON text of the arguments, as the model produced it.
+    pub arguments: String,
+    pub index: u32,
+}
+
+/// Token usage of one completion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// A message as the caller writes it: no seq or time yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub role: Role,
+    pub content: String,
+    pub name: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_call_id: Option<String>,
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    pub reasoning_content: Option<String>,
+    pub metadata: JsonObject,
+}
+
+impl NewMessage {
+    /// A plain text message with nothing else set.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            model: None,
+            usage: None,
+            reasoning_content: None,
+            metadata: JsonObject::new(),
+        }
+    }
+
+    /// Approximate bytes this message occupies, for stats and size limits.
+    pub fn approx_bytes(&self) -> u64 {
+        const FIXED: usize = 64;
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let calls: usize = self
+            .tool_calls
+            .iter()
+            .map(|c| c.id.len() + c.kind.len() + c.function_name.len() + c.arguments.len() + 16)
+            .sum();
+        (FIXED
+            + self.content.len()
+            + opt(&self.name)
+            + opt(&self.tool_call_id)
+            + opt(&self.model)
+            + opt(&self.reasoning_content)
+            + calls) as u64
+            + json_bytes(&self.metadata)
+    }
+
+    /// Turns the message into a stored one with its seq and time.
+    pub fn stored(self, seq: u64, create_time: SystemTime) -> Message {
+        Message {
+            seq,
+            create_time,
+            body: self,
+        }
+    }
+}
+
+/// A stored message: the caller's message plus the seq and time the store assigned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// 1-based, gap-free position in the session.
+    pub seq: u64,
+    pub create_time: SystemTime,
+    #[serde(flatten)]
+    pub body: NewMessage,
+}
+
+/// Which messages a read returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Window {
+    /// Every message.
+    #[default]
+    All,
+    /// The last N messages, grown backwards so tool results keep their assistant message.
+    LastN(u32),
+    /// Messages with a seq greater than this.
+    AfterSeq(u64),
+}
+
+/// A session as read from a store (messages limited to the requested window).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub id: SessionId,
+    pub messages: Vec<Message>,
+    pub system_messages: Vec<Message>,
+    pub state: JsonObject,
+    pub version: u64,
+    /// Messages in the whole session, which is also the seq of the last one.
+    pub message_count: u64,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+    pub expire_time: SystemTime,
+}
+
+/// Options every write carries. The service layer fills in the TTL default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Write only if the session is at this version; 0 means "must not exist".
+    pub expected_version: Option<u64>,
+    /// The session expires this long after the write.
+    pub ttl: Duration,
+}
+
+impl WriteOptions {
+    /// Unconditional write with this TTL.
+    pub fn ttl(ttl: Duration) -> Self {
+        Self {
+            expected_version: None,
+            ttl,
+        }
+    }
+}
+
+/// An append: messages plus options, and an optional idempotency key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Append {
+    pub messages: Vec<NewMessage>,
+    pub request_id: Option<String>,
+    pub options: WriteOptions,
+}
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Seq of the first appended message; the others follow consecutively.
+    pub first_seq: u64,
+    pub count: u64,
+    pub version: u64,
+    pub expire_time: SystemTime,
+    /// True if a retried request_id was recognised and nothing was appended.
+    pub deduplicated: bool,
+}
+
+impl AppendOutcome {
+    /// The seqs of the appended messages, in order.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + use<> {
+        self.first_seq..self.first_seq + self.count
+    }
+}
+
+/// What any other write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub version: u64,
+    pub expire_time: SystemTime,
+}
+
+/// How a state update combines with the stored state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateUpdate {
+    Replace(JsonObject),
+    /// Top-level keys overwrite; a null value removes the key.
+    Merge(JsonObject),
+}
+
+impl StateUpdate {
+    /// Applies the update to a stored state.
+    pub fn apply(self, state: &mut JsonObject) {
+        match self {
+            StateUpdate::Replace(new) => *state = new,
+            StateUpdate::Merge(patch) => {
+                for (key, value) in patch {
+                    if value.is_null() {
+                        state.remove(&key);
+                    } else {
+                        state.insert(key, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Result of a state update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateOutcome {
+    pub write: WriteOutcome,
+    pub state: JsonObject,
+}
+
+/// A page request of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub prefix: String,
+    pub page_size: u32,
+    /// The opaque token of the previous page, as the store produced it.
+    pub page_token: Option<String>,
+}
+
+/// One session in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub id: SessionId,
+    pub message_count: u64,
+    pub version: u64,
+    pub update_time: SystemTime,
+    pub expire_time: SystemTime,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub sessions: Vec<SessionSummary>,
+    pub next_page_token: Option<String>,
+}
+
+/// Size of what a store holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub backend: String,
+    pub active_sessions: u64,
+    pub total_messages: u64,
+    pub approximate_bytes: u64,
+}
+
+/// Index of the first message of a tool-safe "last N" window over `messages`.
+///
+/// If the plain window would start with tool results, it grows backwards over them and
+/// takes in the assistant message that called the tools: a provider rejects tool results
+/// whose call is missing.
+pub fn tool_safe_start(messages: &[Message], last_n: usize) -> usize {
+    let mut start = messages.len().saturating_sub(last_n);
+    while start > 0 && messages[start].body.role == Role::Tool {
+        start -= 1;
+    }
+    start
+}
+
+/// Approximate bytes of a JSON object, for stats and size limits.
+pub fn json_bytes(object: &JsonObject) -> u64 {
+    if object.is_empty() {
+        return 0;
+    }
+    serde_json::to_vec(object).map_or(0, |bytes| bytes.len() as u64)
+}

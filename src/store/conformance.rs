@@ -1,0 +1,804 @@
+//! The conformance suite: one async function per storage semantic, run against every backend.
+//!
+//! Each function takes a fresh or shared store and uses session ids of its own, so the
+//! functions may run in parallel against one server. A backend's test file runs them all
+//! with [`conformance_tests!`](crate::conformance_tests).
+
+use crate::model::{
+    Append, JsonObject, ListQuery, NewMessage, Role, SessionId, StateUpdate, ToolCall, Usage,
+    Window, WriteOptions,
+};
+use crate::store::{SessionStore, StoreError};
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The store under test, shared by concurrent tasks.
+pub type TestStore = Arc<dyn SessionStore>;
+
+const TTL: Duration = Duration::from_secs(3600);
+/// Clock slack allowed between the test and the backend's timestamps.
+const SLACK: Duration = Duration::from_millis(50);
+
+/// Runs every conformance function as its own `#[tokio::test]`.
+///
+/// `$make_store` is an expression evaluated once per test that yields a future of a
+/// [`TestStore`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make_store:expr) => {
+        $crate::conformance_tests!(@each $make_store;
+            get_absent_session_is_not_found,
+            append_assigns_gap_free_seqs,
+            concurrent_appends_lose_nothing,
+            expected_version_guards_every_write,
+            request_id_makes_append_idempotent,
+            ttl_expires_sessions_and_touch_extends,
+            windows_select_messages,
+            last_n_window_is_tool_safe,
+            replace_renumbers_messages,
+            system_messages_are_kept_apart,
+            state_replace_and_merge,
+            delete_removes_session,
+            list_pages_without_duplicates_or_gaps,
+            stats_count_what_is_stored,
+            every_message_field_round_trips,
+            unicode_and_large_contents_round_trip
+        );
+    };
+    (@each $make_store:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let store = $make_store.await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )*
+    };
+}
+
+/// A session id no other test (or earlier run against the same server) uses.
+pub fn unique_id(name: &str) -> SessionId {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    SessionId::new(format!("conf-{name}-{nanos:x}-{n}"))
+}
+
+fn user(content: &str) -> NewMessage {
+    NewMessage::text(Role::User, content)
+}
+
+fn append_of(messages: Vec<NewMessage>) -> Append {
+    Append {
+        messages,
+        request_id: None,
+        options: WriteOptions::ttl(TTL),
+    }
+}
+
+fn contents(messages: &[crate::model::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.body.content.clone()).collect()
+}
+
+fn seqs(messages: &[crate::model::Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+fn assistant_calling(ids: &[&str]) -> NewMessage {
+    let mut message = NewMessage::text(Role::Assistant, "");
+    message.tool_calls = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| ToolCall {
+            id: id.to_string(),
+            kind: "function".into(),
+            function_name: "lookup_order".into(),
+            arguments: format!(r#"{{"order":"{id}"}}"#),
+            index: index as u32,
+        })
+        .collect();
+    message
+}
+
+fn tool_result(call_id: &str) -> NewMessage {
+    let mut message = NewMessage::text(Role::Tool, format!("result of {call_id}"));
+    message.tool_call_id = Some(call_id.into());
+    message
+}
+
+fn object(value: serde_json::Value) -> JsonObject {
+    match value {
+        serde_json::Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+fn assert_close(actual: SystemTime, expected: SystemTime, what: &str) {
+    let diff = actual
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        diff <= SLACK,
+        "{what}: {actual:?} is {diff:?} away from {expected:?}"
+    );
+}
+
+async fn must_be_absent(store: &TestStore, id: &SessionId) {
+    match store.get(id, Window::All).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("expected NotFound for {id}, got {other:?}"),
+    }
+}
+
+/// Reading a session that was never written is NotFound.
+pub async fn get_absent_session_is_not_found(store: TestStore) {
+    let id = unique_id("absent");
+    must_be_absent(&store, &id).await;
+    match store.touch(&id, TTL).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("touch of an absent session: expected NotFound, got {other:?}"),
+    }
+}
+
+/// Appends create the session and assign 1-based consecutive seqs; versions increase.
+pub async fn append_assigns_gap_free_seqs(store: TestStore) {
+    let id = unique_id("seqs");
+    let before = SystemTime::now();
+    let first = store
+        .append(&id, append_of(vec![user("a"), user("b")]))
+        .await
+        .expect("first append");
+    assert_eq!(first.seqs().collect::<Vec<_>>(), vec![1, 2]);
+    assert!(!first.deduplicated);
+    assert_close(first.expire_time, before + TTL, "expire_time of the append");
+
+    let second = store
+        .append(&id, append_of(vec![user("c")]))
+        .await
+        .expect("second append");
+    assert_eq!(second.seqs().collect::<Vec<_>>(), vec![3]);
+    assert!(second.version > first.version, "version must increase");
+
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(seqs(&session.messages), vec![1, 2, 3]);
+    assert_eq!(contents(&session.messages), vec!["a", "b", "c"]);
+    assert_eq!(session.message_count, 3);
+    assert_eq!(session.version, second.version);
+    assert!(session.create_time <= session.update_time);
+    assert_close(session.create_time, before, "create_time");
+    assert_eq!(session.expire_time, second.expire_time);
+    for message in &session.messages {
+        assert_close(message.create_time, before, "message create_time");
+    }
+}
+
+/// 32 concurrent writers append to one session: nothing is lost, seqs are gap-free and
+/// each writer's messages keep their order.
+pub async fn concurrent_appends_lose_nothing(store: TestStore) {
+    const WRITERS: usize = 32;
+    const APPENDS: usize = 10;
+    let id = unique_id("concurrent");
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let (store, id) = (store.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..APPENDS {
+                let batch = vec![
+                    user(&format!("{writer}:{n}:0")),
+                    user(&format!("{writer}:{n}:1")),
+                ];
+                let outcome = store.append(&id, append_of(batch)).await.expect("append");
+                assert_eq!(outcome.count, 2);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let session = store.get(&id, Window::All).await.expect("get");
+    let total = WRITERS * APPENDS * 2;
+    assert_eq!(session.messages.len(), total, "messages lost or duplicated");
+    assert_eq!(
+        seqs(&session.messages),
+        (1..=total as u64).collect::<Vec<_>>()
+    );
+    let mut next = vec![0usize; WRITERS];
+    for pair in session.messages.chunks(2) {
+        // A batch is atomic: its two messages are adjacent.
+        let first: Vec<&str> = pair[0].body.content.split(':').collect();
+        assert_eq!(pair[1].body.content, format!("{}:{}:1", first[0], first[1]));
+        let writer: usize = first[0].parse().expect("writer number");
+        let n: usize = first[1].parse().expect("append number");
+        assert_eq!(n, next[writer], "writer {writer}'s appends out of order");
+        next[writer] += 1;
+    }
+    assert!(next.iter().all(|&n| n == APPENDS));
+}
+
+/// A wrong `expected_version` fails every kind of write with VersionMismatch and changes
+/// nothing; a right one succeeds; 0 means "must not exist".
+pub async fn expected_version_guards_every_write(store: TestStore) {
+    let id = unique_id("occ");
+    let guarded = |version: u64| WriteOptions {
+        expected_version: Some(version),
+        ttl: TTL,
+    };
+    let created = store
+        .append(
+            &id,
+            Append {
+                options: guarded(0),
+                ..append_of(vec![user("first")])
+            },
+        )
+        .await
+        .expect("create with expected_version 0");
+    let version = created.version;
+    let before = store.get(&id, Window::All).await.expect("get");
+
+    let stale = version + 7;
+    let mismatch = |result: Result<(), StoreError>, what: &str| match result {
+        Err(StoreError::VersionMismatch { expected, actual }) => {
+            assert_eq!((expected, actual), (stale, version), "{what}");
+        }
+        other => panic!("{what}: expected VersionMismatch, got {other:?}"),
+    };
+    mismatch(
+        store
+            .append(
+                &id,
+                Append {
+                    options: guarded(stale),
+                    ..append_of(vec![user("lost")])
+                },
+            )
+            .await
+            .map(drop),
+        "append",
+    );
+    mismatch(
+        store
+            .replace(&id, vec![user("x")], guarded(stale))
+            .await
+            .map(drop),
+        "replace",
+    );
+    mismatch(
+        store
+            .set_system_messages(
+                &id,
+                vec![NewMessage::text(Role::System, "s")],
+                guarded(stale),
+            )
+            .await
+            .map(drop),
+        "set_system_messages",
+    );
+    mismatch(
+        store
+            .update_state(
+                &id,
+                StateUpdate::Replace(object(json!({"k": 1}))),
+                guarded(stale),
+            )
+            .await
+            .map(drop),
+        "update_state",
+    );
+    mismatch(store.delete(&id, Some(stale)).await.map(drop), "delete");
+    match store
+        .append(
+            &id,
+            Append {
+                options: guarded(0),
+                ..append_of(vec![user("dup")])
+            },
+        )
+        .await
+    {
+        Err(StoreError::VersionMismatch {
+            expected: 0,
+            actual,
+        }) => assert_eq!(actual, version),
+        other => panic!("expected_version 0 on an existing session: got {other:?}"),
+    }
+
+    let after = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(after, before, "a failed write changed the session");
+
+    let next = store
+        .append(
+            &id,
+            Append {
+                options: guarded(version),
+                ..append_of(vec![user("second")])
+            },
+        )
+        .await
+        .expect("append at the right version");
+    assert!(next.version > version);
+    assert!(
+        store
+            .delete(&id, Some(next.version))
+            .await
+            .expect("delete at the right version")
+    );
+}
+
+/// A retried append with the same request_id returns the first result and appends nothing.
+pub async fn request_id_makes_append_idempotent(store: TestStore) {
+    let id = unique_id("idem");
+    let with_id = |request_id: &str, content: &str| Append {
+        request_id: Some(request_id.into()),
+        ..append_of(vec![user(content), user(content)])
+    };
+    let first = store
+        .append(&id, with_id("req-1", "one"))
+        .await
+        .expect("first");
+    let other = store
+        .append(&id, with_id("req-2", "two"))
+        .await
+        .expect("other");
+    let retry = store
+        .append(&id, with_id("req-1", "one"))
+        .await
+        .expect("retry");
+    assert!(retry.deduplicated, "retry must be recognised");
+    assert_eq!(
+        retry.seqs().collect::<Vec<_>>(),
+        first.seqs().collect::<Vec<_>>()
+    );
+    assert_eq!(retry.version, first.version);
+    // Recognised even when the caller's expected_version is stale by now.
+    let stale_retry = store
+        .append(
+            &id,
+            Append {
+                options: WriteOptions {
+                    expected_version: Some(first.version - 1),
+                    ttl: TTL,
+                },
+                ..with_id("req-2", "two")
+            },
+        )
+        .await
+        .expect("stale retry");
+    assert!(stale_retry.deduplicated);
+    assert_eq!(stale_retry.first_seq, other.first_seq);
+
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(
+        contents(&session.messages),
+        vec!["one", "one", "two", "two"]
+    );
+    assert_eq!(
+        session.version, other.version,
+        "a deduplicated retry must not bump the version"
+    );
+}
+
+/// A session expires after its TTL; touch extends it; expired sessions read as absent.
+pub async fn ttl_expires_sessions_and_touch_extends(store: TestStore) {
+    let short = Duration::from_secs(1);
+    let id = unique_id("ttl");
+    let kept = unique_id("ttl-touched");
+    for session in [&id, &kept] {
+        store
+            .append(
+                session,
+                Append {
+                    options: WriteOptions::ttl(short),
+                    ..append_of(vec![user("soon gone")])
+                },
+            )
+            .await
+            .expect("append");
+    }
+    let read = store
+        .get(&id, Window::All)
+        .await
+        .expect("get before expiry");
+    assert_close(read.expire_time, read.update_time + short, "expire_time");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before_touch = SystemTime::now();
+    let touched = store
+        .touch(&kept, Duration::from_secs(60))
+        .await
+        .expect("touch");
+    assert_close(
+        touched.expire_time,
+        before_touch + Duration::from_secs(60),
+        "expire_time after touch",
+    );
+    let kept_before = store.get(&kept, Window::All).await.expect("get");
+    assert_eq!(
+        touched.version, kept_before.version,
+        "touch must not change the version"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    must_be_absent(&store, &id).await;
+    assert!(matches!(
+        store.touch(&id, TTL).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!store.delete(&id, None).await.expect("delete of expired"));
+    let listed = store
+        .list(ListQuery {
+            prefix: id.as_str().to_string(),
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .expect("list");
+    assert!(listed.sessions.is_empty(), "an expired session was listed");
+    let kept_after = store
+        .get(&kept, Window::All)
+        .await
+        .expect("touched session lives");
+    assert_eq!(contents(&kept_after.messages), vec!["soon gone"]);
+
+    // A write to an expired session starts a new one.
+    let fresh = store
+        .append(&id, append_of(vec![user("new")]))
+        .await
+        .expect("append");
+    assert_eq!(fresh.first_seq, 1);
+}
+
+/// last_n, after_seq and all select the right messages.
+pub async fn windows_select_messages(store: TestStore) {
+    let id = unique_id("window");
+    let messages = (1..=10).map(|n| user(&format!("m{n}"))).collect();
+    store
+        .append(&id, append_of(messages))
+        .await
+        .expect("append");
+
+    let get = |window| {
+        let (store, id) = (store.clone(), id.clone());
+        async move { store.get(&id, window).await.expect("get") }
+    };
+    assert_eq!(seqs(&get(Window::LastN(3)).await.messages), vec![8, 9, 10]);
+    assert_eq!(seqs(&get(Window::LastN(50)).await.messages).len(), 10);
+    assert_eq!(
+        seqs(&get(Window::AfterSeq(7)).await.messages),
+        vec![8, 9, 10]
+    );
+    assert_eq!(seqs(&get(Window::AfterSeq(0)).await.messages).len(), 10);
+    assert!(get(Window::AfterSeq(10)).await.messages.is_empty());
+    assert!(get(Window::AfterSeq(99)).await.messages.is_empty());
+    let all = get(Window::All).await;
+    assert_eq!(all.messages.len(), 10);
+    let window = get(Window::LastN(2)).await;
+    assert_eq!(
+        window.message_count, 10,
+        "message_count counts the whole session"
+    );
+    assert_eq!(window.version, all.version);
+}
+
+/// A last-N window never starts with tool results cut from their assistant message.
+pub async fn last_n_window_is_tool_safe(store: TestStore) {
+    let id = unique_id("toolsafe");
+    let messages = vec![
+        user("where are my orders?"),                       // 1
+        assistant_calling(&["call_a", "call_b", "call_c"]), // 2
+        tool_result("call_a"),                              // 3
+        tool_result("call_b"),                              // 4
+        tool_result("call_c"),                              // 5
+        NewMessage::text(Role::Assistant, "both shipped"),  // 6
+    ];
+    store
+        .append(&id, append_of(messages))
+        .await
+        .expect("append");
+    for n in 2..=4 {
+        let window = store.get(&id, Window::LastN(n)).await.expect("get");
+        assert_eq!(
+            seqs(&window.messages),
+            vec![2, 3, 4, 5, 6],
+            "last {n} must grow back to the assistant message with tool_calls"
+        );
+        assert_eq!(window.messages[0].body.tool_calls.len(), 3);
+    }
+    let one = store.get(&id, Window::LastN(1)).await.expect("get");
+    assert_eq!(seqs(&one.messages), vec![6]);
+    let five = store.get(&id, Window::LastN(5)).await.expect("get");
+    assert_eq!(seqs(&five.messages), vec![2, 3, 4, 5, 6]);
+}
+
+/// Replace swaps all messages and restarts seqs at 1; later appends continue from there.
+pub async fn replace_renumbers_messages(store: TestStore) {
+    let id = unique_id("replace");
+    store
+        .append(
+            &id,
+            append_of((0..5).map(|n| user(&format!("old{n}"))).collect()),
+        )
+        .await
+        .expect("append");
+    let replaced = store
+        .replace(
+            &id,
+            vec![user("new1"), user("new2")],
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("replace");
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(contents(&session.messages), vec!["new1", "new2"]);
+    assert_eq!(seqs(&session.messages), vec![1, 2]);
+    assert_eq!(session.version, replaced.version);
+    let next = store
+        .append(&id, append_of(vec![user("new3")]))
+        .await
+        .expect("append");
+    assert_eq!(next.first_seq, 3);
+
+    // Replace creates an absent session and accepts an empty list.
+    let created = unique_id("replace-new");
+    store
+        .replace(&created, vec![], WriteOptions::ttl(TTL))
+        .await
+        .expect("replace on absent");
+    let empty = store.get(&created, Window::All).await.expect("get");
+    assert!(empty.messages.is_empty());
+    assert_eq!(empty.message_count, 0);
+}
+
+/// System messages are stored apart from the conversation and replaced as a whole.
+pub async fn system_messages_are_kept_apart(store: TestStore) {
+    let id = unique_id("system");
+    store
+        .set_system_messages(
+            &id,
+            vec![
+                NewMessage::text(Role::System, "You are a helpful agent."),
+                NewMessage::text(Role::Developer, "Answer in English."),
+            ],
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("set system");
+    store
+        .append(&id, append_of(vec![user("hi")]))
+        .await
+        .expect("append");
+    let session = store.get(&id, Window::LastN(1)).await.expect("get");
+    assert_eq!(contents(&session.messages), vec!["hi"]);
+    assert_eq!(
+        seqs(&session.messages),
+        vec![1],
+        "system messages take no conversation seq"
+    );
+    assert_eq!(
+        contents(&session.system_messages),
+        vec!["You are a helpful agent.", "Answer in English."]
+    );
+    assert_eq!(session.system_messages[1].body.role, Role::Developer);
+
+    store
+        .set_system_messages(&id, vec![], WriteOptions::ttl(TTL))
+        .await
+        .expect("clear system");
+    let cleared = store.get(&id, Window::All).await.expect("get");
+    assert!(cleared.system_messages.is_empty());
+    assert_eq!(contents(&cleared.messages), vec!["hi"]);
+}
+
+/// State replace swaps the object; merge overwrites top-level keys and removes nulls.
+pub async fn state_replace_and_merge(store: TestStore) {
+    let id = unique_id("state");
+    let replaced = store
+        .update_state(
+            &id,
+            StateUpdate::Replace(object(
+                json!({"step": "greeting", "cart": {"items": [1, 2]}, "vip": true}),
+            )),
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("replace state");
+    assert_eq!(replaced.state["step"], json!("greeting"));
+
+    let merged = store
+        .update_state(
+            &id,
+            StateUpdate::Merge(object(
+                json!({"step": "checkout", "vip": null, "lang": "id"}),
+            )),
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("merge state");
+    let expected = object(json!({"step": "checkout", "cart": {"items": [1, 2]}, "lang": "id"}));
+    assert_eq!(merged.state, expected);
+    assert!(merged.write.version > replaced.write.version);
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(session.state, expected);
+
+    store
+        .update_state(
+            &id,
+            StateUpdate::Replace(object(json!({"only": 1}))),
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("replace again");
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(session.state, object(json!({"only": 1})));
+}
+
+/// Delete removes everything of the session; deleting again reports false.
+pub async fn delete_removes_session(store: TestStore) {
+    let id = unique_id("delete");
+    store
+        .append(&id, append_of(vec![user("bye")]))
+        .await
+        .expect("append");
+    store
+        .update_state(
+            &id,
+            StateUpdate::Replace(object(json!({"a": 1}))),
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("state");
+    assert!(store.delete(&id, None).await.expect("delete"));
+    must_be_absent(&store, &id).await;
+    assert!(!store.delete(&id, None).await.expect("second delete"));
+    // A new session under the same id starts from scratch.
+    let again = store
+        .append(&id, append_of(vec![user("hello again")]))
+        .await
+        .expect("append");
+    assert_eq!(again.first_seq, 1);
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert!(session.state.is_empty(), "state survived a delete");
+}
+
+/// Listing in small pages returns every session exactly once, filtered by prefix.
+pub async fn list_pages_without_duplicates_or_gaps(store: TestStore) {
+    let prefix = unique_id("list").as_str().to_string();
+    let mut expected = HashSet::new();
+    for n in 0..23 {
+        let id = SessionId::new(format!("{prefix}/{n:02}"));
+        store
+            .append(&id, append_of(vec![user("x")]))
+            .await
+            .expect("append");
+        expected.insert(id);
+    }
+    let outsider = SessionId::new(format!("{prefix}-other"));
+    store
+        .append(&outsider, append_of(vec![user("x")]))
+        .await
+        .expect("append");
+
+    let mut seen = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list(ListQuery {
+                prefix: format!("{prefix}/"),
+                page_size: 5,
+                page_token: token.take(),
+            })
+            .await
+            .expect("list");
+        pages += 1;
+        assert!(page.sessions.len() <= 5, "page larger than page_size");
+        for summary in &page.sessions {
+            assert_eq!(summary.message_count, 1);
+            assert!(summary.version > 0);
+        }
+        seen.extend(page.sessions.into_iter().map(|s| s.id));
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+        assert!(pages < 100, "listing does not end");
+    }
+    assert_eq!(seen.len(), expected.len(), "duplicates or gaps: {seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), expected);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "sessions must come ordered by id");
+
+    match store
+        .list(ListQuery {
+            prefix: String::new(),
+            page_size: 5,
+            page_token: Some("not-a-token".into()),
+        })
+        .await
+    {
+        Err(StoreError::InvalidPageToken(_)) => {}
+        other => panic!("a foreign page token must be refused, got {other:?}"),
+    }
+}
+
+/// Stats name the backend and count at least what this test stored.
+pub async fn stats_count_what_is_stored(store: TestStore) {
+    let big = "x".repeat(10_000);
+    let ids: Vec<SessionId> = (0..3).map(|_| unique_id("stats")).collect();
+    for id in &ids {
+        store
+            .append(id, append_of(vec![user(&big), user(&big)]))
+            .await
+            .expect("append");
+    }
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.backend, store.backend());
+    assert!(stats.active_sessions >= 3, "{stats:?}");
+    assert!(stats.total_messages >= 6, "{stats:?}");
+    assert!(stats.approximate_bytes >= 60_000, "{stats:?}");
+}
+
+/// Every field of a message comes back as it was written.
+pub async fn every_message_field_round_trips(store: TestStore) {
+    let id = unique_id("fields");
+    let mut assistant = assistant_calling(&["call_1"]);
+    assistant.content = "Let me check.".into();
+    assistant.model = Some("deepseek-chat".into());
+    assistant.usage = Some(Usage {
+        prompt_tokens: 120,
+        completion_tokens: 30,
+        total_tokens: 150,
+    });
+    assistant.reasoning_content = Some("The user wants order status.".into());
+    assistant.metadata =
+        object(json!({"latency_ms": 812, "tags": ["a", "b"], "nested": {"ok": true}}));
+    let mut named = user("hello");
+    named.name = Some("Budi".into());
+    let written = vec![named, assistant, tool_result("call_1")];
+    store
+        .append(&id, append_of(written.clone()))
+        .await
+        .expect("append");
+    let session = store.get(&id, Window::All).await.expect("get");
+    let bodies: Vec<NewMessage> = session.messages.into_iter().map(|m| m.body).collect();
+    assert_eq!(bodies, written);
+}
+
+/// Unicode of every kind and large contents are stored byte for byte.
+pub async fn unicode_and_large_contents_round_trip(store: TestStore) {
+    let id = unique_id("unicode");
+    let texts = [
+        "Halo, apa kabar? 👋🏽".to_string(),
+        "订单已发货。ありがとう。안녕하세요".to_string(),
+        "RTL: مرحبا بك — and a zero-width joiner: 👩\u{200d}💻".to_string(),
+        "quotes \" ' \\ and newlines\n\ttabs".to_string(),
+        "é".repeat(200_000),
+        "long ".repeat(100_000),
+    ];
+    store
+        .append(&id, append_of(texts.iter().map(|t| user(t)).collect()))
+        .await
+        .expect("append");
+    let unicode_id = SessionId::new(format!("{}-ünïcødé-会话", id.as_str()));
+    store
+        .update_state(
+            &unicode_id,
+            StateUpdate::Replace(object(json!({"名前": "テスト"}))),
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("unicode id");
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(contents(&session.messages), texts.to_vec());
+    let unicode = store
+        .get(&unicode_id, Window::All)
+        .await
+        .expect("get unicode id");
+    assert_eq!(unicode.state["名前"], json!("テスト"));
+}
