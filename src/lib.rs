@@ -1,4 +1,9 @@
 //! csai-sidecar: a gRPC sidecar that keeps the chat sessions of AI customer-service bots.
 
+pub mod config;
+pub mod grpc;
+pub mod health;
 pub mod model;
+pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -1,0 +1,672 @@
+//! The typed configuration, read from flags, environment variables and a TOML file.
+//!
+//! One table, [`KEYS`], names every setting once: its TOML key (CS-AI's StorageConfig
+//! names), its environment variable, its flag and its default. Values are gathered as
+//! text with their source (flags > environment > file > defaults) and parsed once, so every
+//! error names the key, where the bad value came from, and what is accepted.
+
+use crate::store::memory::MemoryLimits;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// One configuration setting.
+pub struct Key {
+    /// Name in the TOML file; the flag is the same with '-' for '_'.
+    pub name: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Value when no source sets one ("" = unset).
+    pub default: &'static str,
+    /// One line for `--help` and the README.
+    pub help: &'static str,
+    /// Redacted by `csai-sidecar config`.
+    pub secret: bool,
+}
+
+const fn key(
+    name: &'static str,
+    env: &'static str,
+    default: &'static str,
+    help: &'static str,
+) -> Key {
+    Key {
+        name,
+        env,
+        default,
+        help,
+        secret: false,
+    }
+}
+
+const fn secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
+    Key {
+        name,
+        env,
+        default: "",
+        help,
+        secret: true,
+    }
+}
+
+/// Every setting. The flag of `type` is `--storage-type` (see [`Key::flag`]).
+pub const KEYS: &[Key] = &[
+    key(
+        "listen",
+        "CSAI_LISTEN",
+        "127.0.0.1:50051",
+        "gRPC listen address (host:port)",
+    ),
+    key(
+        "type",
+        "CSAI_STORAGE_TYPE",
+        "memory",
+        "storage backend: memory, redis, mongo or dynamo",
+    ),
+    key(
+        "session_ttl",
+        "CSAI_SESSION_TTL",
+        "12h",
+        "default session time to live",
+    ),
+    key(
+        "max_ttl",
+        "CSAI_MAX_TTL",
+        "365d",
+        "largest TTL a request may ask for",
+    ),
+    key(
+        "sliding_ttl_on_read",
+        "CSAI_SLIDING_TTL_ON_READ",
+        "false",
+        "GetSession also extends the TTL (writes always do)",
+    ),
+    key(
+        "timeout",
+        "CSAI_TIMEOUT",
+        "5s",
+        "timeout of one backend operation",
+    ),
+    key(
+        "max_retries",
+        "CSAI_MAX_RETRIES",
+        "3",
+        "retries of a transient backend error",
+    ),
+    key(
+        "redis_address",
+        "CSAI_REDIS_ADDRESS",
+        "localhost:6379",
+        "Redis address or redis:// URL",
+    ),
+    secret("redis_password", "CSAI_REDIS_PASSWORD", "Redis password"),
+    key("redis_db", "CSAI_REDIS_DB", "0", "Redis database number"),
+    secret(
+        "mongo_uri",
+        "CSAI_MONGO_URI",
+        "MongoDB connection string (default mongodb://localhost:27017)",
+    ),
+    key(
+        "mongo_database",
+        "CSAI_MONGO_DATABASE",
+        "cs_ai",
+        "MongoDB database",
+    ),
+    key(
+        "mongo_collection",
+        "CSAI_MONGO_COLLECTION",
+        "sessions",
+        "MongoDB collection",
+    ),
+    key(
+        "dynamo_region",
+        "CSAI_DYNAMO_REGION",
+        "us-east-1",
+        "DynamoDB region",
+    ),
+    key(
+        "dynamo_table",
+        "CSAI_DYNAMO_TABLE",
+        "cs_ai_sessions",
+        "DynamoDB table",
+    ),
+    key(
+        "dynamo_endpoint",
+        "CSAI_DYNAMO_ENDPOINT",
+        "",
+        "DynamoDB endpoint URL (local testing, VPC endpoints)",
+    ),
+    key(
+        "memory_max_sessions",
+        "CSAI_MEMORY_MAX_SESSIONS",
+        "0",
+        "in-memory store: most live sessions (0 = no limit)",
+    ),
+    key(
+        "memory_max_bytes",
+        "CSAI_MEMORY_MAX_BYTES",
+        "0",
+        "in-memory store: most stored bytes, e.g. 512MiB (0 = no limit)",
+    ),
+    key(
+        "memory_sweep_interval",
+        "CSAI_MEMORY_SWEEP_INTERVAL",
+        "1s",
+        "in-memory store: how often expired sessions are freed",
+    ),
+    key(
+        "health_interval",
+        "CSAI_HEALTH_INTERVAL",
+        "5s",
+        "how often the backend health check runs",
+    ),
+    key(
+        "shutdown_grace",
+        "CSAI_SHUTDOWN_GRACE",
+        "10s",
+        "how long in-flight RPCs may run after SIGTERM/SIGINT",
+    ),
+    key(
+        "max_grpc_message_size",
+        "CSAI_MAX_GRPC_MESSAGE_SIZE",
+        "4MiB",
+        "largest gRPC message received or sent",
+    ),
+    key(
+        "max_messages_per_request",
+        "CSAI_MAX_MESSAGES_PER_REQUEST",
+        "1000",
+        "most messages in one write request",
+    ),
+    key(
+        "max_content_bytes",
+        "CSAI_MAX_CONTENT_BYTES",
+        "1MiB",
+        "largest content of one message",
+    ),
+    key(
+        "max_page_size",
+        "CSAI_MAX_PAGE_SIZE",
+        "1000",
+        "largest ListSessions page",
+    ),
+    key(
+        "log_format",
+        "CSAI_LOG_FORMAT",
+        "text",
+        "log format: text or json",
+    ),
+    key(
+        "log_level",
+        "CSAI_LOG_LEVEL",
+        "info",
+        "log filter (tracing EnvFilter syntax, e.g. info,csai_sidecar=debug)",
+    ),
+];
+
+impl Key {
+    /// The command-line flag, without the leading dashes.
+    pub fn flag(&self) -> String {
+        match self.name {
+            "type" => "storage-type".to_string(),
+            name => name.replace('_', "-"),
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(String),
+    Env(&'static str),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(path) => write!(f, "file {path}"),
+            Source::Env(var) => write!(f, "environment {var}"),
+            Source::Flag(flag) => write!(f, "flag --{flag}"),
+        }
+    }
+}
+
+/// A configuration error; the message names the key, the source and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// The storage backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageType {
+    Memory,
+    Redis,
+    Mongo,
+    Dynamo,
+}
+
+impl StorageType {
+    /// The name used in config and stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageType::Memory => "memory",
+            StorageType::Redis => "redis",
+            StorageType::Mongo => "mongo",
+            StorageType::Dynamo => "dynamo",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Limits the service layer enforces on every request, for every backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_messages_per_request: usize,
+    pub max_content_bytes: usize,
+    pub max_ttl: Duration,
+    pub max_page_size: u32,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage_type: StorageType,
+    pub session_ttl: Duration,
+    pub sliding_ttl_on_read: bool,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub redis_address: String,
+    pub redis_password: Option<String>,
+    pub redis_db: i64,
+    pub mongo_uri: String,
+    pub mongo_database: String,
+    pub mongo_collection: String,
+    pub dynamo_region: String,
+    pub dynamo_table: String,
+    pub dynamo_endpoint: Option<String>,
+    pub memory_limits: MemoryLimits,
+    pub memory_sweep_interval: Duration,
+    pub health_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub max_grpc_message_size: usize,
+    pub limits: RequestLimits,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Values::defaults()
+            .parse()
+            .expect("the built-in defaults are valid")
+    }
+}
+
+/// Raw text values by key, with their source.
+#[derive(Clone, Debug, Default)]
+pub struct Values(BTreeMap<&'static str, (String, Source)>);
+
+impl Values {
+    /// Only the defaults.
+    pub fn defaults() -> Self {
+        Self(
+            KEYS.iter()
+                .map(|k| (k.name, (k.default.to_string(), Source::Default)))
+                .collect(),
+        )
+    }
+
+    /// Overlays the top-level keys of a TOML file; an unknown key is an error.
+    pub fn with_file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {shown}: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| ConfigError(format!("config file {shown} is not valid TOML: {e}")))?;
+        for (name, value) in table {
+            let key = KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
+                ConfigError(format!(
+                    "unknown key `{name}` in config file {shown}; known keys: {}",
+                    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(ConfigError(format!(
+                        "key `{name}` in config file {shown} must be a string, number or boolean, not {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            self.set(key.name, text, Source::File(shown.clone()));
+        }
+        Ok(self)
+    }
+
+    /// Sets one value (a later source overrides an earlier one).
+    pub fn set(&mut self, name: &'static str, value: String, source: Source) {
+        self.0.insert(name, (value, source));
+    }
+
+    fn raw(&self, name: &str) -> (&str, &Source) {
+        self.0
+            .get(name)
+            .map(|(value, source)| (value.as_str(), source))
+            .unwrap_or(("", &Source::Default))
+    }
+
+    /// Parses one value, naming the key, the source and what is accepted on error.
+    fn get<T>(
+        &self,
+        name: &str,
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let (value, source) = self.raw(name);
+        parse(value.trim()).ok_or_else(|| {
+            let env = KEYS.iter().find(|k| k.name == name).map_or("", |k| k.env);
+            ConfigError(format!(
+                "invalid value {value:?} for `{name}` ({env}) from {source}: expected {accepted}"
+            ))
+        })
+    }
+
+    fn text(&self, name: &str) -> String {
+        self.raw(name).0.trim().to_string()
+    }
+
+    fn optional_text(&self, name: &str) -> Option<String> {
+        Some(self.text(name)).filter(|s| !s.is_empty())
+    }
+
+    /// Parses and validates every value.
+    pub fn parse(&self) -> Result<Config, ConfigError> {
+        let duration = |s: &str| humantime::parse_duration(s).ok();
+        let positive_duration = |s: &str| duration(s).filter(|d| !d.is_zero());
+        const DURATION: &str = "a positive duration such as 500ms, 5s, 12h or 7d";
+        let limit = |s: &str| s.parse::<u64>().ok().map(|n| Some(n).filter(|&n| n > 0));
+        let size_limit = |s: &str| parse_size(s).map(|n| Some(n).filter(|&n| n > 0));
+
+        let config = Config {
+            listen: self.get("listen", "host:port, e.g. 127.0.0.1:50051", |s| {
+                s.parse().ok()
+            })?,
+            storage_type: self.get("type", "one of memory, redis, mongo, dynamo", |s| match s {
+                "memory" | "inmemory" | "in-memory" => Some(StorageType::Memory),
+                "redis" => Some(StorageType::Redis),
+                "mongo" | "mongodb" => Some(StorageType::Mongo),
+                "dynamo" | "dynamodb" => Some(StorageType::Dynamo),
+                _ => None,
+            })?,
+            session_ttl: self.get("session_ttl", DURATION, positive_duration)?,
+            sliding_ttl_on_read: self
+                .get("sliding_ttl_on_read", "true or false", |s| s.parse().ok())?,
+            timeout: self.get("timeout", DURATION, positive_duration)?,
+            max_retries: self.get("max_retries", "a whole number from 0 to 100", |s| {
+                s.parse().ok().filter(|&n| n <= 100)
+            })?,
+            redis_address: self.text("redis_address"),
+            redis_password: self.optional_text("redis_password"),
+            redis_db: self.get("redis_db", "a whole number from 0", |s| {
+                s.parse().ok().filter(|&n| n >= 0)
+            })?,
+            mongo_uri: self
+                .optional_text("mongo_uri")
+                .unwrap_or_else(|| "mongodb://localhost:27017".to_string()),
+            mongo_database: self.text("mongo_database"),
+            mongo_collection: self.text("mongo_collection"),
+            dynamo_region: self.text("dynamo_region"),
+            dynamo_table: self.text("dynamo_table"),
+            dynamo_endpoint: self.optional_text("dynamo_endpoint"),
+            memory_limits: MemoryLimits {
+                max_sessions: self.get(
+                    "memory_max_sessions",
+                    "a whole number (0 = no limit)",
+                    limit,
+                )?,
+                max_bytes: self.get(
+                    "memory_max_bytes",
+                    "a size such as 512MiB or 1GB (0 = no limit)",
+                    size_limit,
+                )?,
+            },
+            memory_sweep_interval: self.get(
+                "memory_sweep_interval",
+                DURATION,
+                positive_duration,
+            )?,
+            health_interval: self.get("health_interval", DURATION, positive_duration)?,
+            shutdown_grace: self.get(
+                "shutdown_grace",
+                "a duration such as 0s, 10s or 1m",
+                duration,
+            )?,
+            max_grpc_message_size: self.get(
+                "max_grpc_message_size",
+                "a size from 64KiB to 1GiB, such as 4MiB",
+                |s| {
+                    parse_size(s)
+                        .filter(|n| (64 << 10..=1 << 30).contains(n))
+                        .map(|n| n as usize)
+                },
+            )?,
+            limits: RequestLimits {
+                max_messages_per_request: self.get(
+                    "max_messages_per_request",
+                    "a whole number from 1 to 100000",
+                    |s| s.parse().ok().filter(|n| (1..=100_000).contains(n)),
+                )?,
+                max_content_bytes: self.get(
+                    "max_content_bytes",
+                    "a size from 1KiB to 1GiB, such as 1MiB",
+                    |s| {
+                        parse_size(s)
+                            .filter(|n| (1 << 10..=1 << 30).contains(n))
+                            .map(|n| n as usize)
+                    },
+                )?,
+                max_ttl: self.get("max_ttl", DURATION, positive_duration)?,
+                max_page_size: self.get(
+                    "max_page_size",
+                    "a whole number from 1 to 100000",
+                    |s| s.parse().ok().filter(|n| (1..=100_000).contains(n)),
+                )?,
+            },
+            log_format: self.get("log_format", "text or json", |s| match s {
+                "text" => Some(LogFormat::Text),
+                "json" => Some(LogFormat::Json),
+                _ => None,
+            })?,
+            log_level: self.text("log_level"),
+        };
+        if config.session_ttl > config.limits.max_ttl {
+            return Err(ConfigError(format!(
+                "`session_ttl` ({}) is longer than `max_ttl` ({})",
+                format_duration(config.session_ttl),
+                format_duration(config.limits.max_ttl)
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The effective settings as TOML, secrets redacted, each with its source.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for key in KEYS {
+            let (value, source) = self.raw(key.name);
+            let shown = if key.secret && !value.is_empty() {
+                redact(key.name, value)
+            } else {
+                value.to_string()
+            };
+            out.push_str(&format!("{} = {:?}  # {source}\n", key.name, shown));
+        }
+        out
+    }
+}
+
+/// Hides a secret: a URI keeps everything but its password, anything else is replaced.
+fn redact(name: &str, value: &str) -> String {
+    if name.ends_with("_uri")
+        && let Some((scheme, rest)) = value.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+    {
+        let user = userinfo.split(':').next().unwrap_or("");
+        return format!("{scheme}://{user}:<redacted>@{host}");
+    }
+    if name.ends_with("_uri") {
+        return value.to_string();
+    }
+    "<redacted>".to_string()
+}
+
+/// Formats a duration in the largest whole unit (d, h, m, s, ms), as config accepts it.
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Parses a byte size: a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_mirror_cs_ai() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.storage_type, StorageType::Memory);
+        assert_eq!(config.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(config.mongo_database, "cs_ai");
+        assert_eq!(config.mongo_collection, "sessions");
+        assert_eq!(config.dynamo_table, "cs_ai_sessions");
+        assert_eq!(config.max_grpc_message_size, 4 << 20);
+        assert_eq!(config.memory_limits, MemoryLimits::default());
+    }
+
+    #[test]
+    fn later_sources_override_earlier_ones() {
+        let mut values = Values::defaults();
+        values.set("session_ttl", "1h".into(), Source::File("f.toml".into()));
+        values.set("session_ttl", "30m".into(), Source::Env("CSAI_SESSION_TTL"));
+        assert_eq!(
+            values.parse().unwrap().session_ttl,
+            Duration::from_secs(1800)
+        );
+    }
+
+    #[test]
+    fn errors_name_key_source_and_accepted_values() {
+        let mut values = Values::defaults();
+        values.set("type", "cassandra".into(), Source::Env("CSAI_STORAGE_TYPE"));
+        let error = values.parse().unwrap_err().to_string();
+        assert!(error.contains("`type`"), "{error}");
+        assert!(error.contains("CSAI_STORAGE_TYPE"), "{error}");
+        assert!(error.contains("memory, redis, mongo, dynamo"), "{error}");
+        assert!(error.contains("cassandra"), "{error}");
+
+        let mut values = Values::defaults();
+        values.set(
+            "session_ttl",
+            "forever".into(),
+            Source::Flag("session-ttl".into()),
+        );
+        let error = values.parse().unwrap_err().to_string();
+        assert!(error.contains("flag --session-ttl"), "{error}");
+    }
+
+    #[test]
+    fn durations_format_in_whole_units() {
+        assert_eq!(format_duration(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(format_duration(Duration::from_secs(12 * 3600)), "12h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4MiB"), Some(4 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1 GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut values = Values::defaults();
+        values.set(
+            "redis_password",
+            "hunter2".into(),
+            Source::Env("CSAI_REDIS_PASSWORD"),
+        );
+        values.set(
+            "mongo_uri",
+            "mongodb://app:s3cret@db:27017/?tls=true".into(),
+            Source::Default,
+        );
+        let shown = values.render();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("mongodb://app:<redacted>@db:27017/?tls=true"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn session_ttl_may_not_exceed_max_ttl() {
+        let mut values = Values::defaults();
+        values.set("session_ttl", "400d".into(), Source::Default);
+        assert!(values.parse().unwrap_err().to_string().contains("max_ttl"));
+    }
+}

@@ -1,0 +1,375 @@
+//! Conversions between proto types and domain types, with the validation of client input.
+//!
+//! Every check of what a client sends lives here or in the service, once for all
+//! backends; each failure is INVALID_ARGUMENT naming the offending field.
+
+use crate::config::{RequestLimits, format_duration};
+use crate::grpc::pb;
+use crate::model::{
+    JsonObject, ListPage, Message, NewMessage, Role, Session, SessionId, SessionSummary, ToolCall,
+    Usage,
+};
+use prost_types::value::Kind;
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+use tonic::Status;
+
+/// Longest session id, in bytes.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+/// Longest idempotency key, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Longest participant name, tool call id, function name or model name, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+/// Shortest TTL a request may ask for.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+fn has_control_chars(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+/// Checks a session id: 1 to 256 bytes of UTF-8 without control characters.
+pub fn session_id(raw: &str, field: &str) -> Result<SessionId, Status> {
+    if raw.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if raw.len() > MAX_SESSION_ID_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "is {} bytes; at most {MAX_SESSION_ID_BYTES} are allowed",
+                raw.len()
+            ),
+        ));
+    }
+    if has_control_chars(raw) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(SessionId::new(raw))
+}
+
+/// Checks an optional idempotency key.
+pub fn request_id(raw: String, field: &str) -> Result<Option<String>, Status> {
+    if raw.len() > MAX_REQUEST_ID_BYTES {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_REQUEST_ID_BYTES} bytes are allowed"),
+        ));
+    }
+    if has_control_chars(&raw) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(Some(raw).filter(|r| !r.is_empty()))
+}
+
+/// Resolves a request's TTL: the default when unset, else within 1s..=max_ttl.
+pub fn ttl(
+    raw: Option<prost_types::Duration>,
+    default: Duration,
+    limits: &RequestLimits,
+    field: &str,
+) -> Result<Duration, Status> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let accepted = format!(
+        "must be between {} and {}",
+        format_duration(MIN_TTL),
+        format_duration(limits.max_ttl)
+    );
+    let ttl = Duration::try_from(raw).map_err(|_| invalid(field, &accepted))?;
+    if ttl < MIN_TTL || ttl > limits.max_ttl {
+        return Err(invalid(field, accepted));
+    }
+    Ok(ttl)
+}
+
+fn short_text(raw: String, field: &str) -> Result<Option<String>, Status> {
+    if raw.len() > MAX_NAME_BYTES {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_NAME_BYTES} bytes are allowed"),
+        ));
+    }
+    Ok(Some(raw).filter(|s| !s.is_empty()))
+}
+
+fn long_text(raw: String, limits: &RequestLimits, field: &str) -> Result<String, Status> {
+    if raw.len() > limits.max_content_bytes {
+        return Err(invalid(
+            field,
+            format!(
+                "{} bytes is more than the limit of {} bytes (max_content_bytes)",
+                raw.len(),
+                limits.max_content_bytes
+            ),
+        ));
+    }
+    Ok(raw)
+}
+
+fn role(raw: i32, field: &str) -> Result<Role, Status> {
+    match pb::Role::try_from(raw) {
+        Ok(pb::Role::System) => Ok(Role::System),
+        Ok(pb::Role::Developer) => Ok(Role::Developer),
+        Ok(pb::Role::User) => Ok(Role::User),
+        Ok(pb::Role::Assistant) => Ok(Role::Assistant),
+        Ok(pb::Role::Tool) => Ok(Role::Tool),
+        Ok(pb::Role::Unspecified) => Err(invalid(
+            field,
+            "is required: ROLE_SYSTEM, ROLE_DEVELOPER, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL",
+        )),
+        Err(_) => Err(invalid(field, format!("unknown role {raw}"))),
+    }
+}
+
+fn role_to_proto(role: Role) -> pb::Role {
+    match role {
+        Role::System => pb::Role::System,
+        Role::Developer => pb::Role::Developer,
+        Role::User => pb::Role::User,
+        Role::Assistant => pb::Role::Assistant,
+        Role::Tool => pb::Role::Tool,
+    }
+}
+
+/// Checks and converts one message a client writes (its seq and create_time are ignored).
+pub fn new_message(
+    raw: pb::Message,
+    limits: &RequestLimits,
+    field: &str,
+) -> Result<NewMessage, Status> {
+    let role = role(raw.role, &format!("{field}.role"))?;
+    if !raw.tool_calls.is_empty() && role != Role::Assistant {
+        return Err(invalid(
+            &format!("{field}.tool_calls"),
+            "only assistant messages may carry tool calls",
+        ));
+    }
+    let tool_call_id = short_text(raw.tool_call_id, &format!("{field}.tool_call_id"))?;
+    match (role, &tool_call_id) {
+        (Role::Tool, None) => {
+            return Err(invalid(
+                &format!("{field}.tool_call_id"),
+                "is required on tool messages: the id of the call it answers",
+            ));
+        }
+        (Role::Tool, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(invalid(
+                &format!("{field}.tool_call_id"),
+                "is only allowed on tool messages",
+            ));
+        }
+    }
+    let tool_calls = raw
+        .tool_calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, call)| tool_call(call, limits, &format!("{field}.tool_calls[{i}]")))
+        .collect::<Result<_, _>>()?;
+    Ok(NewMessage {
+        role,
+        content: long_text(raw.content, limits, &format!("{field}.content"))?,
+        name: short_text(raw.name, &format!("{field}.name"))?,
+        tool_calls,
+        tool_call_id,
+        model: short_text(raw.model, &format!("{field}.model"))?,
+        usage: raw.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        }),
+        reasoning_content: Some(long_text(
+            raw.reasoning_content,
+            limits,
+            &format!("{field}.reasoning_content"),
+        )?)
+        .filter(|s| !s.is_empty()),
+        metadata: raw
+            .metadata
+            .map(|m| struct_to_json(m, &format!("{field}.metadata")))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+fn tool_call(raw: pb::ToolCall, limits: &RequestLimits, field: &str) -> Result<ToolCall, Status> {
+    let id = short_text(raw.id, &format!("{field}.id"))?
+        .ok_or_else(|| invalid(&format!("{field}.id"), "is required"))?;
+    let function = raw
+        .function
+        .ok_or_else(|| invalid(&format!("{field}.function"), "is required"))?;
+    let function_name = short_text(function.name, &format!("{field}.function.name"))?
+        .ok_or_else(|| invalid(&format!("{field}.function.name"), "is required"))?;
+    Ok(ToolCall {
+        id,
+        kind: short_text(raw.r#type, &format!("{field}.type"))?
+            .unwrap_or_else(|| "function".into()),
+        function_name,
+        arguments: long_text(
+            function.arguments,
+            limits,
+            &format!("{field}.function.arguments"),
+        )?,
+        index: raw.index,
+    })
+}
+
+/// Checks and converts the messages of a write request.
+pub fn new_messages(
+    raw: Vec<pb::Message>,
+    limits: &RequestLimits,
+    field: &str,
+) -> Result<Vec<NewMessage>, Status> {
+    if raw.len() > limits.max_messages_per_request {
+        return Err(invalid(
+            field,
+            format!(
+                "{} messages is more than the limit of {} per request (max_messages_per_request); split the write",
+                raw.len(),
+                limits.max_messages_per_request
+            ),
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, m)| new_message(m, limits, &format!("{field}[{i}]")))
+        .collect()
+}
+
+/// A stored message as proto.
+pub fn message_to_proto(message: Message) -> pb::Message {
+    let body = message.body;
+    pb::Message {
+        seq: message.seq,
+        role: role_to_proto(body.role) as i32,
+        content: body.content,
+        name: body.name.unwrap_or_default(),
+        tool_calls: body
+            .tool_calls
+            .into_iter()
+            .map(|call| pb::ToolCall {
+                id: call.id,
+                r#type: call.kind,
+                function: Some(pb::FunctionCall {
+                    name: call.function_name,
+                    arguments: call.arguments,
+                }),
+                index: call.index,
+            })
+            .collect(),
+        tool_call_id: body.tool_call_id.unwrap_or_default(),
+        model: body.model.unwrap_or_default(),
+        usage: body.usage.map(|u| pb::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        }),
+        reasoning_content: body.reasoning_content.unwrap_or_default(),
+        metadata: (!body.metadata.is_empty()).then(|| json_to_struct(body.metadata)),
+        create_time: Some(timestamp(message.create_time)),
+    }
+}
+
+/// A session as proto.
+pub fn session_to_proto(session: Session) -> pb::Session {
+    pb::Session {
+        session_id: session.id.as_str().to_string(),
+        messages: session.messages.into_iter().map(message_to_proto).collect(),
+        system_messages: session
+            .system_messages
+            .into_iter()
+            .map(message_to_proto)
+            .collect(),
+        state: Some(json_to_struct(session.state)),
+        version: session.version,
+        message_count: session.message_count,
+        create_time: Some(timestamp(session.create_time)),
+        update_time: Some(timestamp(session.update_time)),
+        expire_time: Some(timestamp(session.expire_time)),
+    }
+}
+
+fn summary_to_proto(summary: SessionSummary) -> pb::SessionSummary {
+    pb::SessionSummary {
+        session_id: summary.id.as_str().to_string(),
+        message_count: summary.message_count,
+        version: summary.version,
+        update_time: Some(timestamp(summary.update_time)),
+        expire_time: Some(timestamp(summary.expire_time)),
+    }
+}
+
+/// A listing page as proto.
+pub fn list_page_to_proto(page: ListPage) -> pb::ListSessionsResponse {
+    pb::ListSessionsResponse {
+        sessions: page.sessions.into_iter().map(summary_to_proto).collect(),
+        next_page_token: page.next_page_token.unwrap_or_default(),
+    }
+}
+
+/// A time as a proto Timestamp.
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+/// Converts a Struct to a JSON object. Numbers that are whole and exactly representable
+/// become JSON integers, so `{"n": 3}` is stored as written.
+pub fn struct_to_json(raw: prost_types::Struct, field: &str) -> Result<JsonObject, Status> {
+    raw.fields
+        .into_iter()
+        .map(|(key, value)| {
+            let inner = format!("{field}.{key}");
+            Ok((key, value_to_json(value, &inner)?))
+        })
+        .collect()
+}
+
+fn value_to_json(raw: prost_types::Value, field: &str) -> Result<Value, Status> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    Ok(match raw.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < EXACT => Value::from(n as i64),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
+            .map(Value::Number)
+            .ok_or_else(|| invalid(field, "NaN and infinity are not valid JSON numbers"))?,
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s, field)?),
+        Some(Kind::ListValue(list)) => Value::Array(
+            list.values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| value_to_json(v, &format!("{field}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Converts a JSON object to a Struct.
+pub fn json_to_struct(object: JsonObject) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: object
+            .into_iter()
+            .map(|(key, value)| (key, json_to_value(value)))
+            .collect(),
+    }
+}
+
+fn json_to_value(value: Value) -> prost_types::Value {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(values) => Kind::ListValue(prost_types::ListValue {
+            values: values.into_iter().map(json_to_value).collect(),
+        }),
+        Value::Object(object) => Kind::StructValue(json_to_struct(object)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,16 @@
+//! The gRPC edge: generated code, proto <-> domain conversion, error mapping and services.
+
+pub mod chat;
+pub mod convert;
+pub mod errors;
+pub mod session_store;
+
+/// Code generated from `proto/csai/v1`.
+#[allow(clippy::all)] // generated code; the proto comments are written for every language
+pub mod pb {
+    tonic::include_proto!("csai.v1");
+
+    /// Encoded descriptors of the csai.v1 files (and their imports), for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/csai_descriptor.bin"));
+}

@@ -1,0 +1,285 @@
+//! The SessionStore gRPC service: validates requests, applies policy, calls the store.
+
+use crate::config::{Config, RequestLimits};
+use crate::grpc::convert::{self, timestamp};
+use crate::grpc::errors::status_of;
+use crate::grpc::pb;
+use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
+use crate::model::{Append, ListQuery, SessionId, StateUpdate, Window, WriteOptions};
+use crate::store::SessionStore;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tonic::{Request, Response, Status};
+
+/// Default ListSessions page size when the request leaves it at 0.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Longest id_prefix of ListSessions, in bytes.
+const MAX_PREFIX_BYTES: usize = convert::MAX_SESSION_ID_BYTES;
+
+/// Policy the service applies the same way for every backend.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub default_ttl: Duration,
+    pub sliding_ttl_on_read: bool,
+    pub limits: RequestLimits,
+}
+
+impl Policy {
+    /// The policy part of a configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            default_ttl: config.session_ttl,
+            sliding_ttl_on_read: config.sliding_ttl_on_read,
+            limits: config.limits.clone(),
+        }
+    }
+
+    fn write_options(
+        &self,
+        expected_version: Option<u64>,
+        ttl: Option<prost_types::Duration>,
+    ) -> Result<WriteOptions, Status> {
+        Ok(WriteOptions {
+            expected_version,
+            ttl: convert::ttl(ttl, self.default_ttl, &self.limits, "ttl")?,
+        })
+    }
+}
+
+/// The SessionStore service over any store.
+pub struct SessionStoreService {
+    store: Arc<dyn SessionStore>,
+    policy: Policy,
+}
+
+impl SessionStoreService {
+    /// Serves `store` with `policy`.
+    pub fn new(store: Arc<dyn SessionStore>, policy: Policy) -> Self {
+        Self { store, policy }
+    }
+}
+
+fn session_id(raw: &str) -> Result<SessionId, Status> {
+    convert::session_id(raw, "session_id")
+}
+
+fn write_response(outcome: crate::model::WriteOutcome) -> pb::WriteResponse {
+    pb::WriteResponse {
+        version: outcome.version,
+        expire_time: Some(timestamp(outcome.expire_time)),
+    }
+}
+
+#[tonic::async_trait]
+impl SessionStoreRpc for SessionStoreService {
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        let window = match request.window {
+            None => Window::All,
+            Some(pb::get_session_request::Window::LastN(0)) => {
+                return Err(Status::invalid_argument("last_n: must be at least 1"));
+            }
+            Some(pb::get_session_request::Window::LastN(n)) => Window::LastN(n),
+            Some(pb::get_session_request::Window::AfterSeq(seq)) => Window::AfterSeq(seq),
+        };
+        let mut session = self.store.get(&id, window).await.map_err(status_of)?;
+        if self.policy.sliding_ttl_on_read {
+            let extended = SystemTime::now() + self.policy.default_ttl;
+            // Sliding never shortens a session that was written with a longer TTL.
+            if extended > session.expire_time {
+                let touched = self
+                    .store
+                    .touch(&id, self.policy.default_ttl)
+                    .await
+                    .map_err(status_of)?;
+                session.expire_time = touched.expire_time;
+            }
+        }
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(convert::session_to_proto(session)),
+        }))
+    }
+
+    async fn append_messages(
+        &self,
+        request: Request<pb::AppendMessagesRequest>,
+    ) -> Result<Response<pb::AppendMessagesResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        if request.messages.is_empty() {
+            return Err(Status::invalid_argument(
+                "messages: at least one message is required",
+            ));
+        }
+        let append = Append {
+            messages: convert::new_messages(request.messages, &self.policy.limits, "messages")?,
+            request_id: convert::request_id(request.request_id, "request_id")?,
+            options: self
+                .policy
+                .write_options(request.expected_version, request.ttl)?,
+        };
+        let outcome = self.store.append(&id, append).await.map_err(status_of)?;
+        Ok(Response::new(pb::AppendMessagesResponse {
+            seqs: outcome.seqs().collect(),
+            version: outcome.version,
+            expire_time: Some(timestamp(outcome.expire_time)),
+            deduplicated: outcome.deduplicated,
+        }))
+    }
+
+    async fn replace_messages(
+        &self,
+        request: Request<pb::ReplaceMessagesRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
+        let options = self
+            .policy
+            .write_options(request.expected_version, request.ttl)?;
+        let outcome = self
+            .store
+            .replace(&id, messages, options)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(write_response(outcome)))
+    }
+
+    async fn set_system_messages(
+        &self,
+        request: Request<pb::SetSystemMessagesRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        let messages = convert::new_messages(
+            request.system_messages,
+            &self.policy.limits,
+            "system_messages",
+        )?;
+        let options = self
+            .policy
+            .write_options(request.expected_version, request.ttl)?;
+        let outcome = self
+            .store
+            .set_system_messages(&id, messages, options)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(write_response(outcome)))
+    }
+
+    async fn update_state(
+        &self,
+        request: Request<pb::UpdateStateRequest>,
+    ) -> Result<Response<pb::UpdateStateResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        let state = convert::struct_to_json(request.state.unwrap_or_default(), "state")?;
+        let update = match pb::StateUpdateMode::try_from(request.mode) {
+            Ok(pb::StateUpdateMode::Unspecified | pb::StateUpdateMode::Replace) => {
+                StateUpdate::Replace(state)
+            }
+            Ok(pb::StateUpdateMode::Merge) => StateUpdate::Merge(state),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "mode: unknown value {}; use STATE_UPDATE_MODE_REPLACE or STATE_UPDATE_MODE_MERGE",
+                    request.mode
+                )));
+            }
+        };
+        let options = self
+            .policy
+            .write_options(request.expected_version, request.ttl)?;
+        let outcome = self
+            .store
+            .update_state(&id, update, options)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::UpdateStateResponse {
+            version: outcome.write.version,
+            expire_time: Some(timestamp(outcome.write.expire_time)),
+            state: Some(convert::json_to_struct(outcome.state)),
+        }))
+    }
+
+    async fn touch_session(
+        &self,
+        request: Request<pb::TouchSessionRequest>,
+    ) -> Result<Response<pb::TouchSessionResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        let ttl = convert::ttl(
+            request.ttl,
+            self.policy.default_ttl,
+            &self.policy.limits,
+            "ttl",
+        )?;
+        let outcome = self.store.touch(&id, ttl).await.map_err(status_of)?;
+        Ok(Response::new(pb::TouchSessionResponse {
+            version: outcome.version,
+            expire_time: Some(timestamp(outcome.expire_time)),
+        }))
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        let request = request.into_inner();
+        let id = session_id(&request.session_id)?;
+        let deleted = self
+            .store
+            .delete(&id, request.expected_version)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::DeleteSessionResponse { deleted }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let max = self.policy.limits.max_page_size;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE.min(max),
+            n if n > max => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: {n} is more than the maximum of {max} (max_page_size)"
+                )));
+            }
+            n => n,
+        };
+        if request.id_prefix.len() > MAX_PREFIX_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
+            )));
+        }
+        let page = self
+            .store
+            .list(ListQuery {
+                prefix: request.id_prefix,
+                page_size,
+                page_token: Some(request.page_token).filter(|t| !t.is_empty()),
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(convert::list_page_to_proto(page)))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let stats = self.store.stats().await.map_err(status_of)?;
+        Ok(Response::new(pb::GetStatsResponse {
+            backend: stats.backend,
+            active_sessions: stats.active_sessions,
+            total_messages: stats.total_messages,
+            approximate_bytes: stats.approximate_bytes,
+        }))
+    }
+}

@@ -1,0 +1,67 @@
+//! `grpc.health.v1` statuses, driven by a periodic check of the storage backend.
+
+use crate::store::SessionStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Health service names: the whole server, and each csai service.
+pub const SERVER: &str = "";
+pub const SESSION_STORE: &str = "csai.v1.SessionStore";
+pub const CHAT: &str = "csai.v1.Chat";
+
+/// Sets the status of the server and the SessionStore service. Chat stays NOT_SERVING
+/// until it is implemented.
+pub async fn report(reporter: &HealthReporter, store_serving: bool) {
+    let status = if store_serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status(SERVER, status).await;
+    reporter.set_service_status(SESSION_STORE, status).await;
+    reporter
+        .set_service_status(CHAT, ServingStatus::NotServing)
+        .await;
+}
+
+/// Checks the backend every `interval` (each check bounded by `timeout`) and reports the
+/// result, logging only changes. Runs until aborted.
+pub async fn run_checks(
+    store: Arc<dyn SessionStore>,
+    reporter: HealthReporter,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<bool> = None;
+    loop {
+        ticks.tick().await;
+        let serving = match tokio::time::timeout(timeout, store.health_check()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                if last != Some(false) {
+                    tracing::warn!(backend = store.backend(), %error, "backend health check failed");
+                }
+                false
+            }
+            Err(_) => {
+                if last != Some(false) {
+                    tracing::warn!(
+                        backend = store.backend(),
+                        ?timeout,
+                        "backend health check timed out"
+                    );
+                }
+                false
+            }
+        };
+        if serving && last == Some(false) {
+            tracing::info!(backend = store.backend(), "backend healthy again");
+        }
+        report(&reporter, serving).await;
+        last = Some(serving);
+    }
+}

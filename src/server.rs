@@ -1,0 +1,139 @@
+//! Builds the gRPC server: services, health, reflection, limits and graceful shutdown.
+
+use crate::config::{Config, StorageType};
+use crate::grpc::chat::ChatService;
+use crate::grpc::pb::chat_server::ChatServer;
+use crate::grpc::pb::session_store_server::SessionStoreServer;
+use crate::grpc::session_store::{Policy, SessionStoreService};
+use crate::health;
+use crate::store::SessionStore;
+use crate::store::memory::MemoryStore;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Store(String),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the configured backend. Backends that are not built yet fail with a clear message.
+pub fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
+    match config.storage_type {
+        StorageType::Memory => {
+            let store = Arc::new(MemoryStore::new(config.memory_limits));
+            store.spawn_sweeper(config.memory_sweep_interval);
+            Ok(store)
+        }
+        other => Err(ServeError::Store(format!(
+            "storage type `{}` is not available in this version of csai-sidecar yet; \
+             set `type` (CSAI_STORAGE_TYPE) to `memory`",
+            other.name()
+        ))),
+    }
+}
+
+/// Binds the configured listen address.
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: config.listen.to_string(),
+            source,
+        })
+}
+
+/// Serves until `shutdown` completes, then: health goes NOT_SERVING, new connections are
+/// refused, in-flight RPCs get `shutdown_grace` to finish, and the function returns.
+pub async fn serve(
+    config: &Config,
+    store: Arc<dyn SessionStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::report(&reporter, false).await;
+    let checks = tokio::spawn(health::run_checks(
+        store.clone(),
+        reporter.clone(),
+        config.health_interval,
+        config.timeout,
+    ));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| ServeError::Reflection(e.to_string());
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let size = config.max_grpc_message_size;
+    let sessions = SessionStoreServer::new(SessionStoreService::new(
+        store.clone(),
+        Policy::from_config(config),
+    ))
+    .max_decoding_message_size(size)
+    .max_encoding_message_size(size);
+    let chat = ChatServer::new(ChatService)
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size);
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            checks.abort();
+            for service in [health::SERVER, health::SESSION_STORE, health::CHAT] {
+                reporter
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight RPCs");
+            let _ = stopping_tx.send(());
+        }
+    };
+
+    let local = listener.local_addr().ok();
+    tracing::info!(address = ?local, backend = store.backend(), "csai-sidecar serving");
+    let server = tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sessions)
+        .add_service(chat)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => result?,
+        Ok(()) = stopping_rx => {
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(
+                    grace = ?config.shutdown_grace,
+                    "shutdown grace period over; closing RPCs still in flight"
+                ),
+            }
+        }
+    }
+    tracing::info!("csai-sidecar stopped");
+    Ok(())
+}

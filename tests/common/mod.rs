@@ -1,0 +1,150 @@
+//! Test harness: a real sidecar on an ephemeral port, and clients for it.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use csai_sidecar::config::Config;
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
+use csai_sidecar::server::{self, ServeError};
+use csai_sidecar::store::SessionStore;
+use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A sidecar serving the in-memory store in this process, over a real TCP socket.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub store: Arc<MemoryStore>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// A configuration for tests: ephemeral port, quick health checks.
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        health_interval: Duration::from_millis(100),
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// Starts a sidecar with the test configuration.
+    pub async fn start() -> Self {
+        Self::start_with(test_config(), MemoryLimits::default()).await
+    }
+
+    /// Starts a sidecar with this configuration and store limits.
+    pub async fn start_with(config: Config, limits: MemoryLimits) -> Self {
+        let store = Arc::new(MemoryStore::new(limits));
+        let listener = server::bind(&config).await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let (tx, rx) = oneshot::channel();
+        let serving_store: Arc<dyn SessionStore> = store.clone();
+        let handle = tokio::spawn(async move {
+            server::serve(&config, serving_store, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Self {
+            addr,
+            store,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// A new connection to the sidecar.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A SessionStore client on a new connection.
+    pub async fn sessions(&self) -> SessionStoreClient<Channel> {
+        SessionStoreClient::new(self.channel().await)
+    }
+
+    /// A health client on a new connection.
+    pub async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel().await)
+    }
+
+    /// Starts the graceful shutdown.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down and waits for the server to return.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.begin_shutdown();
+        let handle = self.handle.take().expect("running");
+        handle.await.expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+/// Asks the health service for one service's status.
+pub async fn health_status(health: &mut HealthClient<Channel>, service: &str) -> i32 {
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+/// Waits until `service` reports `status` (health checks run every 100 ms in tests).
+pub async fn wait_for_status(health: &mut HealthClient<Channel>, service: &str, status: i32) {
+    for _ in 0..100 {
+        if health_status(health, service).await == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{service:?} never reached status {status}");
+}
+
+/// Serving status codes of grpc.health.v1.
+pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
+
+/// A text message of a role.
+pub fn message(role: pb::Role, content: &str) -> pb::Message {
+    pb::Message {
+        role: role as i32,
+        content: content.to_string(),
+        ..Default::default()
+    }
+}
+
+/// A user message.
+pub fn user(content: &str) -> pb::Message {
+    message(pb::Role::User, content)
+}
+
+/// A protobuf Duration of whole seconds.
+pub fn seconds(secs: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: secs,
+        nanos: 0,
+    }
+}

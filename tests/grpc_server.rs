@@ -1,0 +1,241 @@
+//! End-to-end tests of the server around the services: health, reflection, shutdown.
+
+mod common;
+
+use common::{NOT_SERVING, SERVING, TestServer, health_status, user, wait_for_status};
+use csai_sidecar::grpc::pb;
+use csai_sidecar::model::{SessionId, Window};
+use csai_sidecar::store::SessionStore;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+#[tokio::test]
+async fn health_reports_each_service() {
+    let server = TestServer::start().await;
+    let mut health = server.health().await;
+    wait_for_status(&mut health, "", SERVING).await;
+    assert_eq!(
+        health_status(&mut health, "csai.v1.SessionStore").await,
+        SERVING
+    );
+    assert_eq!(
+        health_status(&mut health, "csai.v1.Chat").await,
+        NOT_SERVING
+    );
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn health_watch_sees_shutdown() {
+    let mut server = TestServer::start().await;
+    let mut health = server.health().await;
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "csai.v1.SessionStore".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("first status").expect("status");
+    assert_eq!(first.status, SERVING);
+    server.begin_shutdown();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("a status change before the timeout")
+        .expect("stream open")
+        .expect("status");
+    assert_eq!(next.status, NOT_SERVING);
+    drop(watch);
+    server.stop().await.expect("clean stop");
+}
+
+async fn reflected_services_v1(server: &TestServer) -> HashSet<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    match responses
+        .next()
+        .await
+        .expect("one response")
+        .expect("ok")
+        .message_response
+    {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflected_services_v1alpha(server: &TestServer) -> HashSet<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    match responses
+        .next()
+        .await
+        .expect("one response")
+        .expect("ok")
+        .message_response
+    {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_both_services_in_v1_and_v1alpha() {
+    let server = TestServer::start().await;
+    for services in [
+        reflected_services_v1(&server).await,
+        reflected_services_v1alpha(&server).await,
+    ] {
+        for name in [
+            "csai.v1.SessionStore",
+            "csai.v1.Chat",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(services.contains(name), "{name} missing from {services:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn reflection_describes_the_session_store_file() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let server = TestServer::start().await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "csai.v1.SessionStore".into(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    match responses
+        .next()
+        .await
+        .expect("one response")
+        .expect("ok")
+        .message_response
+    {
+        Some(MessageResponse::FileDescriptorResponse(files)) => {
+            assert!(!files.file_descriptor_proto.is_empty());
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// Appends keep flowing from 8 writers while the server shuts down: every append the server
+/// acknowledged is in the store afterwards, and the writers see clean errors, not hangs.
+#[tokio::test]
+async fn graceful_shutdown_loses_no_acknowledged_append() {
+    let mut server = TestServer::start().await;
+    let store = server.store.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let mut client = server.sessions().await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let content = format!("w{writer}-{n}");
+                let request = pb::AppendMessagesRequest {
+                    session_id: format!("writer-{writer}"),
+                    messages: vec![user(&content)],
+                    ..Default::default()
+                };
+                match client.append_messages(request).await {
+                    Ok(response) => acknowledged.push((response.into_inner().seqs[0], content)),
+                    Err(status) => {
+                        assert!(
+                            matches!(
+                                status.code(),
+                                Code::Unavailable | Code::Cancelled | Code::Unknown
+                            ),
+                            "unexpected error during shutdown: {status:?}"
+                        );
+                        break;
+                    }
+                }
+            }
+            (writer, acknowledged)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.begin_shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("the server stops within the grace period");
+    stopped.expect("clean stop");
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = 0;
+    for writer in writers {
+        let (writer, acknowledged) = writer.await.expect("writer");
+        assert!(
+            !acknowledged.is_empty(),
+            "writer {writer} never got through"
+        );
+        let session = store
+            .get(&SessionId::new(format!("writer-{writer}")), Window::All)
+            .await
+            .expect("the session of an acknowledged append exists");
+        for (seq, content) in &acknowledged {
+            let stored = &session.messages[(*seq - 1) as usize];
+            assert_eq!(
+                &stored.body.content, content,
+                "acknowledged append {seq} lost"
+            );
+        }
+        assert!(session.messages.len() >= acknowledged.len());
+        total += acknowledged.len();
+    }
+    assert!(total > 8, "too few appends to test anything: {total}");
+}
