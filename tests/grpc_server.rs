@@ -2,10 +2,14 @@
 
 mod common;
 
-use common::{NOT_SERVING, SERVING, TestServer, health_status, user, wait_for_status};
+use common::{NOT_SERVING, SERVING, TestServer, health_status, test_config, user, wait_for_status};
 use csai_sidecar::grpc::pb;
-use csai_sidecar::model::{SessionId, Window};
-use csai_sidecar::store::SessionStore;
+use csai_sidecar::model::{
+    Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
+    StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
+};
+use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use csai_sidecar::store::{SessionStore, StoreResult};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,6 +169,99 @@ async fn reflection_describes_the_session_store_file() {
             assert!(!files.file_descriptor_proto.is_empty());
         }
         other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// Delays every append, as a remote backend would, so RPCs are in flight at shutdown.
+struct SlowAppends(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl SessionStore for SlowAppends {
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+    async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
+        self.0.get(id, window).await
+    }
+    async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.append(id, append).await
+    }
+    async fn replace(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.0.replace(id, messages, options).await
+    }
+    async fn set_system_messages(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.0.set_system_messages(id, messages, options).await
+    }
+    async fn update_state(
+        &self,
+        id: &SessionId,
+        update: StateUpdate,
+        options: WriteOptions,
+    ) -> StoreResult<StateOutcome> {
+        self.0.update_state(id, update, options).await
+    }
+    async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
+        self.0.touch(id, ttl).await
+    }
+    async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
+        self.0.delete(id, expected_version).await
+    }
+    async fn list(&self, query: ListQuery) -> StoreResult<ListPage> {
+        self.0.list(query).await
+    }
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.0.stats().await
+    }
+    async fn health_check(&self) -> StoreResult<()> {
+        self.0.health_check().await
+    }
+}
+
+/// Appends in flight when shutdown begins complete before `serve` returns (the binary
+/// exits right after it), and their callers get their answers.
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_appends() {
+    let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
+    let slow = Arc::new(SlowAppends(memory.clone()));
+    let mut server = TestServer::start_serving(test_config(), memory.clone(), slow).await;
+    let mut in_flight = Vec::new();
+    for n in 0..16 {
+        let mut client = server.sessions().await;
+        in_flight.push(tokio::spawn(async move {
+            client
+                .append_messages(pb::AppendMessagesRequest {
+                    session_id: format!("slow-{n}"),
+                    messages: vec![user("in flight")],
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.begin_shutdown();
+    server.stop().await.expect("clean stop");
+    let stats = memory.stats().await.expect("stats");
+    assert_eq!(
+        stats.total_messages, 16,
+        "serve returned before the in-flight appends finished"
+    );
+    for request in in_flight {
+        let response = request
+            .await
+            .expect("task")
+            .expect("an in-flight append completes");
+        assert_eq!(response.into_inner().seqs, vec![1]);
     }
 }
 

@@ -42,10 +42,18 @@ impl TestServer {
     /// Starts a sidecar with this configuration and store limits.
     pub async fn start_with(config: Config, limits: MemoryLimits) -> Self {
         let store = Arc::new(MemoryStore::new(limits));
+        Self::start_serving(config, store.clone(), store).await
+    }
+
+    /// Starts a sidecar that serves `serving`, a decorator around `store`.
+    pub async fn start_serving(
+        config: Config,
+        store: Arc<MemoryStore>,
+        serving_store: Arc<dyn SessionStore>,
+    ) -> Self {
         let listener = server::bind(&config).await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = oneshot::channel();
-        let serving_store: Arc<dyn SessionStore> = store.clone();
         let handle = tokio::spawn(async move {
             server::serve(&config, serving_store, listener, async {
                 let _ = rx.await;

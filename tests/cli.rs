@@ -1,0 +1,232 @@
+//! Tests of the `csai-sidecar` binary: configuration sources and errors, and SIGTERM.
+
+mod common;
+
+use common::{NOT_SERVING, SERVING, wait_for_status};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_client::HealthClient;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_csai-sidecar");
+
+/// The binary with a clean environment: no CSAI_* variable leaks in from the caller.
+fn sidecar() -> Command {
+    let mut command = Command::new(BINARY);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CSAI_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn run(command: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("run csai-sidecar");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn scratch_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("csai-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write scratch file");
+    path
+}
+
+#[test]
+fn config_prints_effective_values_with_their_sources() {
+    let file = scratch_file(
+        "layers.toml",
+        "session_ttl = \"1h\"\ntimeout = \"2s\"\nredis_db = 3\nlog_format = \"json\"\n",
+    );
+    let (code, stdout, stderr) = run(sidecar()
+        .arg("config")
+        .arg("--config")
+        .arg(&file)
+        .env("CSAI_TIMEOUT", "4s")
+        .env("CSAI_LOG_FORMAT", "text")
+        .args(["--log-format", "json"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("session_ttl = \"1h\"  # file"), "{stdout}");
+    assert!(
+        stdout.contains("timeout = \"4s\"  # environment CSAI_TIMEOUT"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("redis_db = \"3\"  # file"), "{stdout}");
+    assert!(
+        stdout.contains("log_format = \"json\"  # flag --log-format"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("listen = \"127.0.0.1:50051\"  # default"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn config_redacts_secrets() {
+    let (code, stdout, _) = run(sidecar()
+        .arg("config")
+        .env("CSAI_REDIS_PASSWORD", "hunter2")
+        .env("CSAI_MONGO_URI", "mongodb://bot:s3cret@mongo:27017/cs_ai"));
+    assert_eq!(code, 0);
+    assert!(
+        !stdout.contains("hunter2") && !stdout.contains("s3cret"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("redis_password = \"<redacted>\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mongodb://bot:<redacted>@mongo:27017/cs_ai"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn invalid_values_exit_non_zero_naming_key_and_accepted_values() {
+    let cases: [(&str, &str, &[&str]); 5] = [
+        (
+            "CSAI_STORAGE_TYPE",
+            "cassandra",
+            &["`type`", "memory, redis, mongo, dynamo"],
+        ),
+        ("CSAI_SESSION_TTL", "soon", &["`session_ttl`", "duration"]),
+        ("CSAI_LISTEN", "nowhere", &["`listen`", "host:port"]),
+        ("CSAI_LOG_FORMAT", "xml", &["`log_format`", "text or json"]),
+        ("CSAI_MAX_RETRIES", "-1", &["`max_retries`", "whole number"]),
+    ];
+    for (var, value, mentions) in cases {
+        let (code, _, stderr) = run(sidecar().env(var, value));
+        assert_eq!(code, 2, "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+        for mention in mentions {
+            assert!(
+                stderr.contains(mention),
+                "{var}: {stderr:?} should mention {mention}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_or_unreadable_config_files_are_errors() {
+    let file = scratch_file("typo.toml", "sesion_ttl = \"1h\"\n");
+    let (code, _, stderr) = run(sidecar().arg("config").arg("--config").arg(&file));
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown key `sesion_ttl`"), "{stderr}");
+
+    let (code, _, stderr) = run(sidecar().env("CSAI_CONFIG", "/nonexistent/csai.toml"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/csai.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_backend_not_built_yet_fails_at_start_with_a_clear_message() {
+    for backend in ["redis", "mongo", "dynamo"] {
+        let (code, _, stderr) = run(sidecar()
+            .env("CSAI_STORAGE_TYPE", backend)
+            .env("CSAI_LISTEN", "127.0.0.1:0"));
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("storage type `{backend}` is not available")),
+            "{stderr}"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// SIGTERM: health turns NOT_SERVING, then the process exits 0.
+#[tokio::test]
+async fn sigterm_turns_health_not_serving_then_exits_zero() {
+    let port = free_port();
+    let mut child = sidecar()
+        .arg("serve")
+        .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CSAI_HEALTH_INTERVAL", "100ms")
+        .env("CSAI_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start csai-sidecar");
+
+    let mut channel = None;
+    for _ in 0..100 {
+        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(connected) => {
+                channel = Some(connected);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let mut health = HealthClient::new(channel.expect("the sidecar listens"));
+    wait_for_status(&mut health, "", SERVING).await;
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(
+        watch.next().await.expect("status").expect("ok").status,
+        SERVING
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("status change")
+        .expect("stream open")
+        .expect("ok");
+    assert_eq!(next.status, NOT_SERVING);
+    drop(watch);
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("wait");
+        let mut logs = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut logs);
+        }
+        (status, logs)
+    });
+    let (status, logs) = tokio::time::timeout(Duration::from_secs(15), status)
+        .await
+        .expect("exits within the grace period")
+        .expect("join");
+    assert_eq!(status.code(), Some(0), "logs: {logs}");
+    assert!(
+        logs.contains("\"message\":\"shutting down"),
+        "JSON logs expected: {logs}"
+    );
+}
