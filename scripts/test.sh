@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs every quality gate and every test.
+# This is the README's test command and exactly what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; everything else the tests
+# need is built by cargo from crates.io.
+for tool in cargo cargo-fmt cargo-clippy; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            rustup component add rustfmt clippy
+        else
+            echo "scripts/test.sh: $tool is missing; install Rust with rustup (https://rustup.rs)" >&2
+            exit 1
+        fi
+    fi
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test"
+cargo test
