@@ -22,4 +22,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-cargo test
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test 2>&1 | tee "$log"
+# One closing line over every test binary, so the total is plain to read.
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"

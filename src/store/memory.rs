@@ -592,13 +592,20 @@ mod tests {
         store
             .replace(
                 &id,
-                vec![NewMessage::text(Role::User, "a"), NewMessage::text(Role::User, "b")],
+                vec![
+                    NewMessage::text(Role::User, "a"),
+                    NewMessage::text(Role::User, "b"),
+                ],
                 WriteOptions::ttl(HOUR),
             )
             .await
             .unwrap();
         store
-            .set_system_messages(&id, vec![NewMessage::text(Role::System, "sys")], WriteOptions::ttl(HOUR))
+            .set_system_messages(
+                &id,
+                vec![NewMessage::text(Role::System, "sys")],
+                WriteOptions::ttl(HOUR),
+            )
             .await
             .unwrap();
         let state = json!({"k": "v"}).as_object().cloned().unwrap();
@@ -622,7 +629,11 @@ mod tests {
     async fn sweeper_frees_only_expired_sessions() {
         let store = Arc::new(MemoryStore::new(MemoryLimits::default()));
         for n in 0..50 {
-            let ttl = if n % 2 == 0 { Duration::from_millis(50) } else { HOUR };
+            let ttl = if n % 2 == 0 {
+                Duration::from_millis(50)
+            } else {
+                HOUR
+            };
             store
                 .append(&SessionId::new(format!("s{n}")), append("x", ttl))
                 .await
@@ -631,9 +642,16 @@ mod tests {
         let sweeper = store.spawn_sweeper(Duration::from_millis(20));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (sessions, messages, _) = counters(&store);
-        assert_eq!((sessions, messages), (25, 25), "the sweeper must free the 25 expired sessions");
+        assert_eq!(
+            (sessions, messages),
+            (25, 25),
+            "the sweeper must free the 25 expired sessions"
+        );
         let index_len: usize = store.shards.iter().map(|s| s.lock().by_expiry.len()).sum();
-        assert_eq!(index_len, 25, "the expiry index keeps one entry per live session");
+        assert_eq!(
+            index_len, 25,
+            "the expiry index keeps one entry per live session"
+        );
         drop(store);
         tokio::time::timeout(Duration::from_secs(1), sweeper)
             .await
@@ -648,10 +666,15 @@ mod tests {
             max_bytes: Some(4_000),
         });
         let id = SessionId::new("full");
-        store.append(&id, append(&"x".repeat(2_000), HOUR)).await.unwrap();
+        store
+            .append(&id, append(&"x".repeat(2_000), HOUR))
+            .await
+            .unwrap();
         let before = counters(&store);
         let refused = store.append(&id, append(&"y".repeat(2_000), HOUR)).await;
-        assert!(matches!(refused, Err(StoreError::LimitExceeded(ref m)) if m.contains("max_bytes = 4000")));
+        assert!(
+            matches!(refused, Err(StoreError::LimitExceeded(ref m)) if m.contains("max_bytes = 4000"))
+        );
         assert_eq!(counters(&store), before);
         assert_eq!(store.get(&id, Window::All).await.unwrap().messages.len(), 1);
     }
@@ -663,7 +686,10 @@ mod tests {
             max_bytes: None,
         });
         store
-            .append(&SessionId::new("old"), append("x", Duration::from_millis(10)))
+            .append(
+                &SessionId::new("old"),
+                append("x", Duration::from_millis(10)),
+            )
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
