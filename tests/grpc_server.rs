@@ -2,14 +2,14 @@
 
 mod common;
 
-use common::{NOT_SERVING, SERVING, TestServer, health_status, test_config, user, wait_for_status};
-use csai_sidecar::grpc::pb;
-use csai_sidecar::model::{
-    Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
-    StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
+use common::{
+    FaultyStore, NOT_SERVING, SERVING, TestServer, health_status, test_config, user,
+    wait_for_status,
 };
+use csai_sidecar::grpc::pb;
+use csai_sidecar::model::{SessionId, Window};
+use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
-use csai_sidecar::store::{SessionStore, StoreResult};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +37,42 @@ async fn health_reports_each_service() {
         .await
         .expect_err("unknown service");
     assert_eq!(unknown.code(), Code::NotFound);
+}
+
+/// When the backend fails its health check, "" and csai.v1.SessionStore turn NOT_SERVING,
+/// RPCs fail with UNAVAILABLE, and both recover when the backend does.
+#[tokio::test]
+async fn health_follows_the_backend_check() {
+    let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
+    let faulty = Arc::new(FaultyStore::new(memory.clone()));
+    let server = TestServer::start_serving(test_config(), memory, faulty.clone()).await;
+    let mut health = server.health().await;
+    let mut sessions = server.sessions().await;
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+
+    faulty.set_down(true);
+    wait_for_status(&mut health, "csai.v1.SessionStore", NOT_SERVING).await;
+    assert_eq!(health_status(&mut health, "").await, NOT_SERVING);
+    let status = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: "any".into(),
+            window: None,
+        })
+        .await
+        .expect_err("backend down");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("retry with backoff"),
+        "{status:?}"
+    );
+
+    faulty.set_down(false);
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+    assert_eq!(health_status(&mut health, "").await, SERVING);
+    assert_eq!(
+        health_status(&mut health, "csai.v1.Chat").await,
+        NOT_SERVING
+    );
 }
 
 #[tokio::test]
@@ -172,68 +208,13 @@ async fn reflection_describes_the_session_store_file() {
     }
 }
 
-/// Delays every append, as a remote backend would, so RPCs are in flight at shutdown.
-struct SlowAppends(Arc<MemoryStore>);
-
-#[async_trait::async_trait]
-impl SessionStore for SlowAppends {
-    fn backend(&self) -> &'static str {
-        self.0.backend()
-    }
-    async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
-        self.0.get(id, window).await
-    }
-    async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.0.append(id, append).await
-    }
-    async fn replace(
-        &self,
-        id: &SessionId,
-        messages: Vec<NewMessage>,
-        options: WriteOptions,
-    ) -> StoreResult<WriteOutcome> {
-        self.0.replace(id, messages, options).await
-    }
-    async fn set_system_messages(
-        &self,
-        id: &SessionId,
-        messages: Vec<NewMessage>,
-        options: WriteOptions,
-    ) -> StoreResult<WriteOutcome> {
-        self.0.set_system_messages(id, messages, options).await
-    }
-    async fn update_state(
-        &self,
-        id: &SessionId,
-        update: StateUpdate,
-        options: WriteOptions,
-    ) -> StoreResult<StateOutcome> {
-        self.0.update_state(id, update, options).await
-    }
-    async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
-        self.0.touch(id, ttl).await
-    }
-    async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
-        self.0.delete(id, expected_version).await
-    }
-    async fn list(&self, query: ListQuery) -> StoreResult<ListPage> {
-        self.0.list(query).await
-    }
-    async fn stats(&self) -> StoreResult<StoreStats> {
-        self.0.stats().await
-    }
-    async fn health_check(&self) -> StoreResult<()> {
-        self.0.health_check().await
-    }
-}
-
 /// Appends in flight when shutdown begins complete before `serve` returns (the binary
 /// exits right after it), and their callers get their answers.
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_appends() {
     let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
-    let slow = Arc::new(SlowAppends(memory.clone()));
+    let slow =
+        Arc::new(FaultyStore::new(memory.clone()).with_append_delay(Duration::from_millis(300)));
     let mut server = TestServer::start_serving(test_config(), memory.clone(), slow).await;
     let mut in_flight = Vec::new();
     for n in 0..16 {

@@ -4,11 +4,16 @@
 use csai_sidecar::config::Config;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
+use csai_sidecar::model::{
+    Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
+    StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
+};
 use csai_sidecar::server::{self, ServeError};
-use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use csai_sidecar::store::{SessionStore, StoreError, StoreResult};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -154,5 +159,106 @@ pub fn seconds(secs: i64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: secs,
         nanos: 0,
+    }
+}
+
+/// Fault injection around the real in-memory store: a slow backend (delayed appends) or a
+/// backend that is down (every call, health check included, fails with UNAVAILABLE).
+pub struct FaultyStore {
+    inner: Arc<MemoryStore>,
+    append_delay: Duration,
+    down: AtomicBool,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<MemoryStore>) -> Self {
+        Self {
+            inner,
+            append_delay: Duration::ZERO,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn with_append_delay(self, delay: Duration) -> Self {
+        Self {
+            append_delay: delay,
+            ..self
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "connection refused (injected)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
+        self.check()?;
+        self.inner.get(id, window).await
+    }
+    async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
+        self.check()?;
+        tokio::time::sleep(self.append_delay).await;
+        self.inner.append(id, append).await
+    }
+    async fn replace(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.check()?;
+        self.inner.replace(id, messages, options).await
+    }
+    async fn set_system_messages(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.check()?;
+        self.inner.set_system_messages(id, messages, options).await
+    }
+    async fn update_state(
+        &self,
+        id: &SessionId,
+        update: StateUpdate,
+        options: WriteOptions,
+    ) -> StoreResult<StateOutcome> {
+        self.check()?;
+        self.inner.update_state(id, update, options).await
+    }
+    async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
+        self.check()?;
+        self.inner.touch(id, ttl).await
+    }
+    async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.delete(id, expected_version).await
+    }
+    async fn list(&self, query: ListQuery) -> StoreResult<ListPage> {
+        self.check()?;
+        self.inner.list(query).await
+    }
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.check()?;
+        self.inner.stats().await
+    }
+    async fn health_check(&self) -> StoreResult<()> {
+        self.check()?;
+        self.inner.health_check().await
     }
 }
