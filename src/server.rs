@@ -110,8 +110,10 @@ pub async fn serve(
         }
     };
 
-    let local = listener.local_addr().ok();
-    tracing::info!(address = ?local, backend = store.backend(), "csai-sidecar serving");
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
     let server = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .add_service(health_service)
