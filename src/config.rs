@@ -6,6 +6,7 @@
 //! error names the key, where the bad value came from, and what is accepted.
 
 use crate::store::memory::MemoryLimits;
+use crate::store::redis::RedisOptions;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -288,8 +289,11 @@ pub struct Config {
     pub timeout: Duration,
     pub max_retries: u32,
     pub redis_address: String,
+    pub redis_username: Option<String>,
     pub redis_password: Option<String>,
     pub redis_db: i64,
+    pub redis_cluster_nodes: Vec<String>,
+    pub redis_key_prefix: String,
     pub mongo_uri: String,
     pub mongo_database: String,
     pub mongo_collection: String,
@@ -304,6 +308,22 @@ pub struct Config {
     pub limits: RequestLimits,
     pub log_format: LogFormat,
     pub log_level: String,
+}
+
+impl Config {
+    /// The Redis connection options.
+    pub fn redis_options(&self) -> RedisOptions {
+        RedisOptions {
+            address: self.redis_address.clone(),
+            cluster_nodes: self.redis_cluster_nodes.clone(),
+            username: self.redis_username.clone(),
+            password: self.redis_password.clone(),
+            db: self.redis_db,
+            key_prefix: self.redis_key_prefix.clone(),
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+        }
+    }
 }
 
 impl Default for Config {
@@ -423,10 +443,23 @@ impl Values {
                 s.parse().ok().filter(|&n| n <= 100)
             })?,
             redis_address: self.text("redis_address"),
+            redis_username: self.optional_text("redis_username"),
             redis_password: self.optional_text("redis_password"),
             redis_db: self.get("redis_db", "a whole number from 0", |s| {
                 s.parse().ok().filter(|&n| n >= 0)
             })?,
+            redis_cluster_nodes: self
+                .text("redis_cluster_nodes")
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+            redis_key_prefix: self.get(
+                "redis_key_prefix",
+                "text without '{' or '}' (they delimit the Redis Cluster hash tag)",
+                |s| Some(s.to_string()).filter(|s| !s.contains(['{', '}'])),
+            )?,
             mongo_uri: self
                 .optional_text("mongo_uri")
                 .unwrap_or_else(|| "mongodb://localhost:27017".to_string()),

@@ -40,16 +40,36 @@ pub enum Role {
     Tool,
 }
 
-/// One tool call of an assistant message.
+impl Role {
+    /// The OpenAI name of the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One tool call of an assistant message (OpenAI's JSON shape).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
-    pub function_name: String,
+    pub function: FunctionCall,
+    #[serde(default)]
+    pub index: u32,
+}
+
+/// The function a tool call invokes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
     /// The JSON text of the arguments, as the model produced it.
     pub arguments: String,
-    pub index: u32,
 }
 
 /// Token usage of one completion.
@@ -61,16 +81,26 @@ pub struct Usage {
 }
 
 /// A message as the caller writes it: no seq or time yet.
+///
+/// Its JSON form (CS-AI's field names; absent fields omitted) is how backends store it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub role: Role,
+    #[serde(default)]
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: JsonObject,
 }
 
@@ -97,7 +127,9 @@ impl NewMessage {
         let calls: usize = self
             .tool_calls
             .iter()
-            .map(|c| c.id.len() + c.kind.len() + c.function_name.len() + c.arguments.len() + 16)
+            .map(|c| {
+                c.id.len() + c.kind.len() + c.function.name.len() + c.function.arguments.len() + 16
+            })
             .sum();
         (FIXED
             + self.content.len()
@@ -120,12 +152,11 @@ impl NewMessage {
 }
 
 /// A stored message: the caller's message plus the seq and time the store assigned.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Message {
     /// 1-based, gap-free position in the session.
     pub seq: u64,
     pub create_time: SystemTime,
-    #[serde(flatten)]
     pub body: NewMessage,
 }
 

@@ -8,6 +8,7 @@ use crate::grpc::session_store::{Policy, SessionStoreService};
 use crate::health;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -37,6 +38,11 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> 
             let store = Arc::new(MemoryStore::new(config.memory_limits));
             store.spawn_sweeper(config.memory_sweep_interval);
             Ok(store)
+        }
+        StorageType::Redis => {
+            let store = RedisStore::new(&config.redis_options())
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
         }
         other => Err(ServeError::Store(format!(
             "storage type `{}` is not available in this version of csai-sidecar yet; \

@@ -137,7 +137,7 @@ fn unknown_or_unreadable_config_files_are_errors() {
 
 #[test]
 fn a_backend_not_built_yet_fails_at_start_with_a_clear_message() {
-    for backend in ["redis", "mongo", "dynamo"] {
+    for backend in ["mongo", "dynamo"] {
         let (code, _, stderr) = run(sidecar()
             .env("CSAI_STORAGE_TYPE", backend)
             .env("CSAI_LISTEN", "127.0.0.1:0"));

@@ -6,8 +6,8 @@
 use crate::config::{RequestLimits, format_duration};
 use crate::grpc::pb;
 use crate::model::{
-    JsonObject, ListPage, Message, NewMessage, Role, Session, SessionId, SessionSummary, ToolCall,
-    Usage,
+    FunctionCall, JsonObject, ListPage, Message, NewMessage, Role, Session, SessionId,
+    SessionSummary, ToolCall, Usage,
 };
 use prost_types::value::Kind;
 use serde_json::Value;
@@ -209,12 +209,14 @@ fn tool_call(raw: pb::ToolCall, limits: &RequestLimits, field: &str) -> Result<T
         id,
         kind: short_text(raw.r#type, &format!("{field}.type"))?
             .unwrap_or_else(|| "function".into()),
-        function_name,
-        arguments: long_text(
-            function.arguments,
-            limits,
-            &format!("{field}.function.arguments"),
-        )?,
+        function: FunctionCall {
+            name: function_name,
+            arguments: long_text(
+                function.arguments,
+                limits,
+                &format!("{field}.function.arguments"),
+            )?,
+        },
         index: raw.index,
     })
 }
@@ -256,8 +258,8 @@ pub fn message_to_proto(message: Message) -> pb::Message {
                 id: call.id,
                 r#type: call.kind,
                 function: Some(pb::FunctionCall {
-                    name: call.function_name,
-                    arguments: call.arguments,
+                    name: call.function.name,
+                    arguments: call.function.arguments,
                 }),
                 index: call.index,
             })

@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 use crate::model::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
@@ -98,7 +99,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes a session; `Ok(false)` if there was no live session.
     async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool>;
 
-    /// Lists live sessions ordered by id, one page at a time.
+    /// Lists live sessions one page at a time, in the backend's own order.
     async fn list(&self, query: ListQuery) -> StoreResult<ListPage>;
 
     /// Counts what the store holds.

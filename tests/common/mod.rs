@@ -262,3 +262,15 @@ impl SessionStore for FaultyStore {
         self.inner.health_check().await
     }
 }
+
+/// A variable the test script (scripts/test.sh) sets; missing means the backend's server
+/// was not started, which fails the test rather than skipping it.
+pub fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: this test needs a real server. Run scripts/test.sh, which \
+             starts the test servers and sets it"
+        ),
+    }
+}

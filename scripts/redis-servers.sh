@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Test Redis servers: `start DIR` installs redis-server from Debian if it is missing, starts
+# a standalone instance and a 3-master Cluster on free loopback ports with their data under
+# DIR, and writes DIR/env with the addresses for the tests; `stop DIR` stops them all.
+set -euo pipefail
+
+dir=${2:-}
+[ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+
+install_redis() {
+    command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return
+    echo "installing redis-server from Debian" >&2
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    # Debian starts a system instance on 6379; the tests use their own instances.
+}
+
+# A free port whose cluster-bus port (+10000) is free too.
+free_port() {
+    python3 - <<'PY'
+import random, socket
+def free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+while True:
+    port = random.randint(20000, 50000)
+    if free(port) and free(port + 10000):
+        print(port)
+        break
+PY
+}
+
+start_server() { # port, extra args...
+    local port=$1; shift
+    mkdir -p "$dir/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$dir/$port" --daemonize yes --pidfile "$dir/$port/redis.pid" \
+        --logfile "$dir/$port/redis.log" "$@"
+    for _ in $(seq 1 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "redis-server on port $port did not start; see $dir/$port/redis.log" >&2
+    exit 1
+}
+
+case "$1" in
+start)
+    install_redis
+    mkdir -p "$dir"
+    standalone=$(free_port)
+    start_server "$standalone"
+    cluster_ports=()
+    for _ in 1 2 3; do
+        port=$(free_port)
+        start_server "$port" --cluster-enabled yes --cluster-config-file nodes.conf \
+            --cluster-node-timeout 5000
+        cluster_ports+=("$port")
+    done
+    redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-replicas 0 \
+        --cluster-yes >"$dir/cluster-create.log" 2>&1
+    for _ in $(seq 1 100); do
+        redis-cli -p "${cluster_ports[0]}" cluster info | grep -q cluster_state:ok && break
+        sleep 0.1
+    done
+    nodes=$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}")
+    {
+        echo "export CSAI_TEST_REDIS_URL=redis://127.0.0.1:$standalone"
+        echo "export CSAI_TEST_REDIS_CLUSTER=${nodes%,}"
+        echo "export CSAI_TEST_REDIS_SERVER=$(command -v redis-server)"
+    } >"$dir/env"
+    echo "redis: standalone on $standalone, cluster on ${cluster_ports[*]}" >&2
+    ;;
+stop)
+    for pidfile in "$dir"/*/redis.pid; do
+        [ -f "$pidfile" ] || continue
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    ;;
+*)
+    echo "usage: $0 start|stop DIR" >&2
+    exit 2
+    ;;
+esac
