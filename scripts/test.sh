@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; everything else the tests
-# need is built by cargo from crates.io.
+# The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; the crates come from
+# crates.io; the test servers are installed by their scripts (redis-server from Debian).
 for tool in cargo cargo-fmt cargo-clippy; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         if command -v rustup >/dev/null 2>&1; then
@@ -21,9 +21,20 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
-echo "== cargo test"
+echo "== test servers"
+# Real servers on free loopback ports, data under the ignored .data/ folder; stopped on
+# exit, also when a test fails.
+servers=.data/test-servers
+[ -d "$servers/redis" ] && scripts/redis-servers.sh stop "$servers/redis"
+rm -rf "$servers"
+mkdir -p "$servers"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'scripts/redis-servers.sh stop "$servers/redis"; rm -f "$log"' EXIT
+scripts/redis-servers.sh start "$servers/redis"
+# shellcheck source=/dev/null
+source "$servers/redis/env"
+
+echo "== cargo test"
 cargo test 2>&1 | tee "$log"
 # One closing line over every test binary, so the total is plain to read.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }

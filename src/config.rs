@@ -10,7 +10,7 @@ use crate::store::redis::RedisOptions;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One configuration setting.
@@ -100,10 +100,39 @@ pub const KEYS: &[Key] = &[
         "redis_address",
         "CSAI_REDIS_ADDRESS",
         "localhost:6379",
-        "Redis address or redis:// URL",
+        "Redis host:port, redis:// URL or rediss:// URL (TLS)",
+    ),
+    key(
+        "redis_username",
+        "CSAI_REDIS_USERNAME",
+        "",
+        "Redis ACL username",
     ),
     secret("redis_password", "CSAI_REDIS_PASSWORD", "Redis password"),
-    key("redis_db", "CSAI_REDIS_DB", "0", "Redis database number"),
+    key(
+        "redis_db",
+        "CSAI_REDIS_DB",
+        "0",
+        "Redis database number (standalone only)",
+    ),
+    key(
+        "redis_cluster_nodes",
+        "CSAI_REDIS_CLUSTER_NODES",
+        "",
+        "comma-separated Redis Cluster seed nodes; setting it selects Cluster mode",
+    ),
+    key(
+        "redis_tls_ca_file",
+        "CSAI_REDIS_TLS_CA_FILE",
+        "",
+        "PEM file of the CA that signed Redis's TLS certificate (rediss://); system roots when unset",
+    ),
+    key(
+        "redis_key_prefix",
+        "CSAI_REDIS_KEY_PREFIX",
+        "csai:",
+        "prefix of every Redis key (no '{' or '}')",
+    ),
     secret(
         "mongo_uri",
         "CSAI_MONGO_URI",
@@ -293,6 +322,7 @@ pub struct Config {
     pub redis_password: Option<String>,
     pub redis_db: i64,
     pub redis_cluster_nodes: Vec<String>,
+    pub redis_tls_ca_file: Option<PathBuf>,
     pub redis_key_prefix: String,
     pub mongo_uri: String,
     pub mongo_database: String,
@@ -316,6 +346,7 @@ impl Config {
         RedisOptions {
             address: self.redis_address.clone(),
             cluster_nodes: self.redis_cluster_nodes.clone(),
+            tls_ca_file: self.redis_tls_ca_file.clone(),
             username: self.redis_username.clone(),
             password: self.redis_password.clone(),
             db: self.redis_db,
@@ -386,6 +417,10 @@ impl Values {
     }
 
     fn raw(&self, name: &str) -> (&str, &Source) {
+        debug_assert!(
+            KEYS.iter().any(|k| k.name == name),
+            "`{name}` is read but missing from KEYS"
+        );
         self.0
             .get(name)
             .map(|(value, source)| (value.as_str(), source))
@@ -455,6 +490,7 @@ impl Values {
                 .filter(|n| !n.is_empty())
                 .map(String::from)
                 .collect(),
+            redis_tls_ca_file: self.optional_text("redis_tls_ca_file").map(PathBuf::from),
             redis_key_prefix: self.get(
                 "redis_key_prefix",
                 "text without '{' or '}' (they delimit the Redis Cluster hash tag)",

@@ -2,9 +2,8 @@
 
 mod common;
 
-use common::{NOT_SERVING, SERVING, wait_for_status};
-use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use common::{NOT_SERVING, SERVING, SidecarProcess, wait_for_status};
+use std::process::{Command, Output};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_client::HealthClient;
@@ -149,42 +148,11 @@ fn a_backend_not_built_yet_fails_at_start_with_a_clear_message() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// SIGTERM: health turns NOT_SERVING, then the process exits 0.
 #[tokio::test]
 async fn sigterm_turns_health_not_serving_then_exits_zero() {
-    let port = free_port();
-    let mut child = sidecar()
-        .arg("serve")
-        .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CSAI_HEALTH_INTERVAL", "100ms")
-        .env("CSAI_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start csai-sidecar");
-
-    let mut channel = None;
-    for _ in 0..100 {
-        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
-            Ok(connected) => {
-                channel = Some(connected);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let mut health = HealthClient::new(channel.expect("the sidecar listens"));
+    let (mut sidecar, channel) = SidecarProcess::spawn(&[]).await;
+    let mut health = HealthClient::new(channel);
     wait_for_status(&mut health, "", SERVING).await;
     let mut watch = health
         .watch(tonic_health::pb::HealthCheckRequest {
@@ -199,7 +167,7 @@ async fn sigterm_turns_health_not_serving_then_exits_zero() {
     );
 
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &sidecar.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
@@ -212,9 +180,9 @@ async fn sigterm_turns_health_not_serving_then_exits_zero() {
     drop(watch);
 
     let status = tokio::task::spawn_blocking(move || {
-        let status = child.wait().expect("wait");
+        let status = sidecar.child.wait().expect("wait");
         let mut logs = String::new();
-        if let Some(mut stderr) = child.stderr.take() {
+        if let Some(mut stderr) = sidecar.child.stderr.take() {
             use std::io::Read;
             let _ = stderr.read_to_string(&mut logs);
         }

@@ -11,6 +11,7 @@ fn options(address: String, cluster_nodes: Vec<String>) -> RedisOptions {
     RedisOptions {
         address,
         cluster_nodes,
+        tls_ca_file: None,
         username: None,
         password: None,
         db: 0,

@@ -45,7 +45,7 @@ async fn health_reports_each_service() {
 async fn health_follows_the_backend_check() {
     let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
     let faulty = Arc::new(FaultyStore::new(memory.clone()));
-    let server = TestServer::start_serving(test_config(), memory, faulty.clone()).await;
+    let server = TestServer::start_serving(test_config(), faulty.clone()).await;
     let mut health = server.health().await;
     let mut sessions = server.sessions().await;
     wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
@@ -215,7 +215,7 @@ async fn graceful_shutdown_finishes_in_flight_appends() {
     let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
     let slow =
         Arc::new(FaultyStore::new(memory.clone()).with_append_delay(Duration::from_millis(300)));
-    let mut server = TestServer::start_serving(test_config(), memory.clone(), slow).await;
+    let mut server = TestServer::start_serving(test_config(), slow).await;
     let mut in_flight = Vec::new();
     for n in 0..16 {
         let mut client = server.sessions().await;

@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A sidecar serving the in-memory store in this process, over a real TCP socket.
+/// A sidecar serving a store in this process, over a real TCP socket.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub store: Arc<MemoryStore>,
+    pub store: Arc<dyn SessionStore>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -46,19 +46,15 @@ impl TestServer {
 
     /// Starts a sidecar with this configuration and store limits.
     pub async fn start_with(config: Config, limits: MemoryLimits) -> Self {
-        let store = Arc::new(MemoryStore::new(limits));
-        Self::start_serving(config, store.clone(), store).await
+        Self::start_serving(config, Arc::new(MemoryStore::new(limits))).await
     }
 
-    /// Starts a sidecar that serves `serving`, a decorator around `store`.
-    pub async fn start_serving(
-        config: Config,
-        store: Arc<MemoryStore>,
-        serving_store: Arc<dyn SessionStore>,
-    ) -> Self {
+    /// Starts a sidecar that serves `store`.
+    pub async fn start_serving(config: Config, store: Arc<dyn SessionStore>) -> Self {
         let listener = server::bind(&config).await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = oneshot::channel();
+        let serving_store = store.clone();
         let handle = tokio::spawn(async move {
             server::serve(&config, serving_store, listener, async {
                 let _ = rx.await;
@@ -273,4 +269,218 @@ pub fn required_env(name: &str) -> String {
              starts the test servers and sets it"
         ),
     }
+}
+
+/// The `csai-sidecar` binary running as a child process on a free port.
+pub struct SidecarProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl SidecarProcess {
+    /// Starts `csai-sidecar serve` with these variables (and no CSAI_* of the caller's),
+    /// and waits until it accepts connections.
+    pub async fn spawn(vars: &[(&str, String)]) -> (Self, Channel) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CSAI_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("serve")
+            .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CSAI_HEALTH_INTERVAL", "100ms")
+            .env("CSAI_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start csai-sidecar");
+        let process = Self { child, port };
+        for _ in 0..200 {
+            if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("uri")
+                .connect()
+                .await
+            {
+                return (process, channel);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("csai-sidecar did not listen on port {port}");
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls every SessionStore RPC once on a fresh session and checks each answer; used to
+/// prove a backend end to end through the real server.
+pub async fn exercise_every_rpc(channel: Channel, session_prefix: &str) {
+    use tonic::Code;
+    let mut client = SessionStoreClient::new(channel);
+    let id = format!(
+        "{session_prefix}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let get = |window| pb::GetSessionRequest {
+        session_id: id.clone(),
+        window,
+    };
+
+    let appended = client
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: vec![user("hi"), message(pb::Role::Assistant, "hello")],
+            request_id: "first".into(),
+            ttl: Some(seconds(600)),
+            ..Default::default()
+        })
+        .await
+        .expect("AppendMessages")
+        .into_inner();
+    assert_eq!(appended.seqs, vec![1, 2]);
+    let retried = client
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: vec![user("hi"), message(pb::Role::Assistant, "hello")],
+            request_id: "first".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("AppendMessages retry")
+        .into_inner();
+    assert!(retried.deduplicated);
+
+    let session = client
+        .get_session(get(Some(pb::get_session_request::Window::LastN(1))))
+        .await
+        .expect("GetSession")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(session.message_count, 2);
+    assert_eq!(session.messages.len(), 1);
+    assert_eq!(session.messages[0].content, "hello");
+
+    let stale = client
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: vec![user("lost")],
+            expected_version: Some(session.version + 5),
+            ..Default::default()
+        })
+        .await
+        .expect_err("stale version");
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let replaced = client
+        .replace_messages(pb::ReplaceMessagesRequest {
+            session_id: id.clone(),
+            messages: vec![user("only")],
+            expected_version: Some(session.version),
+            ..Default::default()
+        })
+        .await
+        .expect("ReplaceMessages")
+        .into_inner();
+    client
+        .set_system_messages(pb::SetSystemMessagesRequest {
+            session_id: id.clone(),
+            system_messages: vec![message(pb::Role::System, "Be brief.")],
+            expected_version: Some(replaced.version),
+            ..Default::default()
+        })
+        .await
+        .expect("SetSystemMessages");
+    let state = prost_types::Struct {
+        fields: [(
+            "step".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("pay".into())),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let updated = client
+        .update_state(pb::UpdateStateRequest {
+            session_id: id.clone(),
+            state: Some(state.clone()),
+            mode: pb::StateUpdateMode::Merge as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateState")
+        .into_inner();
+    assert_eq!(updated.state.as_ref(), Some(&state));
+
+    let touched = client
+        .touch_session(pb::TouchSessionRequest {
+            session_id: id.clone(),
+            ttl: Some(seconds(7200)),
+        })
+        .await
+        .expect("TouchSession")
+        .into_inner();
+    assert_eq!(touched.version, updated.version);
+
+    let full = client
+        .get_session(get(None))
+        .await
+        .expect("GetSession")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(full.messages.len(), 1);
+    assert_eq!(full.messages[0].content, "only");
+    assert_eq!(full.system_messages[0].content, "Be brief.");
+    assert_eq!(full.state.as_ref(), Some(&state));
+    assert_eq!(full.expire_time, touched.expire_time);
+
+    let listed = client
+        .list_sessions(pb::ListSessionsRequest {
+            page_size: 10,
+            id_prefix: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListSessions")
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 1);
+    assert_eq!(listed.sessions[0].session_id, id);
+
+    let stats = client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .expect("GetStats")
+        .into_inner();
+    assert!(
+        stats.active_sessions >= 1 && stats.total_messages >= 1,
+        "{stats:?}"
+    );
+
+    let deleted = client
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: id.clone(),
+            expected_version: Some(full.version),
+        })
+        .await
+        .expect("DeleteSession")
+        .into_inner();
+    assert!(deleted.deleted);
+    let gone = client.get_session(get(None)).await.expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
 }

@@ -12,8 +12,12 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, FromRedisValue, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, FromRedisValue, IntoConnectionInfo, RedisError, RedisFuture, RedisResult, TlsCertificates,
+    Value,
+};
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -24,6 +28,8 @@ pub struct RedisOptions {
     pub address: String,
     /// Seed nodes of a Cluster; when not empty, Cluster mode is used and `address` ignored.
     pub cluster_nodes: Vec<String>,
+    /// PEM file of the CA to trust for `rediss://` instead of the system roots.
+    pub tls_ca_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
     /// Database number (standalone only; a Cluster has only database 0).
@@ -90,10 +96,12 @@ impl Node {
 
 enum Connector {
     Standalone(ConnectionManager),
-    Cluster {
-        client: ClusterClient,
-        connection: OnceCell<ClusterConnection>,
-    },
+    Cluster(Box<LazyCluster>),
+}
+
+struct LazyCluster {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
 }
 
 /// Connection, retry and timeout policy for one Redis deployment.
@@ -118,6 +126,18 @@ impl Redis {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let invalid =
             |e: RedisError| StoreError::Internal(format!("invalid Redis configuration: {e}"));
+        let certificates = match &options.tls_ca_file {
+            Some(path) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
+                    StoreError::Internal(format!(
+                        "cannot read redis_tls_ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?),
+            }),
+            None => None,
+        };
         let connector = if options.cluster_nodes.is_empty() {
             let mut info = with_scheme(&options.address)
                 .into_connection_info()
@@ -130,7 +150,11 @@ impl Redis {
                 settings = settings.set_password(password);
             }
             info = info.set_redis_settings(settings);
-            let client = redis::Client::open(info).map_err(invalid)?;
+            let client = match certificates {
+                Some(certificates) => redis::Client::build_with_tls(info, certificates),
+                None => redis::Client::open(info),
+            }
+            .map_err(invalid)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.timeout))
                 .set_response_timeout(Some(options.timeout))
@@ -155,10 +179,13 @@ impl Redis {
             if let Some(password) = &options.password {
                 builder = builder.password(password);
             }
-            Connector::Cluster {
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            Connector::Cluster(Box::new(LazyCluster {
                 client: builder.build().map_err(invalid)?,
                 connection: OnceCell::new(),
-            }
+            }))
         };
         Ok(Self {
             connector,
@@ -169,14 +196,15 @@ impl Redis {
 
     /// True in Cluster mode.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.connector, Connector::Cluster { .. })
+        matches!(self.connector, Connector::Cluster(_))
     }
 
     async fn connection(&self) -> RedisResult<Connection> {
         match &self.connector {
             Connector::Standalone(manager) => Ok(Connection::Standalone(manager.clone())),
-            Connector::Cluster { client, connection } => connection
-                .get_or_try_init(|| client.get_async_connection())
+            Connector::Cluster(cluster) => cluster
+                .connection
+                .get_or_try_init(|| cluster.client.get_async_connection())
                 .await
                 .cloned()
                 .map(Connection::Cluster),

@@ -1,0 +1,375 @@
+//! The sidecar on real Redis, end to end: every RPC through the binary (standalone and
+//! Cluster), 64 concurrent appenders, and an outage with recovery.
+
+mod common;
+
+use common::{
+    NOT_SERVING, SERVING, SidecarProcess, TestServer, exercise_every_rpc, health_status,
+    required_env, test_config, user, wait_for_status,
+};
+use csai_sidecar::config::Config;
+use csai_sidecar::grpc::pb;
+use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+#[tokio::test]
+async fn every_rpc_through_the_binary_on_standalone_redis() {
+    let (_sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_STORAGE_TYPE", "redis".into()),
+        ("CSAI_REDIS_ADDRESS", required_env("CSAI_TEST_REDIS_URL")),
+    ])
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+    exercise_every_rpc(channel.clone(), "e2e-redis").await;
+    let stats = pb::session_store_client::SessionStoreClient::new(channel)
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.backend, "redis");
+    assert!(
+        stats.approximate_bytes > 0,
+        "memory comes from Redis INFO: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_rpc_through_the_binary_on_redis_cluster() {
+    let (_sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_STORAGE_TYPE", "redis".into()),
+        (
+            "CSAI_REDIS_CLUSTER_NODES",
+            required_env("CSAI_TEST_REDIS_CLUSTER"),
+        ),
+    ])
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    wait_for_status(&mut health, "", SERVING).await;
+    exercise_every_rpc(channel, "e2e-cluster").await;
+}
+
+/// rediss:// with the test CA and an ACL user: every RPC works through the binary.
+#[tokio::test]
+async fn every_rpc_over_tls_with_an_acl_user() {
+    let (_sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_STORAGE_TYPE", "redis".into()),
+        (
+            "CSAI_REDIS_ADDRESS",
+            required_env("CSAI_TEST_REDIS_TLS_URL"),
+        ),
+        (
+            "CSAI_REDIS_TLS_CA_FILE",
+            required_env("CSAI_TEST_REDIS_TLS_CA"),
+        ),
+        (
+            "CSAI_REDIS_USERNAME",
+            required_env("CSAI_TEST_REDIS_TLS_USER"),
+        ),
+        (
+            "CSAI_REDIS_PASSWORD",
+            required_env("CSAI_TEST_REDIS_TLS_PASSWORD"),
+        ),
+    ])
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+    exercise_every_rpc(channel, "e2e-tls").await;
+}
+
+/// A wrong password or an untrusted certificate keeps the sidecar NOT_SERVING, and RPCs
+/// say why with UNAVAILABLE instead of hanging.
+#[tokio::test]
+async fn wrong_credentials_or_untrusted_certificates_are_reported() {
+    let tls_url = required_env("CSAI_TEST_REDIS_TLS_URL");
+    let cases = [
+        (
+            "wrong password",
+            vec![
+                (
+                    "CSAI_REDIS_TLS_CA_FILE",
+                    required_env("CSAI_TEST_REDIS_TLS_CA"),
+                ),
+                (
+                    "CSAI_REDIS_USERNAME",
+                    required_env("CSAI_TEST_REDIS_TLS_USER"),
+                ),
+                ("CSAI_REDIS_PASSWORD", "not-the-password".to_string()),
+            ],
+        ),
+        (
+            "untrusted certificate",
+            vec![
+                (
+                    "CSAI_REDIS_USERNAME",
+                    required_env("CSAI_TEST_REDIS_TLS_USER"),
+                ),
+                (
+                    "CSAI_REDIS_PASSWORD",
+                    required_env("CSAI_TEST_REDIS_TLS_PASSWORD"),
+                ),
+            ],
+        ),
+    ];
+    for (case, mut vars) in cases {
+        vars.push(("CSAI_STORAGE_TYPE", "redis".into()));
+        vars.push(("CSAI_REDIS_ADDRESS", tls_url.clone()));
+        vars.push(("CSAI_TIMEOUT", "2s".into()));
+        vars.push(("CSAI_MAX_RETRIES", "1".into()));
+        let (_sidecar, channel) = SidecarProcess::spawn(&vars).await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            health_status(&mut health, "csai.v1.SessionStore").await,
+            NOT_SERVING,
+            "{case}"
+        );
+        let started = Instant::now();
+        let status = pb::session_store_client::SessionStoreClient::new(channel)
+            .get_session(pb::GetSessionRequest {
+                session_id: "any".into(),
+                window: None,
+            })
+            .await
+            .expect_err(case);
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+            "{case}: {status:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{case}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+fn redis_options(address: String) -> RedisOptions {
+    RedisOptions {
+        address,
+        cluster_nodes: Vec::new(),
+        tls_ca_file: None,
+        username: None,
+        password: None,
+        db: 0,
+        key_prefix: "csai-e2e:".into(),
+        timeout: Duration::from_secs(1),
+        max_retries: 2,
+    }
+}
+
+/// 64 writers append 50 messages each, one per RPC, to one session through the sidecar:
+/// exactly 3,200 messages, seqs 1..=3200, every writer's messages in its order.
+#[tokio::test]
+async fn sixty_four_concurrent_appenders_lose_nothing() {
+    let store =
+        RedisStore::new(&redis_options(required_env("CSAI_TEST_REDIS_URL"))).expect("store");
+    let server = TestServer::start_serving(test_config(), Arc::new(store)).await;
+    let session_id = format!("appenders-{}", std::process::id());
+    let mut writers = Vec::new();
+    for writer in 0..64 {
+        let mut client = server.sessions().await;
+        let session_id = session_id.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..50 {
+                client
+                    .append_messages(pb::AppendMessagesRequest {
+                        session_id: session_id.clone(),
+                        messages: vec![user(&format!("{writer}:{n}"))],
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let session = server
+        .sessions()
+        .await
+        .get_session(pb::GetSessionRequest {
+            session_id: session_id.clone(),
+            window: None,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .session
+        .expect("session");
+    assert_eq!(session.messages.len(), 3200);
+    assert_eq!(session.message_count, 3200);
+    let seqs: Vec<u64> = session.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=3200).collect::<Vec<u64>>());
+    let mut next = [0usize; 64];
+    for message in &session.messages {
+        let (writer, n) = message.content.split_once(':').expect("writer:n");
+        let (writer, n): (usize, usize) = (writer.parse().unwrap(), n.parse().unwrap());
+        assert_eq!(n, next[writer], "writer {writer} out of order");
+        next[writer] += 1;
+    }
+    server
+        .sessions()
+        .await
+        .delete_session(pb::DeleteSessionRequest {
+            session_id,
+            expected_version: None,
+        })
+        .await
+        .expect("clean up");
+}
+
+/// A redis-server of this test's own, so that stopping it disturbs no other test.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new(required_env("CSAI_TEST_REDIS_SERVER"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let started = Self {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return started;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn append_one(server: &TestServer, n: usize) -> Result<(), tonic::Status> {
+    let mut client = server.sessions().await;
+    client
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: format!("outage-{}", n % 8),
+            messages: vec![user("under load")],
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+/// Redis stops under load: RPCs fail fast with UNAVAILABLE or DEADLINE_EXCEEDED, health
+/// turns NOT_SERVING within two intervals; Redis returns: SERVING within two intervals
+/// and appends work again, with no restart of the sidecar.
+#[tokio::test]
+async fn redis_outage_under_load_and_recovery() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let interval = Duration::from_secs(1);
+    let config = Config {
+        health_interval: interval,
+        timeout: Duration::from_secs(1),
+        ..test_config()
+    };
+    let store =
+        RedisStore::new(&redis_options(format!("127.0.0.1:{}", redis.port))).expect("store");
+    let server = Arc::new(TestServer::start_serving(config.clone(), Arc::new(store)).await);
+    let mut health = server.health().await;
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+
+    // Load: 8 writers appending in a loop until told to stop; each failure is recorded
+    // with its code and how long the RPC took.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let (server, running) = (server.clone(), running.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut ok, mut failures) = (0usize, Vec::new());
+            let mut n = writer;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                match append_one(&server, n).await {
+                    Ok(()) => ok += 1,
+                    Err(status) => failures.push((status.code(), started.elapsed())),
+                }
+                n += 8;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopped_at = Instant::now();
+    redis.stop();
+    wait_for_status(&mut health, "csai.v1.SessionStore", NOT_SERVING).await;
+    let to_not_serving = stopped_at.elapsed();
+    assert_eq!(health_status(&mut health, "").await, NOT_SERVING);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let restarted_at = Instant::now();
+    let _redis_again = OwnRedis::start(port);
+    wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+    let to_serving = restarted_at.elapsed();
+    assert_eq!(health_status(&mut health, "").await, SERVING);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+
+    let (mut ok, mut failures) = (0, Vec::new());
+    for writer in writers {
+        let (writer_ok, writer_failures) = writer.await.expect("writer");
+        ok += writer_ok;
+        failures.extend(writer_failures);
+    }
+    eprintln!(
+        "outage: {ok} appends ok, {} failed; NOT_SERVING after {to_not_serving:?}, SERVING again after {to_serving:?}",
+        failures.len()
+    );
+    assert!(
+        !failures.is_empty(),
+        "the outage must be visible to callers"
+    );
+    for (code, took) in &failures {
+        assert!(
+            matches!(code, Code::Unavailable | Code::DeadlineExceeded),
+            "an outage must be UNAVAILABLE or DEADLINE_EXCEEDED, got {code:?}"
+        );
+        assert!(
+            *took < config.timeout + Duration::from_millis(500),
+            "an RPC hung for {took:?} (timeout {:?})",
+            config.timeout
+        );
+    }
+    assert!(
+        to_not_serving <= 2 * interval,
+        "NOT_SERVING after {to_not_serving:?}"
+    );
+    assert!(
+        to_serving <= 2 * interval,
+        "SERVING again after {to_serving:?}"
+    );
+    append_one(&server, 0)
+        .await
+        .expect("appends work again after recovery");
+}
