@@ -7,6 +7,9 @@ set -euo pipefail
 
 dir=${2:-}
 [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+# redis-server changes into --dir before it opens its log: every path must be absolute.
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
 
 install_redis() {
     command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 \
