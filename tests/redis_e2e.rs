@@ -373,3 +373,82 @@ async fn redis_outage_under_load_and_recovery() {
         .await
         .expect("appends work again after recovery");
 }
+
+/// The database number and key prefix are honoured, every key of a session carries the
+/// session's expiry, and the scripts are reloaded after Redis forgets them (NOSCRIPT).
+#[tokio::test]
+async fn layout_database_prefix_expiry_and_script_reload() {
+    use csai_sidecar::model::{
+        Append, NewMessage, Role, SessionId, StateUpdate, Window, WriteOptions,
+    };
+    use csai_sidecar::store::SessionStore;
+    use redis::AsyncCommands;
+
+    let url = required_env("CSAI_TEST_REDIS_URL");
+    let mut options = redis_options(url.clone());
+    options.db = 5;
+    options.key_prefix = "layout-test:".into();
+    let store = RedisStore::new(&options).expect("store");
+    let id = SessionId::new(format!("layout-{}", std::process::id()));
+    let ttl = Duration::from_secs(600);
+    store
+        .append(
+            &id,
+            Append {
+                messages: vec![NewMessage::text(Role::User, "hi")],
+                request_id: Some("r1".into()),
+                options: WriteOptions::ttl(ttl),
+            },
+        )
+        .await
+        .expect("append");
+    let state = serde_json::json!({"step": 1})
+        .as_object()
+        .cloned()
+        .expect("object");
+    store
+        .update_state(&id, StateUpdate::Replace(state), WriteOptions::ttl(ttl))
+        .await
+        .expect("state");
+
+    let client = redis::Client::open(format!("{url}/5")).expect("client");
+    let mut db5 = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("db 5");
+    for suffix in ["meta", "msgs", "reqs", "state"] {
+        let key = format!("layout-test:{{{}}}:{suffix}", id.as_str());
+        let pttl: i64 = db5.pttl(&key).await.expect("pttl");
+        assert!(
+            pttl > 590_000 && pttl <= 600_000,
+            "{key} must expire with the session, PTTL {pttl}"
+        );
+    }
+    let client0 = redis::Client::open(format!("{url}/0")).expect("client");
+    let mut db0 = client0
+        .get_multiplexed_async_connection()
+        .await
+        .expect("db 0");
+    let in_db0: bool = db0
+        .exists(format!("layout-test:{{{}}}:meta", id.as_str()))
+        .await
+        .expect("exists");
+    assert!(!in_db0, "the session must live in database 5 only");
+
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut db5)
+        .await
+        .expect("SCRIPT FLUSH");
+    let session = store
+        .get(&id, Window::All)
+        .await
+        .expect("get after SCRIPT FLUSH");
+    assert_eq!(session.messages.len(), 1);
+    assert!(store.delete(&id, None).await.expect("delete"));
+    let left: Vec<String> = db5
+        .keys(format!("layout-test:{{{}}}:*", id.as_str()))
+        .await
+        .expect("keys");
+    assert!(left.is_empty(), "delete must remove every key: {left:?}");
+}
