@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod page_token;
 pub mod redis;
 
 use crate::model::{

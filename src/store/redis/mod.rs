@@ -15,7 +15,7 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{SessionStore, StoreError, StoreResult, page_token};
 use async_trait::async_trait;
 use connection::{Node, Redis};
 use redis::{Script, Value};
@@ -159,25 +159,15 @@ struct ListPosition {
     after: Option<String>,
 }
 
-const TOKEN_PREFIX: &str = "r1.";
+const TOKEN_TAG: &str = "r1";
 
 fn encode_token(position: &ListPosition) -> String {
-    let json = serde_json::to_vec(position).unwrap_or_default();
-    let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{TOKEN_PREFIX}{hex}")
+    page_token::encode(TOKEN_TAG, &serde_json::to_vec(position).unwrap_or_default())
 }
 
 fn decode_token(token: &str) -> StoreResult<ListPosition> {
-    let invalid = || StoreError::InvalidPageToken("not a token of the redis backend".into());
-    let hex = token.strip_prefix(TOKEN_PREFIX).ok_or_else(invalid)?;
-    if hex.len() % 2 != 0 || !hex.is_ascii() {
-        return Err(invalid());
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| invalid()))
-        .collect::<StoreResult<Vec<u8>>>()?;
-    serde_json::from_slice(&bytes).map_err(|_| invalid())
+    serde_json::from_slice(&page_token::decode(TOKEN_TAG, token)?)
+        .map_err(|_| StoreError::InvalidPageToken("the position is not readable".into()))
 }
 
 impl RedisStore {
