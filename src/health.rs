@@ -26,8 +26,8 @@ pub async fn report(reporter: &HealthReporter, store_serving: bool) {
         .await;
 }
 
-/// Checks the backend every `interval` (each check bounded by `timeout`) and reports the
-/// result, logging only changes. Runs until aborted.
+/// Checks the backend every `interval` (each check bounded by `timeout`) and reports and
+/// logs each change of the result. Runs until aborted.
 pub async fn run_checks(
     store: Arc<dyn SessionStore>,
     reporter: HealthReporter,
@@ -61,7 +61,10 @@ pub async fn run_checks(
         if serving && last == Some(false) {
             tracing::info!(backend = store.backend(), "backend healthy again");
         }
-        report(&reporter, serving).await;
+        // Only changes are reported, so Watch streams carry transitions, not every tick.
+        if last != Some(serving) {
+            report(&reporter, serving).await;
+        }
         last = Some(serving);
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{NOT_SERVING, SERVING, SidecarProcess, wait_for_status};
+use common::{NOT_SERVING, SERVING, SidecarProcess, wait_for_status, watch_until};
 use std::process::{Command, Output};
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -171,12 +171,7 @@ async fn sigterm_turns_health_not_serving_then_exits_zero() {
         .status()
         .expect("kill");
     assert!(killed.success());
-    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
-        .await
-        .expect("status change")
-        .expect("stream open")
-        .expect("ok");
-    assert_eq!(next.status, NOT_SERVING);
+    watch_until(&mut watch, NOT_SERVING).await;
     drop(watch);
 
     let status = tokio::task::spawn_blocking(move || {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     FaultyStore, NOT_SERVING, SERVING, TestServer, health_status, test_config, user,
-    wait_for_status,
+    wait_for_status, watch_until,
 };
 use csai_sidecar::grpc::pb;
 use csai_sidecar::model::{SessionId, Window};
@@ -90,12 +90,7 @@ async fn health_watch_sees_shutdown() {
     let first = watch.next().await.expect("first status").expect("status");
     assert_eq!(first.status, SERVING);
     server.begin_shutdown();
-    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
-        .await
-        .expect("a status change before the timeout")
-        .expect("stream open")
-        .expect("status");
-    assert_eq!(next.status, NOT_SERVING);
+    watch_until(&mut watch, NOT_SERVING).await;
     drop(watch);
     server.stop().await.expect("clean stop");
 }

@@ -484,3 +484,21 @@ pub async fn exercise_every_rpc(channel: Channel, session_prefix: &str) {
     let gone = client.get_session(get(None)).await.expect_err("deleted");
     assert_eq!(gone.code(), Code::NotFound);
 }
+
+/// Reads a health Watch stream until it reports `status`, for at most 5 seconds.
+pub async fn watch_until(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    status: i32,
+) {
+    let wait = async {
+        while let Some(update) = watch.message().await.expect("watch stream") {
+            if update.status == status {
+                return;
+            }
+        }
+        panic!("the watch stream ended before status {status}");
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no status {status} within 5 s"));
+}
