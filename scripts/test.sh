@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; the crates come from
-# crates.io; the test servers are installed by their scripts (redis-server from Debian).
+# crates.io; the test servers are installed by their scripts: redis-server from Debian,
+# SecantusDB (MongoDB) and moto (DynamoDB) from PyPI into the ignored venv .venv.
 for tool in cargo cargo-fmt cargo-clippy; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         if command -v rustup >/dev/null 2>&1; then
@@ -25,14 +26,22 @@ echo "== test servers"
 # Real servers on free loopback ports, data under the ignored .data/ folder; stopped on
 # exit, also when a test fails.
 servers=.data/test-servers
-[ -d "$servers/redis" ] && scripts/redis-servers.sh stop "$servers/redis"
+stop_servers() {
+    [ -d "$servers/redis" ] && scripts/redis-servers.sh stop "$servers/redis"
+    [ -d "$servers/documents" ] && scripts/document-servers.sh stop "$servers/documents"
+    return 0
+}
+stop_servers
 rm -rf "$servers"
 mkdir -p "$servers"
 log=$(mktemp)
-trap 'scripts/redis-servers.sh stop "$servers/redis"; rm -f "$log"' EXIT
+trap 'stop_servers; rm -f "$log"' EXIT
 scripts/redis-servers.sh start "$servers/redis"
+scripts/document-servers.sh start "$servers/documents"
 # shellcheck source=/dev/null
 source "$servers/redis/env"
+# shellcheck source=/dev/null
+source "$servers/documents/env"
 
 echo "== cargo test"
 cargo test 2>&1 | tee "$log"

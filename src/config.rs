@@ -6,6 +6,7 @@
 //! error names the key, where the bad value came from, and what is accepted.
 
 use crate::store::memory::MemoryLimits;
+use crate::store::mongo::MongoOptions;
 use crate::store::redis::RedisOptions;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -148,7 +149,13 @@ pub const KEYS: &[Key] = &[
         "mongo_collection",
         "CSAI_MONGO_COLLECTION",
         "sessions",
-        "MongoDB collection",
+        "MongoDB collection of sessions; messages go to <collection>_messages",
+    ),
+    key(
+        "mongo_pool_size",
+        "CSAI_MONGO_POOL_SIZE",
+        "32",
+        "most connections in the MongoDB driver's pool",
     ),
     key(
         "dynamo_region",
@@ -327,6 +334,7 @@ pub struct Config {
     pub mongo_uri: String,
     pub mongo_database: String,
     pub mongo_collection: String,
+    pub mongo_pool_size: u32,
     pub dynamo_region: String,
     pub dynamo_table: String,
     pub dynamo_endpoint: Option<String>,
@@ -341,6 +349,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The MongoDB connection options.
+    pub fn mongo_options(&self) -> MongoOptions {
+        MongoOptions {
+            uri: self.mongo_uri.clone(),
+            database: self.mongo_database.clone(),
+            collection: self.mongo_collection.clone(),
+            pool_size: self.mongo_pool_size,
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+        }
+    }
+
     /// The Redis connection options.
     pub fn redis_options(&self) -> RedisOptions {
         RedisOptions {
@@ -501,6 +521,9 @@ impl Values {
                 .unwrap_or_else(|| "mongodb://localhost:27017".to_string()),
             mongo_database: self.text("mongo_database"),
             mongo_collection: self.text("mongo_collection"),
+            mongo_pool_size: self.get("mongo_pool_size", "a whole number from 1 to 1000", |s| {
+                s.parse().ok().filter(|n| (1..=1000).contains(n))
+            })?,
             dynamo_region: self.text("dynamo_region"),
             dynamo_table: self.text("dynamo_table"),
             dynamo_endpoint: self.optional_text("dynamo_endpoint"),

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let store = server::open_store(&config)?;
+        let store = server::open_store(&config).await?;
         let listener = server::bind(&config).await?;
         server::serve(&config, store, listener, shutdown_signal()).await
     });

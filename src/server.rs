@@ -8,6 +8,7 @@ use crate::grpc::session_store::{Policy, SessionStoreService};
 use crate::health;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
+use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub enum ServeError {
 }
 
 /// Opens the configured backend. Backends that are not built yet fail with a clear message.
-pub fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
     match config.storage_type {
         StorageType::Memory => {
             let store = Arc::new(MemoryStore::new(config.memory_limits));
@@ -41,6 +42,12 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> 
         }
         StorageType::Redis => {
             let store = RedisStore::new(&config.redis_options())
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        StorageType::Mongo => {
+            let store = MongoStore::new(&config.mongo_options())
+                .await
                 .map_err(|e| ServeError::Store(e.to_string()))?;
             Ok(Arc::new(store))
         }

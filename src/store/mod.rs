@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod mongo;
 pub mod page_token;
 pub mod redis;
 
