@@ -4,8 +4,9 @@
 mod common;
 
 use common::{
-    NOT_SERVING, SERVING, SidecarProcess, TestServer, exercise_every_rpc, health_status,
-    required_env, test_config, user, wait_for_status,
+    NOT_SERVING, SERVING, SidecarProcess, TestServer, concurrent_appenders_through_the_sidecar,
+    exercise_every_rpc, health_status, large_session_round_trips, required_env, test_config, user,
+    wait_for_status,
 };
 use csai_sidecar::config::Config;
 use csai_sidecar::grpc::pb;
@@ -161,66 +162,20 @@ fn redis_options(address: String) -> RedisOptions {
     }
 }
 
-/// 64 writers append 50 messages each, one per RPC, to one session through the sidecar:
-/// exactly 3,200 messages, seqs 1..=3200, every writer's messages in its order.
 #[tokio::test]
 async fn sixty_four_concurrent_appenders_lose_nothing() {
     let store =
         RedisStore::new(&redis_options(required_env("CSAI_TEST_REDIS_URL"))).expect("store");
     let server = TestServer::start_serving(test_config(), Arc::new(store)).await;
-    let session_id = format!("appenders-{}", std::process::id());
-    let mut writers = Vec::new();
-    for writer in 0..64 {
-        let mut client = server.sessions().await;
-        let session_id = session_id.clone();
-        writers.push(tokio::spawn(async move {
-            for n in 0..50 {
-                client
-                    .append_messages(pb::AppendMessagesRequest {
-                        session_id: session_id.clone(),
-                        messages: vec![user(&format!("{writer}:{n}"))],
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("append");
-            }
-        }));
-    }
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    let session = server
-        .sessions()
-        .await
-        .get_session(pb::GetSessionRequest {
-            session_id: session_id.clone(),
-            window: None,
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .session
-        .expect("session");
-    assert_eq!(session.messages.len(), 3200);
-    assert_eq!(session.message_count, 3200);
-    let seqs: Vec<u64> = session.messages.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=3200).collect::<Vec<u64>>());
-    let mut next = [0usize; 64];
-    for message in &session.messages {
-        let (writer, n) = message.content.split_once(':').expect("writer:n");
-        let (writer, n): (usize, usize) = (writer.parse().unwrap(), n.parse().unwrap());
-        assert_eq!(n, next[writer], "writer {writer} out of order");
-        next[writer] += 1;
-    }
-    server
-        .sessions()
-        .await
-        .delete_session(pb::DeleteSessionRequest {
-            session_id,
-            expected_version: None,
-        })
-        .await
-        .expect("clean up");
+    concurrent_appenders_through_the_sidecar(&server, 64, 50).await;
+}
+
+#[tokio::test]
+async fn a_session_larger_than_a_mongodb_document_round_trips() {
+    let store =
+        RedisStore::new(&redis_options(required_env("CSAI_TEST_REDIS_URL"))).expect("store");
+    let server = TestServer::start_serving(test_config(), Arc::new(store)).await;
+    large_session_round_trips(&server, 20 << 20).await;
 }
 
 /// A redis-server of this test's own, so that stopping it disturbs no other test.

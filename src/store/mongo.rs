@@ -12,9 +12,10 @@
 //! session without locks in the sidecar.
 //!
 //! Expiry: both collections have a TTL index on `expire`. Bucket documents expire at the
-//! session's `horizon`, which runs ahead of the session's expiry by one TTL and is moved
-//! (with one update of the session's buckets) only when the expiry catches up with it, so
-//! extending the TTL does not rewrite every bucket on every write. Buckets belong to one
+//! session's `horizon`, which runs ahead of the session's expiry by the TTL (at most an
+//! hour) and is moved, with one update of the session's buckets, only when the expiry
+//! catches up with it: extending the TTL does not rewrite every bucket on every write,
+//! and MongoDB removes a session's buckets at most that lead after the session. Buckets belong to one
 //! incarnation (`gen`) of a session: a new session under an old id never sees old
 //! buckets, and deleting, replacing or recreating a session deletes its old buckets in
 //! the same transaction.
@@ -46,6 +47,8 @@ const BUCKET_BYTES: i64 = 4 << 20;
 const REMEMBERED_REQUEST_IDS: i32 = 64;
 /// Conflicting transactions are retried this often before giving up.
 const MAX_CONFLICT_RETRIES: u32 = 200;
+/// How far bucket expiry runs ahead of session expiry, at most (see the module doc).
+const MAX_HORIZON_LEAD: Duration = Duration::from_secs(3600);
 /// Write locks, striped by session id (see `MongoStore::write_lock`).
 const WRITE_LOCK_STRIPES: usize = 1024;
 
@@ -441,6 +444,11 @@ impl From<StoreError> for TxError {
     }
 }
 
+/// How far ahead of the session's expiry its buckets' expiry is set.
+fn horizon_lead(ttl: Duration) -> Duration {
+    ttl.min(MAX_HORIZON_LEAD)
+}
+
 fn ttl_expiry(now: DateTime, ttl: Duration) -> DateTime {
     from_system_time(to_system_time(now) + ttl)
 }
@@ -517,7 +525,7 @@ impl MongoStore {
         ttl: Duration,
     ) -> Result<DateTime, TxError> {
         if expire > head.horizon {
-            head.horizon = ttl_expiry(expire, ttl);
+            head.horizon = ttl_expiry(expire, horizon_lead(ttl));
             if exists {
                 self.buckets
                     .update_many(
@@ -715,7 +723,7 @@ impl MongoStore {
         head.bucket = 0;
         head.bucket_messages = 0;
         head.bucket_bytes = 0;
-        head.horizon = ttl_expiry(expire, options.ttl);
+        head.horizon = ttl_expiry(expire, horizon_lead(options.ttl));
         self.push_messages(session, id, &mut head, messages, now)
             .await?;
         let written = self
