@@ -5,6 +5,7 @@
 //! text with their source (flags > environment > file > defaults) and parsed once, so every
 //! error names the key, where the bad value came from, and what is accepted.
 
+use crate::store::dynamo::DynamoOptions;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
 use crate::store::redis::RedisOptions;
@@ -173,7 +174,13 @@ pub const KEYS: &[Key] = &[
         "dynamo_endpoint",
         "CSAI_DYNAMO_ENDPOINT",
         "",
-        "DynamoDB endpoint URL (local testing, VPC endpoints)",
+        "DynamoDB endpoint URL (local testing, VPC endpoints); no instance-metadata lookups when set",
+    ),
+    key(
+        "dynamo_create_table",
+        "CSAI_DYNAMO_CREATE_TABLE",
+        "false",
+        "create the DynamoDB table (on-demand, TTL on `ttl`) at start if it is missing",
     ),
     key(
         "memory_max_sessions",
@@ -338,6 +345,7 @@ pub struct Config {
     pub dynamo_region: String,
     pub dynamo_table: String,
     pub dynamo_endpoint: Option<String>,
+    pub dynamo_create_table: bool,
     pub memory_limits: MemoryLimits,
     pub memory_sweep_interval: Duration,
     pub health_interval: Duration,
@@ -349,6 +357,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The DynamoDB connection options.
+    pub fn dynamo_options(&self) -> DynamoOptions {
+        DynamoOptions {
+            region: self.dynamo_region.clone(),
+            table: self.dynamo_table.clone(),
+            endpoint: self.dynamo_endpoint.clone(),
+            create_table: self.dynamo_create_table,
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+        }
+    }
+
     /// The MongoDB connection options.
     pub fn mongo_options(&self) -> MongoOptions {
         MongoOptions {
@@ -527,6 +547,9 @@ impl Values {
             dynamo_region: self.text("dynamo_region"),
             dynamo_table: self.text("dynamo_table"),
             dynamo_endpoint: self.optional_text("dynamo_endpoint"),
+            dynamo_create_table: self.get("dynamo_create_table", "true or false", |s| {
+                s.parse().ok()
+            })?,
             memory_limits: MemoryLimits {
                 max_sessions: self.get(
                     "memory_max_sessions",

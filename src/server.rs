@@ -7,6 +7,7 @@ use crate::grpc::pb::session_store_server::SessionStoreServer;
 use crate::grpc::session_store::{Policy, SessionStoreService};
 use crate::health;
 use crate::store::SessionStore;
+use crate::store::dynamo::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
@@ -32,7 +33,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Opens the configured backend. Backends that are not built yet fail with a clear message.
+/// Opens the configured backend. Connections are made lazily, so a backend that is down
+/// at start makes the sidecar NOT_SERVING rather than stopping it.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
     match config.storage_type {
         StorageType::Memory => {
@@ -51,11 +53,12 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeE
                 .map_err(|e| ServeError::Store(e.to_string()))?;
             Ok(Arc::new(store))
         }
-        other => Err(ServeError::Store(format!(
-            "storage type `{}` is not available in this version of csai-sidecar yet; \
-             set `type` (CSAI_STORAGE_TYPE) to `memory`",
-            other.name()
-        ))),
+        StorageType::Dynamo => {
+            let store = DynamoStore::new(&config.dynamo_options())
+                .await
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -134,18 +134,6 @@ fn unknown_or_unreadable_config_files_are_errors() {
     );
 }
 
-#[test]
-fn a_backend_not_built_yet_fails_at_start_with_a_clear_message() {
-    let (code, _, stderr) = run(sidecar()
-        .env("CSAI_STORAGE_TYPE", "dynamo")
-        .env("CSAI_LISTEN", "127.0.0.1:0"));
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("storage type `dynamo` is not available"),
-        "{stderr}"
-    );
-}
-
 /// SIGTERM: health turns NOT_SERVING, then the process exits 0.
 #[tokio::test]
 async fn sigterm_turns_health_not_serving_then_exits_zero() {

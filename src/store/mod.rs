@@ -1,6 +1,7 @@
 //! The `SessionStore` trait every backend implements, and the errors it returns.
 
 pub mod conformance;
+pub mod dynamo;
 pub mod memory;
 pub mod mongo;
 pub mod page_token;
@@ -118,5 +119,38 @@ pub fn check_version(expected: Option<u64>, actual: u64) -> StoreResult<()> {
             Err(StoreError::VersionMismatch { expected, actual })
         }
         _ => Ok(()),
+    }
+}
+
+/// Striped async locks by session id, so that one process's writes to one session queue
+/// up instead of colliding: backends whose writes are optimistic (MongoDB transactions,
+/// DynamoDB conditions) stay correct without them, but retry storms under many concurrent
+/// writers of one session are avoided. Writers in other processes still meet only in the
+/// backend's own concurrency control.
+pub struct WriteLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::hash::RandomState,
+}
+
+impl WriteLocks {
+    /// 1024 stripes: contention between different sessions is rare.
+    pub fn new() -> Self {
+        Self {
+            stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Waits for this process's earlier writes to the session to finish.
+    pub async fn lock(&self, id: &SessionId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one(id) as usize % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
+}
+
+impl Default for WriteLocks {
+    fn default() -> Self {
+        Self::new()
     }
 }

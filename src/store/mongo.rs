@@ -25,7 +25,7 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
-use crate::store::{SessionStore, StoreError, StoreResult, check_version, page_token};
+use crate::store::{SessionStore, StoreError, StoreResult, WriteLocks, check_version, page_token};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{self, Bson, DateTime, Document, doc};
@@ -49,8 +49,6 @@ const REMEMBERED_REQUEST_IDS: i32 = 64;
 const MAX_CONFLICT_RETRIES: u32 = 200;
 /// How far bucket expiry runs ahead of session expiry, at most (see the module doc).
 const MAX_HORIZON_LEAD: Duration = Duration::from_secs(3600);
-/// Write locks, striped by session id (see `MongoStore::write_lock`).
-const WRITE_LOCK_STRIPES: usize = 1024;
 
 /// How to reach MongoDB.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,8 +74,7 @@ pub struct MongoStore {
     timeout: Duration,
     max_retries: u32,
     ready: OnceCell<()>,
-    write_locks: Vec<tokio::sync::Mutex<()>>,
-    hasher: std::hash::RandomState,
+    write_locks: WriteLocks,
 }
 
 /// The parts of a session document that writes need.
@@ -270,10 +267,7 @@ impl MongoStore {
             timeout: options.timeout,
             max_retries: options.max_retries,
             ready: OnceCell::new(),
-            write_locks: (0..WRITE_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            hasher: std::hash::RandomState::new(),
+            write_locks: WriteLocks::new(),
         })
     }
 
@@ -323,15 +317,6 @@ impl MongoStore {
             .map(|_| ())
     }
 
-    /// Serialises this process's writes to one session. Transactions alone are correct,
-    /// but concurrent writers of one session abort each other and retry; queueing them
-    /// here first leaves conflicts only between sidecar replicas.
-    async fn write_lock(&self, id: &SessionId) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::BuildHasher;
-        let stripe = self.hasher.hash_one(id) as usize % self.write_locks.len();
-        self.write_locks[stripe].lock().await
-    }
-
     /// Runs `body` in a transaction within the timeout, retrying conflicts (transient
     /// transaction errors) and, up to `max_retries`, network failures. `body` gets the
     /// session with a started transaction and hands it back with its result.
@@ -348,7 +333,7 @@ impl MongoStore {
         let run = async {
             self.ensure_ready().await?;
             let _serialised = match writes_to {
-                Some(id) => Some(self.write_lock(id).await),
+                Some(id) => Some(self.write_locks.lock(id).await),
                 None => None,
             };
             let mut network_failures = 0;

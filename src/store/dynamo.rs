@@ -1,0 +1,1523 @@
+//! The DynamoDB backend: one meta item plus bounded chunk items per session, one table.
+//!
+//! Items (partition key `pk` = session id, sort key `sk`):
+//! - `sk = "meta"`: version, message count, the open chunk, times, expiry, system messages
+//!   and state (JSON text), and the last 64 request ids;
+//! - `sk = "c#<gen>#<chunk>"`: a list `msgs` of messages (JSON text; a message larger than
+//!   a fragment is split over several elements and chunks), at most `CHUNK_BYTES` each,
+//!   far below DynamoDB's 400 KB item limit however long the session grows.
+//!
+//! An append reads the meta item and then, in one `TransactWriteItems`, updates the meta
+//! item on the condition that its version did not change and `list_append`s the new
+//! messages to the open chunk(s): atomic under concurrent writers, sending only the new
+//! messages. A cancelled transaction (another writer won) is retried from the read.
+//!
+//! Expiry: reads compare the stored expiry (ms) with the clock, because DynamoDB deletes
+//! expired items up to 48 hours late. Every item carries the TTL attribute `ttl` (epoch
+//! seconds); chunks expire at the session's `horizon`, which leads its expiry by the TTL
+//! (at most an hour) and is moved, with one update per chunk, only when the expiry catches
+//! up with it. Chunks belong to one incarnation (`gen`) of a session, so a recreated
+//! session never sees old chunks.
+
+use crate::model::{
+    Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
+    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
+    WriteOutcome, tool_safe_start,
+};
+use crate::store::{SessionStore, StoreError, StoreResult, WriteLocks, check_version, page_token};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
+    PutRequest, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, Update,
+    WriteRequest,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::OnceCell;
+
+/// Most bytes of message data in one chunk item (DynamoDB's item limit is 400 KB).
+const CHUNK_BYTES: usize = 300_000;
+/// A message's JSON longer than this is split into fragments.
+const FRAGMENT_BYTES: usize = 200_000;
+/// Request ids remembered per session for idempotent appends.
+const REMEMBERED_REQUEST_IDS: usize = 64;
+/// BatchWriteItem takes at most 25 requests.
+const BATCH_LIMIT: usize = 25;
+/// Rounds of retrying UnprocessedItems before giving up.
+const MAX_UNPROCESSED_ROUNDS: u32 = 8;
+/// Cancelled transactions (lost races with another writer) are retried this often.
+const MAX_CONFLICT_RETRIES: u32 = 100;
+/// How far chunk expiry runs ahead of session expiry, at most.
+const MAX_HORIZON_LEAD: Duration = Duration::from_secs(3600);
+/// Scan calls one ListSessions page may make before it returns what it has.
+const MAX_SCANS_PER_PAGE: usize = 50;
+const META: &str = "meta";
+/// Bytes counted per session for the meta item's fixed attributes.
+const META_OVERHEAD_BYTES: u64 = 200;
+
+/// How to reach DynamoDB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynamoOptions {
+    pub region: String,
+    pub table: String,
+    /// Custom endpoint (local testing, VPC endpoints). When set, credentials come from
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` or are placeholders: never from instance
+    /// metadata.
+    pub endpoint: Option<String>,
+    /// Create the table (on-demand billing, TTL on `ttl`) at start if it is missing.
+    pub create_table: bool,
+    /// Bound of one operation, retries included.
+    pub timeout: Duration,
+    /// Retries of a throttled or failed request (the SDK's standard retry mode).
+    pub max_retries: u32,
+}
+
+/// The DynamoDB session store.
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    create_table: bool,
+    timeout: Duration,
+    ready: OnceCell<()>,
+    write_locks: WriteLocks,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The meta item, decoded.
+#[derive(Clone, Debug)]
+struct Meta {
+    generation: String,
+    version: u64,
+    count: u64,
+    chunk: u64,
+    chunk_bytes: u64,
+    /// Bytes of all message elements, for stats.
+    message_bytes: u64,
+    created: u64,
+    updated: u64,
+    expire: u64,
+    horizon: u64,
+    system: String,
+    state: String,
+    reqs: Vec<RecentAppend>,
+}
+
+/// An append remembered for idempotency.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RecentAppend {
+    id: String,
+    first: u64,
+    count: u64,
+    version: u64,
+    expire: u64,
+}
+
+/// A message element as stored: seq, time (ms) and the message, or a fragment of it.
+#[derive(Serialize, Deserialize)]
+struct StoredMessage {
+    s: u64,
+    t: u64,
+    m: NewMessage,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn to_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("unexpected data in DynamoDB: {what}"))
+}
+
+fn get_n(item: &Item, key: &str) -> StoreResult<u64> {
+    match item.get(key) {
+        Some(AttributeValue::N(text)) => {
+            text.parse().map_err(|_| corrupt(format!("{key} = {text}")))
+        }
+        other => Err(corrupt(format!("{key} is {other:?}"))),
+    }
+}
+
+fn get_s<'a>(item: &'a Item, key: &str) -> StoreResult<&'a str> {
+    match item.get(key) {
+        Some(AttributeValue::S(text)) => Ok(text),
+        other => Err(corrupt(format!("{key} is {other:?}"))),
+    }
+}
+
+fn new_generation() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{nanos:x}{:x}{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn chunk_prefix(generation: &str) -> String {
+    format!("c#{generation}#")
+}
+
+fn chunk_key(generation: &str, chunk: u64) -> String {
+    format!("c#{generation}#{chunk:010}")
+}
+
+fn horizon_lead_ms(ttl: Duration) -> u64 {
+    ttl.min(MAX_HORIZON_LEAD).as_millis() as u64
+}
+
+/// DynamoDB's TTL attribute: whole seconds, rounded up so items never go early.
+fn ttl_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+impl Meta {
+    fn from_item(item: &Item) -> StoreResult<Self> {
+        Ok(Self {
+            generation: get_s(item, "gen")?.to_string(),
+            version: get_n(item, "ver")?,
+            count: get_n(item, "cnt")?,
+            chunk: get_n(item, "chunk")?,
+            chunk_bytes: get_n(item, "cbytes")?,
+            // Absent on items written before it was kept.
+            message_bytes: get_n(item, "mbytes").unwrap_or(0),
+            created: get_n(item, "created")?,
+            updated: get_n(item, "updated")?,
+            expire: get_n(item, "exp")?,
+            horizon: get_n(item, "horizon")?,
+            system: get_s(item, "sys")?.to_string(),
+            state: get_s(item, "state")?.to_string(),
+            reqs: serde_json::from_str(get_s(item, "reqs")?).map_err(corrupt)?,
+        })
+    }
+
+    fn fresh(now: u64) -> Self {
+        Self {
+            generation: new_generation(),
+            version: 0,
+            count: 0,
+            chunk: 0,
+            chunk_bytes: 0,
+            message_bytes: 0,
+            created: now,
+            updated: now,
+            expire: now,
+            horizon: 0,
+            system: "[]".into(),
+            state: "{}".into(),
+            reqs: Vec::new(),
+        }
+    }
+}
+
+/// One stored list element: a whole message, or fragment `p` of `n`.
+fn elements_of(message: &NewMessage, seq: u64, now: u64) -> StoreResult<Vec<AttributeValue>> {
+    let json = serde_json::to_string(&StoredMessage {
+        s: seq,
+        t: now,
+        m: message.clone(),
+    })
+    .map_err(|e| StoreError::Internal(e.to_string()))?;
+    if json.len() <= FRAGMENT_BYTES {
+        return Ok(vec![AttributeValue::M(HashMap::from([
+            ("s".to_string(), n(seq)),
+            ("d".to_string(), s(json)),
+        ]))]);
+    }
+    let mut pieces = Vec::new();
+    let mut rest = json.as_str();
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(FRAGMENT_BYTES);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        pieces.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    let total = pieces.len() as u64;
+    Ok(pieces
+        .into_iter()
+        .enumerate()
+        .map(|(part, data)| {
+            AttributeValue::M(HashMap::from([
+                ("s".to_string(), n(seq)),
+                ("p".to_string(), n(part as u64)),
+                ("n".to_string(), n(total)),
+                ("d".to_string(), s(data)),
+            ]))
+        })
+        .collect())
+}
+
+fn element_size(element: &AttributeValue) -> usize {
+    match element {
+        AttributeValue::M(map) => {
+            map.iter()
+                .map(|(k, v)| {
+                    k.len()
+                        + if let AttributeValue::S(t) = v {
+                            t.len()
+                        } else {
+                            24
+                        }
+                })
+                .sum::<usize>()
+                + 8
+        }
+        _ => 64,
+    }
+}
+
+/// Reassembles messages from chunk elements in order (fragments joined).
+fn messages_of(elements: &[AttributeValue]) -> StoreResult<Vec<Message>> {
+    let mut messages = Vec::new();
+    let mut partial: Option<(u64, String)> = None;
+    for element in elements {
+        let AttributeValue::M(map) = element else {
+            return Err(corrupt("message element is not a map"));
+        };
+        let seq = get_n(map, "s")?;
+        let data = get_s(map, "d")?;
+        let json = match (map.get("p"), map.get("n")) {
+            (Some(_), Some(_)) => {
+                let (part, total) = (get_n(map, "p")?, get_n(map, "n")?);
+                let text = match partial.take() {
+                    Some((s, mut text)) if s == seq => {
+                        text.push_str(data);
+                        text
+                    }
+                    _ if part == 0 => data.to_string(),
+                    _ => {
+                        return Err(corrupt(format!(
+                            "fragment {part} of message {seq} without its start"
+                        )));
+                    }
+                };
+                if part + 1 < total {
+                    partial = Some((seq, text));
+                    continue;
+                }
+                text
+            }
+            _ => data.to_string(),
+        };
+        let stored: StoredMessage = serde_json::from_str(&json).map_err(corrupt)?;
+        messages.push(stored.m.stored(stored.s, to_time(stored.t)));
+    }
+    Ok(messages)
+}
+
+/// Consecutive elements bound for one chunk item.
+struct ChunkGroup {
+    chunk: u64,
+    first: u64,
+    last: u64,
+    elements: Vec<AttributeValue>,
+}
+
+/// Numbers the messages after `meta.count` and places their elements into the open
+/// chunk, opening new chunks as they fill; updates `meta`'s counters.
+fn place_messages(
+    meta: &mut Meta,
+    messages: &[NewMessage],
+    now: u64,
+) -> StoreResult<Vec<ChunkGroup>> {
+    let mut groups: Vec<ChunkGroup> = Vec::new();
+    for message in messages {
+        meta.count += 1;
+        for element in elements_of(message, meta.count, now)? {
+            let size = element_size(&element) as u64;
+            if meta.chunk_bytes > 0 && meta.chunk_bytes + size > CHUNK_BYTES as u64 {
+                meta.chunk += 1;
+                meta.chunk_bytes = 0;
+            }
+            meta.chunk_bytes += size;
+            meta.message_bytes += size;
+            match groups.last_mut() {
+                Some(group) if group.chunk == meta.chunk => {
+                    group.last = meta.count;
+                    group.elements.push(element);
+                }
+                _ => groups.push(ChunkGroup {
+                    chunk: meta.chunk,
+                    first: meta.count,
+                    last: meta.count,
+                    elements: vec![element],
+                }),
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// Sends write requests in batches of at most 25, retrying UnprocessedItems with backoff.
+/// `send` sends one batch and returns the requests DynamoDB left unprocessed.
+async fn write_in_batches<F, Fut>(requests: Vec<WriteRequest>, mut send: F) -> StoreResult<()>
+where
+    F: FnMut(Vec<WriteRequest>) -> Fut,
+    Fut: Future<Output = StoreResult<Vec<WriteRequest>>>,
+{
+    for batch in requests.chunks(BATCH_LIMIT) {
+        let mut pending = batch.to_vec();
+        let mut round = 0;
+        while !pending.is_empty() {
+            let unprocessed = send(pending).await?;
+            if unprocessed.is_empty() {
+                break;
+            }
+            round += 1;
+            if round > MAX_UNPROCESSED_ROUNDS {
+                return Err(StoreError::Unavailable(format!(
+                    "DynamoDB left {} writes unprocessed after {MAX_UNPROCESSED_ROUNDS} retries (throttled)",
+                    unprocessed.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20 << round.min(6))).await;
+            pending = unprocessed;
+        }
+    }
+    Ok(())
+}
+
+fn sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(
+    what: &str,
+    error: SdkError<E>,
+) -> StoreError {
+    match &error {
+        SdkError::TimeoutError(_) => {
+            StoreError::Timeout(format!("DynamoDB timed out during {what}"))
+        }
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            StoreError::Unavailable(format!("DynamoDB is unreachable during {what}: {error:?}"))
+        }
+        _ => {
+            let code = error.code().unwrap_or("unknown").to_string();
+            let message = error.message().unwrap_or("").to_string();
+            match code.as_str() {
+                "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "InternalServerError"
+                | "ServiceUnavailable" => StoreError::Unavailable(format!(
+                    "DynamoDB is throttling or failing {what}: {code}: {message}"
+                )),
+                "ValidationException" if message.contains("size") => {
+                    StoreError::LimitExceeded(format!(
+                        "DynamoDB refused {what}: {message} (an item is limited to 400 KB: system messages, state \
+                     and the last request ids share one item)"
+                    ))
+                }
+                "ResourceNotFoundException" => StoreError::Unavailable(format!(
+                    "DynamoDB table missing during {what}: {message}; create it (deploy/dynamodb-table.json) \
+                     or set dynamo_create_table = true"
+                )),
+                _ => StoreError::Internal(format!("DynamoDB failed {what}: {code}: {message}")),
+            }
+        }
+    }
+}
+
+/// True when a transaction was cancelled because a condition failed (another writer won).
+fn lost_race<E: ProvideErrorMetadata>(error: &SdkError<E>) -> bool {
+    matches!(
+        error.code(),
+        Some(
+            "TransactionCanceledException"
+                | "ConditionalCheckFailedException"
+                | "TransactionConflictException"
+        )
+    )
+}
+
+/// The outcome of one optimistic attempt.
+enum Attempt<T> {
+    Done(T),
+    Retry,
+}
+
+impl DynamoStore {
+    /// A store on the table the options name; the table is checked (or created) lazily.
+    pub async fn new(options: &DynamoOptions) -> StoreResult<Self> {
+        let timeouts = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(options.timeout)
+            .connect_timeout(options.timeout)
+            .build();
+        let retries = aws_sdk_dynamodb::config::retry::RetryConfig::standard()
+            .with_max_attempts(options.max_retries + 1);
+        let config = match &options.endpoint {
+            Some(endpoint) => {
+                let key =
+                    std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "csai-local".into());
+                let secret =
+                    std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "csai-local".into());
+                aws_sdk_dynamodb::Config::builder()
+                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                    .region(Region::new(options.region.clone()))
+                    .endpoint_url(endpoint)
+                    .credentials_provider(Credentials::new(key, secret, None, None, "csai-static"))
+                    .timeout_config(timeouts)
+                    .retry_config(retries)
+                    .build()
+            }
+            None => {
+                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(Region::new(options.region.clone()))
+                    .load()
+                    .await;
+                aws_sdk_dynamodb::config::Builder::from(&shared)
+                    .timeout_config(timeouts)
+                    .retry_config(retries)
+                    .build()
+            }
+        };
+        Ok(Self {
+            client: Client::from_conf(config),
+            table: options.table.clone(),
+            create_table: options.create_table,
+            timeout: options.timeout,
+            ready: OnceCell::new(),
+            write_locks: WriteLocks::new(),
+        })
+    }
+
+    /// Checks that the table exists, or creates it when configured to, once.
+    async fn ensure_ready(&self) -> StoreResult<()> {
+        self.ready
+            .get_or_try_init(|| async {
+                let described = self
+                    .client
+                    .describe_table()
+                    .table_name(&self.table)
+                    .send()
+                    .await;
+                match described {
+                    Ok(_) => Ok(()),
+                    Err(error)
+                        if error.code() == Some("ResourceNotFoundException")
+                            && self.create_table =>
+                    {
+                        self.create_missing_table().await
+                    }
+                    Err(error) => Err(sdk_error("checking the table", error)),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_missing_table(&self) -> StoreResult<()> {
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| StoreError::Internal(e.to_string()))
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| StoreError::Internal(e.to_string()))
+        };
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .attribute_definitions(attribute("pk")?)
+            .attribute_definitions(attribute("sk")?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            // Another replica created it first.
+            Err(error) if error.code() == Some("ResourceInUseException") => {}
+            Err(error) => return Err(sdk_error("creating the table", error)),
+        }
+        for _ in 0..100 {
+            let status = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| sdk_error("waiting for the table", e))?
+                .table()
+                .and_then(|t| t.table_status().cloned());
+            if status == Some(aws_sdk_dynamodb::types::TableStatus::Active) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let ttl = TimeToLiveSpecification::builder()
+            .attribute_name("ttl")
+            .enabled(true)
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map_err(|e| sdk_error("enabling TTL", e))?;
+        tracing::info!(table = %self.table, "created the DynamoDB table");
+        Ok(())
+    }
+
+    /// Runs an operation within the timeout after the table is ready.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let run = async {
+            self.ensure_ready().await?;
+            operation.await
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(format!(
+                "DynamoDB did not complete {what} within {:?} (timeout)",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Retries an optimistic write until it wins (or is answered without a write).
+    async fn optimistic<T, F, Fut>(
+        &self,
+        id: &SessionId,
+        what: &str,
+        mut attempt: F,
+    ) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<Attempt<T>>>,
+    {
+        self.bounded(what, async {
+            let _serialised = self.write_locks.lock(id).await;
+            for round in 0..MAX_CONFLICT_RETRIES {
+                match attempt().await? {
+                    Attempt::Done(value) => return Ok(value),
+                    Attempt::Retry => {
+                        tokio::time::sleep(Duration::from_millis(u64::from(round.min(20)) * 5)).await;
+                    }
+                }
+            }
+            Err(StoreError::Unavailable(format!(
+                "{what} lost {MAX_CONFLICT_RETRIES} races with other writers of the session; retry later"
+            )))
+        })
+        .await
+    }
+
+    /// The meta item, if the session is live; an expired one counts as absent.
+    async fn live_meta(&self, id: &SessionId) -> StoreResult<(Option<Meta>, Option<Meta>)> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(id.as_str()))
+            .key("sk", s(META))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("reading a session", e))?;
+        match output.item() {
+            None => Ok((None, None)),
+            Some(item) => {
+                let meta = Meta::from_item(item)?;
+                if meta.expire > now_ms() {
+                    Ok((Some(meta), None))
+                } else {
+                    Ok((None, Some(meta)))
+                }
+            }
+        }
+    }
+
+    /// Keys of every chunk of one incarnation.
+    async fn chunk_keys(&self, id: &SessionId, generation: &str) -> StoreResult<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(id.as_str()))
+                .expression_attribute_values(":prefix", s(chunk_prefix(generation)))
+                .projection_expression("sk")
+                .set_exclusive_start_key(start)
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error("listing chunks", e))?;
+            for item in output.items() {
+                keys.push(get_s(item, "sk")?.to_string());
+            }
+            match output.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Deletes chunks (of a replaced, deleted or expired incarnation) in batches.
+    async fn delete_chunks(&self, id: &SessionId, keys: Vec<String>) -> StoreResult<()> {
+        let requests = keys
+            .into_iter()
+            .map(|sk| {
+                let delete = DeleteRequest::builder()
+                    .key("pk", s(id.as_str()))
+                    .key("sk", s(sk))
+                    .build()
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.batch_write(requests).await
+    }
+
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> StoreResult<()> {
+        write_in_batches(requests, |batch| async move {
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, batch)
+                .send()
+                .await
+                .map_err(|e| sdk_error("a batch write", e))?;
+            Ok(output
+                .unprocessed_items()
+                .and_then(|items| items.get(&self.table))
+                .cloned()
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Moves chunk expiry ahead when the session's expiry catches up with it.
+    async fn advance_horizon(
+        &self,
+        id: &SessionId,
+        meta: &mut Meta,
+        existed: bool,
+        expire: u64,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        if expire <= meta.horizon {
+            return Ok(());
+        }
+        meta.horizon = expire + horizon_lead_ms(ttl);
+        if existed {
+            // Chunks first: if this fails, the session's expiry is not moved either.
+            for sk in self.chunk_keys(id, &meta.generation).await? {
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(id.as_str()))
+                    .key("sk", s(sk))
+                    .update_expression("SET #ttl = :ttl")
+                    .expression_attribute_names("#ttl", "ttl")
+                    .expression_attribute_values(":ttl", n(ttl_seconds(meta.horizon)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("extending chunk expiry", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The meta item's update: every field from `meta`, guarded by the version read.
+    fn meta_update(
+        &self,
+        id: &SessionId,
+        meta: &Meta,
+        read_version: Option<u64>,
+    ) -> StoreResult<TransactWriteItem> {
+        let reqs =
+            serde_json::to_string(&meta.reqs).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(id.as_str()))
+            .key("sk", s(META))
+            .update_expression(
+                "SET #gen = :gen, #ver = :ver, #cnt = :cnt, #chunk = :chunk, #cbytes = :cbytes, \
+                 #mbytes = :mbytes, #created = :created, #updated = :updated, #exp = :exp, #horizon = :horizon, \
+                 #sys = :sys, #state = :state, #reqs = :reqs, #ttl = :ttl",
+            )
+            .expression_attribute_values(":gen", s(&meta.generation))
+            .expression_attribute_values(":ver", n(meta.version))
+            .expression_attribute_values(":cnt", n(meta.count))
+            .expression_attribute_values(":chunk", n(meta.chunk))
+            .expression_attribute_values(":cbytes", n(meta.chunk_bytes))
+            .expression_attribute_values(":mbytes", n(meta.message_bytes))
+            .expression_attribute_values(":created", n(meta.created))
+            .expression_attribute_values(":updated", n(meta.updated))
+            .expression_attribute_values(":exp", n(meta.expire))
+            .expression_attribute_values(":horizon", n(meta.horizon))
+            .expression_attribute_values(":sys", s(&meta.system))
+            .expression_attribute_values(":state", s(&meta.state))
+            .expression_attribute_values(":reqs", s(reqs))
+            .expression_attribute_values(":ttl", n(ttl_seconds(meta.expire)));
+        for name in [
+            "gen", "ver", "cnt", "chunk", "cbytes", "mbytes", "created", "updated", "exp", "horizon", "sys",
+            "state", "reqs", "ttl",
+        ] {
+            update = update.expression_attribute_names(format!("#{name}"), name);
+        }
+        update = match read_version {
+            Some(version) => update
+                .condition_expression("#ver = :read")
+                .expression_attribute_values(":read", n(version)),
+            None => update.condition_expression("attribute_not_exists(pk)"),
+        };
+        Ok(TransactWriteItem::builder()
+            .update(
+                update
+                    .build()
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+            )
+            .build())
+    }
+
+    /// Commits meta and chunk updates together; `Retry` if another writer won the race.
+    async fn commit(&self, items: Vec<TransactWriteItem>) -> StoreResult<Attempt<()>> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Attempt::Done(())),
+            Err(error) if lost_race(&error) => Ok(Attempt::Retry),
+            Err(error) => Err(sdk_error("a transactional write", error)),
+        }
+    }
+
+    /// The update that appends a group of elements to its chunk item.
+    fn chunk_update(
+        &self,
+        id: &SessionId,
+        meta: &Meta,
+        group: ChunkGroup,
+    ) -> StoreResult<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(id.as_str()))
+            .key("sk", s(chunk_key(&meta.generation, group.chunk)))
+            .update_expression(
+                "SET #msgs = list_append(if_not_exists(#msgs, :empty), :new), \
+                 #first = if_not_exists(#first, :first), #last = :last, #ttl = :ttl",
+            )
+            .expression_attribute_names("#msgs", "msgs")
+            .expression_attribute_names("#first", "first")
+            .expression_attribute_names("#last", "last")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":new", AttributeValue::L(group.elements))
+            .expression_attribute_values(":first", n(group.first))
+            .expression_attribute_values(":last", n(group.last))
+            .expression_attribute_values(":ttl", n(ttl_seconds(meta.horizon)))
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// The put that writes a whole new chunk item (for replace).
+    fn chunk_put(
+        &self,
+        id: &SessionId,
+        meta: &Meta,
+        group: ChunkGroup,
+    ) -> StoreResult<WriteRequest> {
+        let item = Item::from([
+            ("pk".to_string(), s(id.as_str())),
+            (
+                "sk".to_string(),
+                s(chunk_key(&meta.generation, group.chunk)),
+            ),
+            ("msgs".to_string(), AttributeValue::L(group.elements)),
+            ("first".to_string(), n(group.first)),
+            ("last".to_string(), n(group.last)),
+            ("ttl".to_string(), n(ttl_seconds(meta.horizon))),
+        ]);
+        let put = PutRequest::builder()
+            .set_item(Some(item))
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(WriteRequest::builder().put_request(put).build())
+    }
+
+    /// Removes what an expired incarnation left behind (best effort: TTL would too).
+    async fn clean_expired(&self, id: &SessionId, expired: Option<Meta>) {
+        if let Some(expired) = expired {
+            match self.chunk_keys(id, &expired.generation).await {
+                Ok(keys) => {
+                    if let Err(error) = self.delete_chunks(id, keys).await {
+                        tracing::debug!(%error, "could not delete the chunks of an expired session");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "could not list the chunks of an expired session")
+                }
+            }
+        }
+    }
+
+    async fn append_attempt(
+        &self,
+        id: &SessionId,
+        append: &Append,
+    ) -> StoreResult<Attempt<AppendOutcome>> {
+        let now = now_ms();
+        let (live, expired) = self.live_meta(id).await?;
+        let read_version = live
+            .as_ref()
+            .map(|m| m.version)
+            .or(expired.as_ref().map(|m| m.version));
+        if let (Some(meta), Some(request_id)) = (&live, &append.request_id)
+            && let Some(earlier) = meta.reqs.iter().find(|r| &r.id == request_id)
+        {
+            return Ok(Attempt::Done(AppendOutcome {
+                first_seq: earlier.first,
+                count: earlier.count,
+                version: earlier.version,
+                expire_time: to_time(earlier.expire),
+                deduplicated: true,
+            }));
+        }
+        let existed = live.is_some();
+        let mut meta = live.unwrap_or_else(|| Meta::fresh(now));
+        check_version(append.options.expected_version, meta.version)?;
+        let expire = now + append.options.ttl.as_millis() as u64;
+        self.advance_horizon(id, &mut meta, existed, expire, append.options.ttl)
+            .await?;
+        let first_seq = meta.count + 1;
+        let groups = place_messages(&mut meta, &append.messages, now)?;
+        let mut items = groups
+            .into_iter()
+            .map(|group| self.chunk_update(id, &meta, group))
+            .collect::<StoreResult<Vec<_>>>()?;
+        meta.version += 1;
+        meta.updated = now;
+        meta.expire = expire;
+        if let Some(request_id) = &append.request_id {
+            meta.reqs.push(RecentAppend {
+                id: request_id.clone(),
+                first: first_seq,
+                count: append.messages.len() as u64,
+                version: meta.version,
+                expire,
+            });
+            let excess = meta.reqs.len().saturating_sub(REMEMBERED_REQUEST_IDS);
+            meta.reqs.drain(..excess);
+        }
+        items.insert(0, self.meta_update(id, &meta, read_version)?);
+        if let Attempt::Retry = self.commit(items).await? {
+            return Ok(Attempt::Retry);
+        }
+        self.clean_expired(id, expired).await;
+        Ok(Attempt::Done(AppendOutcome {
+            first_seq,
+            count: append.messages.len() as u64,
+            version: meta.version,
+            expire_time: to_time(expire),
+            deduplicated: false,
+        }))
+    }
+
+    /// Changes only the meta item (system messages, state, expiry) under the version read.
+    async fn meta_attempt(
+        &self,
+        id: &SessionId,
+        options: &WriteOptions,
+        change: impl Fn(&mut Meta, u64) -> StoreResult<()>,
+    ) -> StoreResult<Attempt<(WriteOutcome, Meta)>> {
+        let now = now_ms();
+        let (live, expired) = self.live_meta(id).await?;
+        let read_version = live
+            .as_ref()
+            .map(|m| m.version)
+            .or(expired.as_ref().map(|m| m.version));
+        let existed = live.is_some();
+        let mut meta = live.unwrap_or_else(|| Meta::fresh(now));
+        check_version(options.expected_version, meta.version)?;
+        let expire = now + options.ttl.as_millis() as u64;
+        self.advance_horizon(id, &mut meta, existed, expire, options.ttl)
+            .await?;
+        change(&mut meta, now)?;
+        meta.version += 1;
+        meta.updated = now;
+        meta.expire = expire;
+        if let Attempt::Retry = self
+            .commit(vec![self.meta_update(id, &meta, read_version)?])
+            .await?
+        {
+            return Ok(Attempt::Retry);
+        }
+        self.clean_expired(id, expired).await;
+        Ok(Attempt::Done((
+            WriteOutcome {
+                version: meta.version,
+                expire_time: to_time(expire),
+            },
+            meta,
+        )))
+    }
+
+    async fn replace_attempt(
+        &self,
+        id: &SessionId,
+        messages: &[NewMessage],
+        options: &WriteOptions,
+    ) -> StoreResult<Attempt<WriteOutcome>> {
+        let now = now_ms();
+        let (live, expired) = self.live_meta(id).await?;
+        let read_version = live
+            .as_ref()
+            .map(|m| m.version)
+            .or(expired.as_ref().map(|m| m.version));
+        let old = live.clone().or(expired);
+        let mut meta = live.unwrap_or_else(|| Meta::fresh(now));
+        check_version(options.expected_version, meta.version)?;
+        let expire = now + options.ttl.as_millis() as u64;
+        meta.generation = new_generation();
+        meta.count = 0;
+        meta.chunk = 0;
+        meta.chunk_bytes = 0;
+        meta.message_bytes = 0;
+        meta.horizon = expire + horizon_lead_ms(options.ttl);
+        // New chunks go in first (invisible until the meta item points to them)...
+        let puts = place_messages(&mut meta, messages, now)?
+            .into_iter()
+            .map(|group| self.chunk_put(id, &meta, group))
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.batch_write(puts).await?;
+        meta.version += 1;
+        meta.updated = now;
+        meta.expire = expire;
+        // ...then the meta item switches to them, and the old ones go.
+        if let Attempt::Retry = self
+            .commit(vec![self.meta_update(id, &meta, read_version)?])
+            .await?
+        {
+            let orphans = self.chunk_keys(id, &meta.generation).await?;
+            self.delete_chunks(id, orphans).await?;
+            return Ok(Attempt::Retry);
+        }
+        if let Some(old) = old {
+            let keys = self.chunk_keys(id, &old.generation).await?;
+            self.delete_chunks(id, keys).await?;
+        }
+        Ok(Attempt::Done(WriteOutcome {
+            version: meta.version,
+            expire_time: to_time(expire),
+        }))
+    }
+
+    async fn delete_attempt(
+        &self,
+        id: &SessionId,
+        expected_version: Option<u64>,
+    ) -> StoreResult<Attempt<bool>> {
+        let (live, expired) = self.live_meta(id).await?;
+        check_version(expected_version, live.as_ref().map_or(0, |m| m.version))?;
+        let Some(meta) = live.or(expired.clone()) else {
+            return Ok(Attempt::Done(false));
+        };
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(id.as_str()))
+            .key("sk", s(META))
+            .condition_expression("#ver = :read")
+            .expression_attribute_names("#ver", "ver")
+            .expression_attribute_values(":read", n(meta.version))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => {}
+            Err(error) if lost_race(&error) => return Ok(Attempt::Retry),
+            Err(error) => return Err(sdk_error("deleting a session", error)),
+        }
+        let keys = self.chunk_keys(id, &meta.generation).await?;
+        self.delete_chunks(id, keys).await?;
+        Ok(Attempt::Done(expired.is_none()))
+    }
+
+    /// Messages with seq in `from..=to` of one incarnation, reading chunks from the end
+    /// backwards only as far as needed.
+    async fn messages_between(
+        &self,
+        id: &SessionId,
+        generation: &str,
+        from: u64,
+        to: u64,
+    ) -> StoreResult<Vec<Message>> {
+        let mut chunks: Vec<Vec<AttributeValue>> = Vec::new();
+        let mut start: Option<Item> = None;
+        'pages: loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":pk", s(id.as_str()))
+                .expression_attribute_values(":prefix", s(chunk_prefix(generation)))
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_error("reading messages", e))?;
+            for item in output.items() {
+                let first = get_n(item, "first")?;
+                if first > to {
+                    continue;
+                }
+                match item.get("msgs") {
+                    Some(AttributeValue::L(elements)) => chunks.push(elements.clone()),
+                    other => return Err(corrupt(format!("msgs is {other:?}"))),
+                }
+                if first <= from {
+                    break 'pages;
+                }
+            }
+            match output.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => break,
+            }
+        }
+        let elements: Vec<AttributeValue> = chunks.into_iter().rev().flatten().collect();
+        Ok(messages_of(&elements)?
+            .into_iter()
+            .filter(|m| m.seq >= from && m.seq <= to)
+            .collect())
+    }
+
+    async fn read(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
+        let (live, _) = self.live_meta(id).await?;
+        let meta = live.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let count = meta.count;
+        let from = match window {
+            Window::All => 1,
+            Window::LastN(n) => count.saturating_sub(u64::from(n)) + 1,
+            Window::AfterSeq(seq) => seq.saturating_add(1),
+        };
+        let mut messages = if from > count {
+            Vec::new()
+        } else {
+            self.messages_between(id, &meta.generation, from, count)
+                .await?
+        };
+        if let Window::LastN(n) = window {
+            // Tool-safe: read further back while the window starts with tool results.
+            loop {
+                let start = tool_safe_start(&messages, n as usize);
+                match messages.first() {
+                    Some(first) if start == 0 && first.seq > 1 && first.body.role == Role::Tool => {
+                        let earlier_to = first.seq - 1;
+                        let earlier = self
+                            .messages_between(
+                                id,
+                                &meta.generation,
+                                earlier_to.saturating_sub(50).max(1),
+                                earlier_to,
+                            )
+                            .await?;
+                        if earlier.is_empty() {
+                            break;
+                        }
+                        messages.splice(0..0, earlier);
+                    }
+                    _ => {
+                        messages.drain(..start);
+                        break;
+                    }
+                }
+            }
+        }
+        let system: Vec<StoredMessage> = serde_json::from_str(&meta.system).map_err(corrupt)?;
+        Ok(Session {
+            id: id.clone(),
+            messages,
+            system_messages: system
+                .into_iter()
+                .map(|m| m.m.stored(m.s, to_time(m.t)))
+                .collect(),
+            state: serde_json::from_str(&meta.state).map_err(corrupt)?,
+            version: meta.version,
+            message_count: count,
+            create_time: to_time(meta.created),
+            update_time: to_time(meta.updated),
+            expire_time: to_time(meta.expire),
+        })
+    }
+}
+
+#[async_trait]
+impl SessionStore for DynamoStore {
+    fn backend(&self) -> &'static str {
+        "dynamo"
+    }
+
+    async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
+        self.bounded("get session", self.read(id, window)).await
+    }
+
+    async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
+        self.optimistic(id, "append", || self.append_attempt(id, &append))
+            .await
+    }
+
+    async fn replace(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.optimistic(id, "replace messages", || {
+            self.replace_attempt(id, &messages, &options)
+        })
+        .await
+    }
+
+    async fn set_system_messages(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        let set = |meta: &mut Meta, now: u64| {
+            let stored: Vec<StoredMessage> = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| StoredMessage {
+                    s: i as u64 + 1,
+                    t: now,
+                    m: m.clone(),
+                })
+                .collect();
+            meta.system =
+                serde_json::to_string(&stored).map_err(|e| StoreError::Internal(e.to_string()))?;
+            Ok(())
+        };
+        let (written, _) = self
+            .optimistic(id, "set system messages", || {
+                self.meta_attempt(id, &options, set)
+            })
+            .await?;
+        Ok(written)
+    }
+
+    async fn update_state(
+        &self,
+        id: &SessionId,
+        update: StateUpdate,
+        options: WriteOptions,
+    ) -> StoreResult<StateOutcome> {
+        let apply = |meta: &mut Meta, _now: u64| {
+            let mut state: JsonObject = serde_json::from_str(&meta.state).map_err(corrupt)?;
+            update.clone().apply(&mut state);
+            meta.state =
+                serde_json::to_string(&state).map_err(|e| StoreError::Internal(e.to_string()))?;
+            Ok(())
+        };
+        let (write, meta) = self
+            .optimistic(id, "update state", || {
+                self.meta_attempt(id, &options, apply)
+            })
+            .await?;
+        Ok(StateOutcome {
+            write,
+            state: serde_json::from_str(&meta.state).map_err(corrupt)?,
+        })
+    }
+
+    async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
+        self.optimistic(id, "touch", || async move {
+            let (live, _) = self.live_meta(id).await?;
+            let mut meta = live.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            let read_version = meta.version;
+            let expire = now_ms() + ttl.as_millis() as u64;
+            self.advance_horizon(id, &mut meta, true, expire, ttl)
+                .await?;
+            meta.expire = expire;
+            if let Attempt::Retry = self
+                .commit(vec![self.meta_update(id, &meta, Some(read_version))?])
+                .await?
+            {
+                return Ok(Attempt::Retry);
+            }
+            Ok(Attempt::Done(WriteOutcome {
+                version: meta.version,
+                expire_time: to_time(expire),
+            }))
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
+        self.optimistic(id, "delete", || self.delete_attempt(id, expected_version))
+            .await
+    }
+
+    async fn list(&self, query: ListQuery) -> StoreResult<ListPage> {
+        self.bounded("list sessions", async {
+            let mut start: Option<Item> = match &query.page_token {
+                Some(token) => {
+                    let keys: HashMap<String, String> =
+                        serde_json::from_slice(&page_token::decode("d1", token)?).map_err(
+                            |_| StoreError::InvalidPageToken("the position is not readable".into()),
+                        )?;
+                    Some(keys.into_iter().map(|(k, v)| (k, s(v))).collect())
+                }
+                None => None,
+            };
+            let page_size = query.page_size.max(1) as usize;
+            let mut sessions = Vec::new();
+            for _ in 0..MAX_SCANS_PER_PAGE {
+                // Limit bounds what one call evaluates, so that its LastEvaluatedKey never
+                // skips a match this page has no room for.
+                let output = self
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .filter_expression("sk = :meta AND begins_with(pk, :prefix) AND #exp > :now")
+                    .expression_attribute_names("#exp", "exp")
+                    .expression_attribute_names("#ver", "ver")
+                    .expression_attribute_names("#cnt", "cnt")
+                    .expression_attribute_names("#updated", "updated")
+                    .expression_attribute_values(":meta", s(META))
+                    .expression_attribute_values(":prefix", s(&query.prefix))
+                    .expression_attribute_values(":now", n(now_ms()))
+                    .projection_expression("pk, #ver, #cnt, #updated, #exp")
+                    .limit((page_size - sessions.len()) as i32)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("listing sessions", e))?;
+                for item in output.items() {
+                    sessions.push(SessionSummary {
+                        id: SessionId::new(get_s(item, "pk")?),
+                        message_count: get_n(item, "cnt")?,
+                        version: get_n(item, "ver")?,
+                        update_time: to_time(get_n(item, "updated")?),
+                        expire_time: to_time(get_n(item, "exp")?),
+                    });
+                }
+                start = output.last_evaluated_key().cloned();
+                if start.is_none() || sessions.len() >= page_size {
+                    break;
+                }
+            }
+            let next_page_token = match start {
+                None => None,
+                Some(key) => {
+                    let keys: HashMap<String, String> = key
+                        .into_iter()
+                        .filter_map(|(k, v)| v.as_s().ok().map(|v| (k, v.clone())))
+                        .collect();
+                    let json = serde_json::to_vec(&keys)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?;
+                    Some(page_token::encode("d1", &json))
+                }
+            };
+            Ok(ListPage {
+                sessions,
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        self.bounded("stats", async {
+            let mut stats = StoreStats {
+                backend: self.backend().to_string(),
+                ..StoreStats::default()
+            };
+            let mut start: Option<Item> = None;
+            loop {
+                let output = self
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .filter_expression("sk = :meta AND #exp > :now")
+                    .expression_attribute_names("#exp", "exp")
+                    .expression_attribute_names("#cnt", "cnt")
+                    .expression_attribute_names("#mbytes", "mbytes")
+                    .expression_attribute_names("#sys", "sys")
+                    .expression_attribute_names("#state", "state")
+                    .expression_attribute_values(":meta", s(META))
+                    .expression_attribute_values(":now", n(now_ms()))
+                    .projection_expression("pk, #cnt, #mbytes, #sys, #state")
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("counting sessions", e))?;
+                for item in output.items() {
+                    stats.active_sessions += 1;
+                    stats.total_messages += get_n(item, "cnt")?;
+                    stats.approximate_bytes += get_n(item, "mbytes").unwrap_or(0)
+                        + (get_s(item, "pk")?.len() + get_s(item, "sys")?.len() + get_s(item, "state")?.len()) as u64
+                        + META_OVERHEAD_BYTES;
+                }
+                match output.last_evaluated_key() {
+                    Some(key) => start = Some(key.clone()),
+                    None => break,
+                }
+            }
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn health_check(&self) -> StoreResult<()> {
+        self.bounded("health check", async {
+            self.client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| sdk_error("health check", e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn put(n: usize) -> WriteRequest {
+        let item = Item::from([
+            ("pk".to_string(), s(format!("k{n}"))),
+            ("sk".to_string(), s("x")),
+        ]);
+        WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .expect("put"),
+            )
+            .build()
+    }
+
+    fn key_of(request: &WriteRequest) -> String {
+        request
+            .put_request()
+            .and_then(|p| p.item().get("pk"))
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// DynamoDB may leave part of a batch unprocessed (moto never does, so the path is
+    /// proved here): every request is sent until processed, never more than 25 at once.
+    #[tokio::test]
+    async fn batches_hold_at_most_25_and_unprocessed_items_are_retried() {
+        let sent: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let log = sent.clone();
+        let requests: Vec<WriteRequest> = (0..60).map(put).collect();
+        write_in_batches(requests, move |batch| {
+            let log = log.clone();
+            async move {
+                let keys: Vec<String> = batch.iter().map(key_of).collect();
+                let first_time = log.lock().expect("log").iter().all(|b| b != &keys);
+                log.lock().expect("log").push(keys);
+                // The first time a batch is seen, its last two requests come back unprocessed.
+                Ok(if first_time && batch.len() > 2 {
+                    batch[batch.len() - 2..].to_vec()
+                } else {
+                    Vec::new()
+                })
+            }
+        })
+        .await
+        .expect("all written");
+        let sent = sent.lock().expect("log");
+        assert!(sent.iter().all(|b| b.len() <= 25), "{sent:?}");
+        let mut processed: Vec<String> = Vec::new();
+        for (i, batch) in sent.iter().enumerate() {
+            let retried_next = sent
+                .get(i + 1)
+                .is_some_and(|next| next.len() == 2 && batch.ends_with(next));
+            let done = if retried_next {
+                &batch[..batch.len() - 2]
+            } else {
+                &batch[..]
+            };
+            processed.extend(done.iter().cloned());
+        }
+        processed.sort();
+        let mut expected: Vec<String> = (0..60).map(|n| format!("k{n}")).collect();
+        expected.sort();
+        assert_eq!(processed, expected);
+        assert_eq!(
+            sent.len(),
+            6,
+            "3 batches of 25/25/10, each retried once: {sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unprocessed_items_that_never_clear_fail_as_unavailable() {
+        let result = write_in_batches(vec![put(1)], |batch| async move { Ok(batch) }).await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(ref m)) if m.contains("unprocessed")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn large_messages_are_split_and_joined_back() {
+        let mut message = NewMessage::text(Role::User, "é".repeat(400_000));
+        message.name = Some("Budi".into());
+        let elements = elements_of(&message, 7, 1_700_000_000_000).expect("elements");
+        assert!(elements.len() >= 4, "{} fragments", elements.len());
+        assert!(elements.iter().all(|e| element_size(e) < CHUNK_BYTES));
+        let small = elements_of(&NewMessage::text(Role::User, "hi"), 8, 1).expect("small");
+        let all: Vec<AttributeValue> = elements.into_iter().chain(small).collect();
+        let messages = messages_of(&all).expect("joined");
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].seq, 7);
+        assert_eq!(messages[0].body, message);
+        assert_eq!(messages[1].body.content, "hi");
+    }
+}
