@@ -547,9 +547,8 @@ impl Values {
             dynamo_region: self.text("dynamo_region"),
             dynamo_table: self.text("dynamo_table"),
             dynamo_endpoint: self.optional_text("dynamo_endpoint"),
-            dynamo_create_table: self.get("dynamo_create_table", "true or false", |s| {
-                s.parse().ok()
-            })?,
+            dynamo_create_table: self
+                .get("dynamo_create_table", "true or false", |s| s.parse().ok())?,
             memory_limits: MemoryLimits {
                 max_sessions: self.get(
                     "memory_max_sessions",

@@ -7,10 +7,13 @@ use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A table of its own for every test: moto copies a whole table on every transaction,
+/// so a shared, growing table would make each test slower than the last.
 async fn dynamo_store() -> TestStore {
+    let table = csai_sidecar::store::conformance::unique_id("table");
     let options = DynamoOptions {
         region: "us-east-1".into(),
-        table: "csai_conformance".into(),
+        table: table.as_str().replace('-', "_"),
         endpoint: Some(common::required_env("CSAI_TEST_DYNAMO_ENDPOINT")),
         create_table: true,
         timeout: Duration::from_secs(20),

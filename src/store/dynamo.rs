@@ -86,7 +86,13 @@ pub struct DynamoStore {
     timeout: Duration,
     ready: OnceCell<()>,
     write_locks: WriteLocks,
+    /// The meta item as this process last wrote it, per session: the next write of the
+    /// session skips the read (its condition still catches writes by other replicas).
+    written: parking_lot::Mutex<HashMap<SessionId, Meta>>,
 }
+
+/// Most sessions whose meta item is remembered.
+const REMEMBERED_METAS: usize = 10_000;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -500,6 +506,7 @@ impl DynamoStore {
             timeout: options.timeout,
             ready: OnceCell::new(),
             write_locks: WriteLocks::new(),
+            written: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -610,7 +617,9 @@ impl DynamoStore {
         }
     }
 
-    /// Retries an optimistic write until it wins (or is answered without a write).
+    /// Retries an optimistic write until it wins (or is answered without a write). The
+    /// first attempt may start from the remembered meta item; after a lost race every
+    /// attempt reads it afresh.
     async fn optimistic<T, F, Fut>(
         &self,
         id: &SessionId,
@@ -618,13 +627,17 @@ impl DynamoStore {
         mut attempt: F,
     ) -> StoreResult<T>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(bool) -> Fut,
         Fut: Future<Output = StoreResult<Attempt<T>>>,
     {
         self.bounded(what, async {
             let _serialised = self.write_locks.lock(id).await;
             for round in 0..MAX_CONFLICT_RETRIES {
-                match attempt().await? {
+                let outcome = attempt(round == 0).await;
+                if !matches!(outcome, Ok(Attempt::Done(_))) {
+                    self.written.lock().remove(id);
+                }
+                match outcome? {
                     Attempt::Done(value) => return Ok(value),
                     Attempt::Retry => {
                         tokio::time::sleep(Duration::from_millis(u64::from(round.min(20)) * 5)).await;
@@ -661,6 +674,32 @@ impl DynamoStore {
                 }
             }
         }
+    }
+
+    /// The meta item for a write: the remembered one when `use_cache` allows and it is
+    /// still live, else read. Returns (live, expired, from_cache).
+    async fn meta_for_write(
+        &self,
+        id: &SessionId,
+        use_cache: bool,
+    ) -> StoreResult<(Option<Meta>, Option<Meta>, bool)> {
+        if use_cache
+            && let Some(meta) = self.written.lock().get(id).cloned()
+            && meta.expire > now_ms()
+        {
+            return Ok((Some(meta), None, true));
+        }
+        let (live, expired) = self.live_meta(id).await?;
+        Ok((live, expired, false))
+    }
+
+    /// Remembers the meta item this process just wrote.
+    fn remember(&self, id: &SessionId, meta: &Meta) {
+        let mut written = self.written.lock();
+        if written.len() >= REMEMBERED_METAS && !written.contains_key(id) {
+            written.clear();
+        }
+        written.insert(id.clone(), meta.clone());
     }
 
     /// Keys of every chunk of one incarnation.
@@ -790,8 +829,8 @@ impl DynamoStore {
             .expression_attribute_values(":reqs", s(reqs))
             .expression_attribute_values(":ttl", n(ttl_seconds(meta.expire)));
         for name in [
-            "gen", "ver", "cnt", "chunk", "cbytes", "mbytes", "created", "updated", "exp", "horizon", "sys",
-            "state", "reqs", "ttl",
+            "gen", "ver", "cnt", "chunk", "cbytes", "mbytes", "created", "updated", "exp",
+            "horizon", "sys", "state", "reqs", "ttl",
         ] {
             update = update.expression_attribute_names(format!("#{name}"), name);
         }
@@ -899,9 +938,10 @@ impl DynamoStore {
         &self,
         id: &SessionId,
         append: &Append,
+        use_cache: bool,
     ) -> StoreResult<Attempt<AppendOutcome>> {
         let now = now_ms();
-        let (live, expired) = self.live_meta(id).await?;
+        let (live, expired, cached) = self.meta_for_write(id, use_cache).await?;
         let read_version = live
             .as_ref()
             .map(|m| m.version)
@@ -919,6 +959,15 @@ impl DynamoStore {
         }
         let existed = live.is_some();
         let mut meta = live.unwrap_or_else(|| Meta::fresh(now));
+        if cached
+            && append
+                .options
+                .expected_version
+                .is_some_and(|v| v != meta.version)
+        {
+            // Another replica may have moved the version: decide on a fresh read.
+            return Ok(Attempt::Retry);
+        }
         check_version(append.options.expected_version, meta.version)?;
         let expire = now + append.options.ttl.as_millis() as u64;
         self.advance_horizon(id, &mut meta, existed, expire, append.options.ttl)
@@ -947,6 +996,7 @@ impl DynamoStore {
         if let Attempt::Retry = self.commit(items).await? {
             return Ok(Attempt::Retry);
         }
+        self.remember(id, &meta);
         self.clean_expired(id, expired).await;
         Ok(Attempt::Done(AppendOutcome {
             first_seq,
@@ -962,16 +1012,20 @@ impl DynamoStore {
         &self,
         id: &SessionId,
         options: &WriteOptions,
+        use_cache: bool,
         change: impl Fn(&mut Meta, u64) -> StoreResult<()>,
     ) -> StoreResult<Attempt<(WriteOutcome, Meta)>> {
         let now = now_ms();
-        let (live, expired) = self.live_meta(id).await?;
+        let (live, expired, cached) = self.meta_for_write(id, use_cache).await?;
         let read_version = live
             .as_ref()
             .map(|m| m.version)
             .or(expired.as_ref().map(|m| m.version));
         let existed = live.is_some();
         let mut meta = live.unwrap_or_else(|| Meta::fresh(now));
+        if cached && options.expected_version.is_some_and(|v| v != meta.version) {
+            return Ok(Attempt::Retry);
+        }
         check_version(options.expected_version, meta.version)?;
         let expire = now + options.ttl.as_millis() as u64;
         self.advance_horizon(id, &mut meta, existed, expire, options.ttl)
@@ -986,6 +1040,7 @@ impl DynamoStore {
         {
             return Ok(Attempt::Retry);
         }
+        self.remember(id, &meta);
         self.clean_expired(id, expired).await;
         Ok(Attempt::Done((
             WriteOutcome {
@@ -1036,6 +1091,7 @@ impl DynamoStore {
             self.delete_chunks(id, orphans).await?;
             return Ok(Attempt::Retry);
         }
+        self.remember(id, &meta);
         if let Some(old) = old {
             let keys = self.chunk_keys(id, &old.generation).await?;
             self.delete_chunks(id, keys).await?;
@@ -1072,6 +1128,7 @@ impl DynamoStore {
             Err(error) if lost_race(&error) => return Ok(Attempt::Retry),
             Err(error) => return Err(sdk_error("deleting a session", error)),
         }
+        self.written.lock().remove(id);
         let keys = self.chunk_keys(id, &meta.generation).await?;
         self.delete_chunks(id, keys).await?;
         Ok(Attempt::Done(expired.is_none()))
@@ -1111,7 +1168,13 @@ impl DynamoStore {
                     Some(AttributeValue::L(elements)) => chunks.push(elements.clone()),
                     other => return Err(corrupt(format!("msgs is {other:?}"))),
                 }
-                if first <= from {
+                // A chunk that starts inside a split message needs the chunk before it.
+                let starts_inside = matches!(
+                    item.get("msgs"),
+                    Some(AttributeValue::L(elements))
+                        if matches!(elements.first(), Some(AttributeValue::M(m)) if m.get("p").is_some_and(|p| p.as_n().is_ok_and(|p| p != "0")))
+                );
+                if first <= from && !starts_inside {
                     break 'pages;
                 }
             }
@@ -1198,8 +1261,10 @@ impl SessionStore for DynamoStore {
     }
 
     async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
-        self.optimistic(id, "append", || self.append_attempt(id, &append))
-            .await
+        self.optimistic(id, "append", |use_cache| {
+            self.append_attempt(id, &append, use_cache)
+        })
+        .await
     }
 
     async fn replace(
@@ -1208,7 +1273,7 @@ impl SessionStore for DynamoStore {
         messages: Vec<NewMessage>,
         options: WriteOptions,
     ) -> StoreResult<WriteOutcome> {
-        self.optimistic(id, "replace messages", || {
+        self.optimistic(id, "replace messages", |_| {
             self.replace_attempt(id, &messages, &options)
         })
         .await
@@ -1235,8 +1300,8 @@ impl SessionStore for DynamoStore {
             Ok(())
         };
         let (written, _) = self
-            .optimistic(id, "set system messages", || {
-                self.meta_attempt(id, &options, set)
+            .optimistic(id, "set system messages", |use_cache| {
+                self.meta_attempt(id, &options, use_cache, set)
             })
             .await?;
         Ok(written)
@@ -1256,8 +1321,8 @@ impl SessionStore for DynamoStore {
             Ok(())
         };
         let (write, meta) = self
-            .optimistic(id, "update state", || {
-                self.meta_attempt(id, &options, apply)
+            .optimistic(id, "update state", |use_cache| {
+                self.meta_attempt(id, &options, use_cache, apply)
             })
             .await?;
         Ok(StateOutcome {
@@ -1267,8 +1332,8 @@ impl SessionStore for DynamoStore {
     }
 
     async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
-        self.optimistic(id, "touch", || async move {
-            let (live, _) = self.live_meta(id).await?;
+        self.optimistic(id, "touch", |use_cache| async move {
+            let (live, _, _) = self.meta_for_write(id, use_cache).await?;
             let mut meta = live.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
             let read_version = meta.version;
             let expire = now_ms() + ttl.as_millis() as u64;
@@ -1290,7 +1355,7 @@ impl SessionStore for DynamoStore {
     }
 
     async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
-        self.optimistic(id, "delete", || self.delete_attempt(id, expected_version))
+        self.optimistic(id, "delete", |_| self.delete_attempt(id, expected_version))
             .await
     }
 
@@ -1392,7 +1457,9 @@ impl SessionStore for DynamoStore {
                     stats.active_sessions += 1;
                     stats.total_messages += get_n(item, "cnt")?;
                     stats.approximate_bytes += get_n(item, "mbytes").unwrap_or(0)
-                        + (get_s(item, "pk")?.len() + get_s(item, "sys")?.len() + get_s(item, "state")?.len()) as u64
+                        + (get_s(item, "pk")?.len()
+                            + get_s(item, "sys")?.len()
+                            + get_s(item, "state")?.len()) as u64
                         + META_OVERHEAD_BYTES;
                 }
                 match output.last_evaluated_key() {
