@@ -43,6 +43,11 @@ use tokio::sync::OnceCell;
 
 /// Most bytes of message data in one chunk item (DynamoDB's item limit is 400 KB).
 const CHUNK_BYTES: usize = 300_000;
+/// Most bytes and elements of the newest messages kept in the meta item before they are
+/// sealed into a chunk: appends that fit are one conditional UpdateItem, without a
+/// transaction. Small, so that the meta item stays cheap to read and rewrite.
+const OPEN_BYTES: u64 = 16_000;
+const OPEN_ELEMENTS: usize = 32;
 /// A message's JSON longer than this is split into fragments.
 const FRAGMENT_BYTES: usize = 200_000;
 /// Request ids remembered per session for idempotent appends.
@@ -102,8 +107,11 @@ struct Meta {
     generation: String,
     version: u64,
     count: u64,
+    /// Number of sealed chunk items.
     chunk: u64,
-    chunk_bytes: u64,
+    /// The newest messages, kept in the meta item until they fill `OPEN_BYTES`.
+    open: Vec<AttributeValue>,
+    open_bytes: u64,
     /// Bytes of all message elements, for stats.
     message_bytes: u64,
     created: u64,
@@ -207,7 +215,12 @@ impl Meta {
             version: get_n(item, "ver")?,
             count: get_n(item, "cnt")?,
             chunk: get_n(item, "chunk")?,
-            chunk_bytes: get_n(item, "cbytes")?,
+            open: match item.get("open") {
+                Some(AttributeValue::L(elements)) => elements.clone(),
+                None => Vec::new(),
+                Some(other) => return Err(corrupt(format!("open is {other:?}"))),
+            },
+            open_bytes: get_n(item, "obytes").unwrap_or(0),
             // Absent on items written before it was kept.
             message_bytes: get_n(item, "mbytes").unwrap_or(0),
             created: get_n(item, "created")?,
@@ -226,7 +239,8 @@ impl Meta {
             version: 0,
             count: 0,
             chunk: 0,
-            chunk_bytes: 0,
+            open: Vec::new(),
+            open_bytes: 0,
             message_bytes: 0,
             created: now,
             updated: now,
@@ -336,7 +350,7 @@ fn messages_of(elements: &[AttributeValue]) -> StoreResult<Vec<Message>> {
     Ok(messages)
 }
 
-/// Consecutive elements bound for one chunk item.
+/// Consecutive elements sealed into one chunk item.
 struct ChunkGroup {
     chunk: u64,
     first: u64,
@@ -344,39 +358,67 @@ struct ChunkGroup {
     elements: Vec<AttributeValue>,
 }
 
-/// Numbers the messages after `meta.count` and places their elements into the open
-/// chunk, opening new chunks as they fill; updates `meta`'s counters.
+/// How a write changes the open messages of the meta item.
+enum OpenChange {
+    /// Not touched.
+    Keep,
+    /// These elements are appended (`list_append`): only the new messages travel.
+    Append(Vec<AttributeValue>),
+    /// Replaced by this list (after sealing, or for a replace).
+    Set(Vec<AttributeValue>),
+}
+
+fn seq_of(element: &AttributeValue) -> u64 {
+    match element {
+        AttributeValue::M(map) => get_n(map, "s").unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Numbers the messages after `meta.count` and places them: into the open list if they
+/// fit, else the open list and the new messages are sealed into chunk items.
 fn place_messages(
     meta: &mut Meta,
     messages: &[NewMessage],
     now: u64,
-) -> StoreResult<Vec<ChunkGroup>> {
-    let mut groups: Vec<ChunkGroup> = Vec::new();
+) -> StoreResult<(OpenChange, Vec<ChunkGroup>)> {
+    let mut elements = Vec::new();
     for message in messages {
         meta.count += 1;
-        for element in elements_of(message, meta.count, now)? {
-            let size = element_size(&element) as u64;
-            if meta.chunk_bytes > 0 && meta.chunk_bytes + size > CHUNK_BYTES as u64 {
-                meta.chunk += 1;
-                meta.chunk_bytes = 0;
+        elements.extend(elements_of(message, meta.count, now)?);
+    }
+    let added: u64 = elements.iter().map(|e| element_size(e) as u64).sum();
+    meta.message_bytes += added;
+    if meta.open_bytes + added <= OPEN_BYTES && meta.open.len() + elements.len() <= OPEN_ELEMENTS {
+        meta.open.extend(elements.iter().cloned());
+        meta.open_bytes += added;
+        return Ok((OpenChange::Append(elements), Vec::new()));
+    }
+    let mut groups: Vec<ChunkGroup> = Vec::new();
+    let mut bytes = 0;
+    for element in std::mem::take(&mut meta.open).into_iter().chain(elements) {
+        let size = element_size(&element);
+        let seq = seq_of(&element);
+        match groups.last_mut() {
+            Some(group) if bytes + size <= CHUNK_BYTES => {
+                group.last = seq;
+                group.elements.push(element);
+                bytes += size;
             }
-            meta.chunk_bytes += size;
-            meta.message_bytes += size;
-            match groups.last_mut() {
-                Some(group) if group.chunk == meta.chunk => {
-                    group.last = meta.count;
-                    group.elements.push(element);
-                }
-                _ => groups.push(ChunkGroup {
+            _ => {
+                groups.push(ChunkGroup {
                     chunk: meta.chunk,
-                    first: meta.count,
-                    last: meta.count,
+                    first: seq,
+                    last: seq,
                     elements: vec![element],
-                }),
+                });
+                meta.chunk += 1;
+                bytes = size;
             }
         }
     }
-    Ok(groups)
+    meta.open_bytes = 0;
+    Ok((OpenChange::Set(Vec::new()), groups))
 }
 
 /// Sends write requests in batches of at most 25, retrying UnprocessedItems with backoff.
@@ -796,43 +838,59 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// The meta item's update: every field from `meta`, guarded by the version read.
+    /// The meta item's update: every field from `meta`, the open messages as `open` says,
+    /// guarded by the version read (or by the item's absence).
     fn meta_update(
         &self,
         id: &SessionId,
         meta: &Meta,
         read_version: Option<u64>,
-    ) -> StoreResult<TransactWriteItem> {
+        open: OpenChange,
+    ) -> StoreResult<Update> {
         let reqs =
             serde_json::to_string(&meta.reqs).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut sets = vec![
+            ("gen", s(&meta.generation)),
+            ("ver", n(meta.version)),
+            ("cnt", n(meta.count)),
+            ("chunk", n(meta.chunk)),
+            ("obytes", n(meta.open_bytes)),
+            ("mbytes", n(meta.message_bytes)),
+            ("created", n(meta.created)),
+            ("updated", n(meta.updated)),
+            ("exp", n(meta.expire)),
+            ("horizon", n(meta.horizon)),
+            ("sys", s(&meta.system)),
+            ("state", s(&meta.state)),
+            ("reqs", s(reqs)),
+            ("ttl", n(ttl_seconds(meta.expire))),
+        ];
+        let mut expression: Vec<String> = sets
+            .iter()
+            .map(|(name, _)| format!("#{name} = :{name}"))
+            .collect();
+        match open {
+            OpenChange::Keep => {}
+            OpenChange::Append(elements) => {
+                expression.push("#open = list_append(if_not_exists(#open, :empty), :open)".into());
+                sets.push(("open", AttributeValue::L(elements)));
+                sets.push(("empty", AttributeValue::L(Vec::new())));
+            }
+            OpenChange::Set(elements) => {
+                expression.push("#open = :open".into());
+                sets.push(("open", AttributeValue::L(elements)));
+            }
+        }
         let mut update = Update::builder()
             .table_name(&self.table)
             .key("pk", s(id.as_str()))
             .key("sk", s(META))
-            .update_expression(
-                "SET #gen = :gen, #ver = :ver, #cnt = :cnt, #chunk = :chunk, #cbytes = :cbytes, \
-                 #mbytes = :mbytes, #created = :created, #updated = :updated, #exp = :exp, #horizon = :horizon, \
-                 #sys = :sys, #state = :state, #reqs = :reqs, #ttl = :ttl",
-            )
-            .expression_attribute_values(":gen", s(&meta.generation))
-            .expression_attribute_values(":ver", n(meta.version))
-            .expression_attribute_values(":cnt", n(meta.count))
-            .expression_attribute_values(":chunk", n(meta.chunk))
-            .expression_attribute_values(":cbytes", n(meta.chunk_bytes))
-            .expression_attribute_values(":mbytes", n(meta.message_bytes))
-            .expression_attribute_values(":created", n(meta.created))
-            .expression_attribute_values(":updated", n(meta.updated))
-            .expression_attribute_values(":exp", n(meta.expire))
-            .expression_attribute_values(":horizon", n(meta.horizon))
-            .expression_attribute_values(":sys", s(&meta.system))
-            .expression_attribute_values(":state", s(&meta.state))
-            .expression_attribute_values(":reqs", s(reqs))
-            .expression_attribute_values(":ttl", n(ttl_seconds(meta.expire)));
-        for name in [
-            "gen", "ver", "cnt", "chunk", "cbytes", "mbytes", "created", "updated", "exp",
-            "horizon", "sys", "state", "reqs", "ttl",
-        ] {
-            update = update.expression_attribute_names(format!("#{name}"), name);
+            .update_expression(format!("SET {}", expression.join(", ")));
+        for (name, value) in sets {
+            if name != "empty" {
+                update = update.expression_attribute_names(format!("#{name}"), name);
+            }
+            update = update.expression_attribute_values(format!(":{name}"), value);
         }
         update = match read_version {
             Some(version) => update
@@ -840,13 +898,39 @@ impl DynamoStore {
                 .expression_attribute_values(":read", n(version)),
             None => update.condition_expression("attribute_not_exists(pk)"),
         };
-        Ok(TransactWriteItem::builder()
-            .update(
-                update
-                    .build()
-                    .map_err(|e| StoreError::Internal(e.to_string()))?,
-            )
-            .build())
+        update
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    /// Writes the meta item alone (one conditional UpdateItem), or with sealed chunks (one
+    /// transaction). `Retry` if another writer changed the session since it was read.
+    async fn write_meta(
+        &self,
+        update: Update,
+        chunks: Vec<TransactWriteItem>,
+    ) -> StoreResult<Attempt<()>> {
+        if chunks.is_empty() {
+            let result = self
+                .client
+                .update_item()
+                .table_name(update.table_name())
+                .set_key(Some(update.key().clone()))
+                .update_expression(update.update_expression())
+                .set_condition_expression(update.condition_expression().map(String::from))
+                .set_expression_attribute_names(update.expression_attribute_names().cloned())
+                .set_expression_attribute_values(update.expression_attribute_values().cloned())
+                .send()
+                .await;
+            return match result {
+                Ok(_) => Ok(Attempt::Done(())),
+                Err(error) if lost_race(&error) => Ok(Attempt::Retry),
+                Err(error) => Err(sdk_error("writing a session", error)),
+            };
+        }
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        items.extend(chunks);
+        self.commit(items).await
     }
 
     /// Commits meta and chunk updates together; `Retry` if another writer won the race.
@@ -864,43 +948,23 @@ impl DynamoStore {
         }
     }
 
-    /// The update that appends a group of elements to its chunk item.
-    fn chunk_update(
+    /// A sealed chunk item, as a transaction's Put.
+    fn chunk_transact_put(
         &self,
         id: &SessionId,
         meta: &Meta,
         group: ChunkGroup,
     ) -> StoreResult<TransactWriteItem> {
-        let update = Update::builder()
+        let put = aws_sdk_dynamodb::types::Put::builder()
             .table_name(&self.table)
-            .key("pk", s(id.as_str()))
-            .key("sk", s(chunk_key(&meta.generation, group.chunk)))
-            .update_expression(
-                "SET #msgs = list_append(if_not_exists(#msgs, :empty), :new), \
-                 #first = if_not_exists(#first, :first), #last = :last, #ttl = :ttl",
-            )
-            .expression_attribute_names("#msgs", "msgs")
-            .expression_attribute_names("#first", "first")
-            .expression_attribute_names("#last", "last")
-            .expression_attribute_names("#ttl", "ttl")
-            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
-            .expression_attribute_values(":new", AttributeValue::L(group.elements))
-            .expression_attribute_values(":first", n(group.first))
-            .expression_attribute_values(":last", n(group.last))
-            .expression_attribute_values(":ttl", n(ttl_seconds(meta.horizon)))
+            .set_item(Some(self.chunk_item(id, meta, group)))
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        Ok(TransactWriteItem::builder().update(update).build())
+        Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    /// The put that writes a whole new chunk item (for replace).
-    fn chunk_put(
-        &self,
-        id: &SessionId,
-        meta: &Meta,
-        group: ChunkGroup,
-    ) -> StoreResult<WriteRequest> {
-        let item = Item::from([
+    fn chunk_item(&self, id: &SessionId, meta: &Meta, group: ChunkGroup) -> Item {
+        Item::from([
             ("pk".to_string(), s(id.as_str())),
             (
                 "sk".to_string(),
@@ -910,9 +974,18 @@ impl DynamoStore {
             ("first".to_string(), n(group.first)),
             ("last".to_string(), n(group.last)),
             ("ttl".to_string(), n(ttl_seconds(meta.horizon))),
-        ]);
+        ])
+    }
+
+    /// A sealed chunk item, as a batch write request (for replace).
+    fn chunk_put(
+        &self,
+        id: &SessionId,
+        meta: &Meta,
+        group: ChunkGroup,
+    ) -> StoreResult<WriteRequest> {
         let put = PutRequest::builder()
-            .set_item(Some(item))
+            .set_item(Some(self.chunk_item(id, meta, group)))
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(WriteRequest::builder().put_request(put).build())
@@ -973,10 +1046,10 @@ impl DynamoStore {
         self.advance_horizon(id, &mut meta, existed, expire, append.options.ttl)
             .await?;
         let first_seq = meta.count + 1;
-        let groups = place_messages(&mut meta, &append.messages, now)?;
-        let mut items = groups
+        let (open, groups) = place_messages(&mut meta, &append.messages, now)?;
+        let chunks = groups
             .into_iter()
-            .map(|group| self.chunk_update(id, &meta, group))
+            .map(|group| self.chunk_transact_put(id, &meta, group))
             .collect::<StoreResult<Vec<_>>>()?;
         meta.version += 1;
         meta.updated = now;
@@ -992,8 +1065,8 @@ impl DynamoStore {
             let excess = meta.reqs.len().saturating_sub(REMEMBERED_REQUEST_IDS);
             meta.reqs.drain(..excess);
         }
-        items.insert(0, self.meta_update(id, &meta, read_version)?);
-        if let Attempt::Retry = self.commit(items).await? {
+        let update = self.meta_update(id, &meta, read_version, open)?;
+        if let Attempt::Retry = self.write_meta(update, chunks).await? {
             return Ok(Attempt::Retry);
         }
         self.remember(id, &meta);
@@ -1034,10 +1107,8 @@ impl DynamoStore {
         meta.version += 1;
         meta.updated = now;
         meta.expire = expire;
-        if let Attempt::Retry = self
-            .commit(vec![self.meta_update(id, &meta, read_version)?])
-            .await?
-        {
+        let update = self.meta_update(id, &meta, read_version, OpenChange::Keep)?;
+        if let Attempt::Retry = self.write_meta(update, Vec::new()).await? {
             return Ok(Attempt::Retry);
         }
         self.remember(id, &meta);
@@ -1070,11 +1141,13 @@ impl DynamoStore {
         meta.generation = new_generation();
         meta.count = 0;
         meta.chunk = 0;
-        meta.chunk_bytes = 0;
+        meta.open = Vec::new();
+        meta.open_bytes = 0;
         meta.message_bytes = 0;
         meta.horizon = expire + horizon_lead_ms(options.ttl);
         // New chunks go in first (invisible until the meta item points to them)...
-        let puts = place_messages(&mut meta, messages, now)?
+        let (_, groups) = place_messages(&mut meta, messages, now)?;
+        let puts = groups
             .into_iter()
             .map(|group| self.chunk_put(id, &meta, group))
             .collect::<StoreResult<Vec<_>>>()?;
@@ -1083,10 +1156,9 @@ impl DynamoStore {
         meta.updated = now;
         meta.expire = expire;
         // ...then the meta item switches to them, and the old ones go.
-        if let Attempt::Retry = self
-            .commit(vec![self.meta_update(id, &meta, read_version)?])
-            .await?
-        {
+        let update =
+            self.meta_update(id, &meta, read_version, OpenChange::Set(meta.open.clone()))?;
+        if let Attempt::Retry = self.write_meta(update, Vec::new()).await? {
             let orphans = self.chunk_keys(id, &meta.generation).await?;
             self.delete_chunks(id, orphans).await?;
             return Ok(Attempt::Retry);
@@ -1139,13 +1211,19 @@ impl DynamoStore {
     async fn messages_between(
         &self,
         id: &SessionId,
-        generation: &str,
+        meta: &Meta,
         from: u64,
         to: u64,
     ) -> StoreResult<Vec<Message>> {
+        let generation = &meta.generation;
         let mut chunks: Vec<Vec<AttributeValue>> = Vec::new();
         let mut start: Option<Item> = None;
+        // The newest messages are in the meta item: chunks are read only for older ones.
+        let open_first = meta.open.first().map(seq_of);
         'pages: loop {
+            if open_first.is_some_and(|first| first <= from) || meta.chunk == 0 {
+                break;
+            }
             let output = self
                 .client
                 .query()
@@ -1183,7 +1261,12 @@ impl DynamoStore {
                 None => break,
             }
         }
-        let elements: Vec<AttributeValue> = chunks.into_iter().rev().flatten().collect();
+        let elements: Vec<AttributeValue> = chunks
+            .into_iter()
+            .rev()
+            .flatten()
+            .chain(meta.open.iter().cloned())
+            .collect();
         Ok(messages_of(&elements)?
             .into_iter()
             .filter(|m| m.seq >= from && m.seq <= to)
@@ -1202,8 +1285,7 @@ impl DynamoStore {
         let mut messages = if from > count {
             Vec::new()
         } else {
-            self.messages_between(id, &meta.generation, from, count)
-                .await?
+            self.messages_between(id, &meta, from, count).await?
         };
         if let Window::LastN(n) = window {
             // Tool-safe: read further back while the window starts with tool results.
@@ -1215,7 +1297,7 @@ impl DynamoStore {
                         let earlier = self
                             .messages_between(
                                 id,
-                                &meta.generation,
+                                &meta,
                                 earlier_to.saturating_sub(50).max(1),
                                 earlier_to,
                             )
@@ -1340,10 +1422,8 @@ impl SessionStore for DynamoStore {
             self.advance_horizon(id, &mut meta, true, expire, ttl)
                 .await?;
             meta.expire = expire;
-            if let Attempt::Retry = self
-                .commit(vec![self.meta_update(id, &meta, Some(read_version))?])
-                .await?
-            {
+            let update = self.meta_update(id, &meta, Some(read_version), OpenChange::Keep)?;
+            if let Attempt::Retry = self.write_meta(update, Vec::new()).await? {
                 return Ok(Attempt::Retry);
             }
             Ok(Attempt::Done(WriteOutcome {
