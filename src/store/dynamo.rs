@@ -1,16 +1,20 @@
 //! The DynamoDB backend: one meta item plus bounded chunk items per session, one table.
 //!
 //! Items (partition key `pk` = session id, sort key `sk`):
-//! - `sk = "meta"`: version, message count, the open chunk, times, expiry, system messages
-//!   and state (JSON text), and the last 64 request ids;
-//! - `sk = "c#<gen>#<chunk>"`: a list `msgs` of messages (JSON text; a message larger than
-//!   a fragment is split over several elements and chunks), at most `CHUNK_BYTES` each,
-//!   far below DynamoDB's 400 KB item limit however long the session grows.
+//! - `sk = "meta"`: version, message count, times, expiry, system messages and state (JSON
+//!   text), the last 64 request ids, and the newest messages (`open`, at most 32 elements
+//!   or 16 KB);
+//! - `sk = "c#<gen>#<chunk>"`: a sealed list `msgs` of older messages, at most
+//!   `CHUNK_BYTES`, far below DynamoDB's 400 KB item limit however long the session grows.
+//!   A message larger than a fragment is split over several elements (and chunks).
 //!
-//! An append reads the meta item and then, in one `TransactWriteItems`, updates the meta
-//! item on the condition that its version did not change and `list_append`s the new
-//! messages to the open chunk(s): atomic under concurrent writers, sending only the new
-//! messages. A cancelled transaction (another writer won) is retried from the read.
+//! An append whose messages fit in `open` is one `UpdateItem` of the meta item that
+//! `list_append`s them, on the condition that the version is the one read: atomic under
+//! concurrent writers and sending only the new messages. When `open` is full, it and the
+//! new messages are sealed into chunk items in one `TransactWriteItems` with the same
+//! condition. A lost race (another writer changed the session) is retried from a fresh
+//! read. This process remembers the meta item it last wrote, so a steady writer skips the
+//! read; the condition still catches writes of other replicas.
 //!
 //! Expiry: reads compare the stored expiry (ms) with the clock, because DynamoDB deletes
 //! expired items up to 48 hours late. Every item carries the TTL attribute `ttl` (epoch
