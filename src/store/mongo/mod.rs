@@ -20,6 +20,8 @@
 //! buckets, and deleting, replacing or recreating a session deletes its old buckets in
 //! the same transaction.
 
+mod documents;
+
 use crate::model::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
@@ -28,14 +30,15 @@ use crate::model::{
 use crate::store::{SessionStore, StoreError, StoreResult, WriteLocks, check_version, page_token};
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use mongodb::bson::{self, Bson, DateTime, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::{
     Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
 };
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, ClientSession, Collection, IndexModel};
+
+use documents::*;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 
@@ -47,8 +50,6 @@ const BUCKET_BYTES: i64 = 4 << 20;
 const REMEMBERED_REQUEST_IDS: i32 = 64;
 /// Conflicting transactions are retried this often before giving up.
 const MAX_CONFLICT_RETRIES: u32 = 200;
-/// How far bucket expiry runs ahead of session expiry, at most (see the module doc).
-const MAX_HORIZON_LEAD: Duration = Duration::from_secs(3600);
 
 /// How to reach MongoDB.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,148 +76,6 @@ pub struct MongoStore {
     max_retries: u32,
     ready: OnceCell<()>,
     write_locks: WriteLocks,
-}
-
-/// The parts of a session document that writes need.
-#[derive(Clone, Debug)]
-struct Head {
-    generation: String,
-    version: i64,
-    count: i64,
-    bucket: i64,
-    bucket_messages: i64,
-    bucket_bytes: i64,
-    created: DateTime,
-    expire: DateTime,
-    horizon: DateTime,
-    reqs: Vec<Document>,
-}
-
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(format!("unexpected data in MongoDB: {what}"))
-}
-
-fn to_system_time(time: DateTime) -> SystemTime {
-    time.to_system_time()
-}
-
-fn from_system_time(time: SystemTime) -> DateTime {
-    DateTime::from_system_time(time)
-}
-
-fn new_generation() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{nanos:x}-{:x}-{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn get_i64(document: &Document, key: &str) -> StoreResult<i64> {
-    match document.get(key) {
-        Some(Bson::Int64(n)) => Ok(*n),
-        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-        Some(Bson::Double(n)) => Ok(*n as i64),
-        other => Err(corrupt(format!("field {key} is {other:?}"))),
-    }
-}
-
-fn get_time(document: &Document, key: &str) -> StoreResult<DateTime> {
-    document
-        .get_datetime(key)
-        .copied()
-        .map_err(|_| corrupt(format!("field {key} is not a date")))
-}
-
-impl Head {
-    fn from_document(document: &Document) -> StoreResult<Self> {
-        Ok(Self {
-            generation: document.get_str("gen").map_err(corrupt)?.to_string(),
-            version: get_i64(document, "version")?,
-            count: get_i64(document, "count")?,
-            bucket: get_i64(document, "bucket")?,
-            bucket_messages: get_i64(document, "bucket_messages")?,
-            bucket_bytes: get_i64(document, "bucket_bytes")?,
-            created: get_time(document, "created")?,
-            expire: get_time(document, "expire")?,
-            horizon: get_time(document, "horizon")?,
-            reqs: document
-                .get_array("reqs")
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|i| i.as_document().cloned())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-    }
-
-    fn fresh(now: DateTime) -> Self {
-        Self {
-            generation: new_generation(),
-            version: 0,
-            count: 0,
-            bucket: 0,
-            bucket_messages: 0,
-            bucket_bytes: 0,
-            created: now,
-            expire: now,
-            horizon: now,
-            reqs: Vec::new(),
-        }
-    }
-}
-
-/// A message as a BSON document: CS-AI's JSON shape plus `seq` and `t` (its time).
-fn message_document(message: &NewMessage, seq: i64, now: DateTime) -> StoreResult<Document> {
-    let mut document =
-        bson::to_document(message).map_err(|e| StoreError::Internal(e.to_string()))?;
-    document.insert("seq", seq);
-    document.insert("t", now);
-    Ok(document)
-}
-
-fn message_from_document(document: &Document) -> StoreResult<Message> {
-    let seq = get_i64(document, "seq")?;
-    let time = get_time(document, "t")?;
-    let body: NewMessage = bson::from_document(document.clone()).map_err(corrupt)?;
-    Ok(body.stored(seq as u64, to_system_time(time)))
-}
-
-fn messages_from(array: Option<&Bson>) -> StoreResult<Vec<Message>> {
-    match array {
-        Some(Bson::Array(items)) => items
-            .iter()
-            .map(|item| {
-                message_from_document(
-                    item.as_document()
-                        .ok_or_else(|| corrupt("message is not a document"))?,
-                )
-            })
-            .collect(),
-        None => Ok(Vec::new()),
-        Some(other) => Err(corrupt(format!("messages are {other:?}"))),
-    }
-}
-
-fn json_to_document(object: &JsonObject) -> StoreResult<Document> {
-    bson::to_document(object)
-        .map_err(|e| StoreError::Internal(format!("state is not storable: {e}")))
-}
-
-fn document_to_json(document: Option<&Document>) -> StoreResult<JsonObject> {
-    match document {
-        None => Ok(JsonObject::new()),
-        Some(document) => match Bson::Document(document.clone()).into_relaxed_extjson() {
-            serde_json::Value::Object(object) => Ok(object),
-            other => Err(corrupt(format!("state is {other}"))),
-        },
-    }
 }
 
 fn is_transient(error: &MongoError) -> bool {
@@ -427,27 +286,6 @@ impl From<StoreError> for TxError {
     fn from(error: StoreError) -> Self {
         TxError::Store(error)
     }
-}
-
-/// How far ahead of the session's expiry its buckets' expiry is set.
-fn horizon_lead(ttl: Duration) -> Duration {
-    ttl.min(MAX_HORIZON_LEAD)
-}
-
-fn ttl_expiry(now: DateTime, ttl: Duration) -> DateTime {
-    from_system_time(to_system_time(now) + ttl)
-}
-
-/// Escapes a literal for use in a regular expression.
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\^$.|?*+()[]{}".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 const TOKEN_TAG: &str = "g1";
