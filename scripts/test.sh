@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; the crates come from
-# crates.io; the test servers are installed by their scripts: redis-server from Debian,
+# The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; cargo fetches the crates;
+# the test servers are installed by their scripts: redis-server from Debian,
 # SecantusDB (MongoDB) and moto (DynamoDB) from PyPI into the ignored venv .venv.
 for tool in cargo cargo-fmt cargo-clippy; do
     if ! command -v "$tool" >/dev/null 2>&1; then
