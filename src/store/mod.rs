@@ -154,3 +154,25 @@ impl Default for WriteLocks {
         Self::new()
     }
 }
+
+/// A token unique to this moment, process and call: names one incarnation of a session in
+/// backends whose message documents outlive a delete for a while (MongoDB, DynamoDB).
+pub fn new_generation() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{nanos:x}-{:x}-{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// How far the expiry of message buckets runs ahead of their session's expiry (MongoDB,
+/// DynamoDB): the TTL, at most an hour. Moving it rewrites every bucket, so it moves only
+/// when the session's expiry catches up with it.
+pub fn horizon_lead(ttl: Duration) -> Duration {
+    ttl.min(Duration::from_secs(3600))
+}

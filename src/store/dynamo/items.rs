@@ -3,11 +3,10 @@
 //! sealed chunks.
 
 use crate::model::{Message, NewMessage};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, new_generation};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Most bytes of message data in one chunk item (DynamoDB's item limit is 400 KB).
@@ -19,8 +18,6 @@ const OPEN_BYTES: u64 = 16_000;
 const OPEN_ELEMENTS: usize = 32;
 /// A message's JSON longer than this is split into fragments.
 const FRAGMENT_BYTES: usize = 200_000;
-/// How far chunk expiry runs ahead of session expiry, at most.
-const MAX_HORIZON_LEAD: Duration = Duration::from_secs(3600);
 /// The sort key of a session's meta item.
 pub(super) const META: &str = "meta";
 
@@ -104,18 +101,6 @@ pub(super) fn get_s<'a>(item: &'a Item, key: &str) -> StoreResult<&'a str> {
     }
 }
 
-pub(super) fn new_generation() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{nanos:x}{:x}{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 pub(super) fn chunk_prefix(generation: &str) -> String {
     format!("c#{generation}#")
 }
@@ -125,7 +110,7 @@ pub(super) fn chunk_key(generation: &str, chunk: u64) -> String {
 }
 
 pub(super) fn horizon_lead_ms(ttl: Duration) -> u64 {
-    ttl.min(MAX_HORIZON_LEAD).as_millis() as u64
+    crate::store::horizon_lead(ttl).as_millis() as u64
 }
 
 /// DynamoDB's TTL attribute: whole seconds, rounded up so items never go early.

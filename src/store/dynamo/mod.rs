@@ -31,7 +31,9 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, tool_safe_start,
 };
-use crate::store::{SessionStore, StoreError, StoreResult, WriteLocks, check_version, page_token};
+use crate::store::{
+    SessionStore, StoreError, StoreResult, WriteLocks, check_version, new_generation, page_token,
+};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};

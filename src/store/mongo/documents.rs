@@ -2,13 +2,9 @@
 //! messages, metadata and state as BSON.
 
 use crate::model::{JsonObject, Message, NewMessage};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult, new_generation};
 use mongodb::bson::{self, Bson, DateTime, Document};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How far bucket expiry runs ahead of session expiry, at most (see the module doc).
-const MAX_HORIZON_LEAD: Duration = Duration::from_secs(3600);
+use std::time::{Duration, SystemTime};
 
 /// The parts of a session document that writes need.
 #[derive(Clone, Debug)]
@@ -35,18 +31,6 @@ pub(super) fn to_system_time(time: DateTime) -> SystemTime {
 
 pub(super) fn from_system_time(time: SystemTime) -> DateTime {
     DateTime::from_system_time(time)
-}
-
-pub(super) fn new_generation() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{nanos:x}-{:x}-{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 pub(super) fn get_i64(document: &Document, key: &str) -> StoreResult<i64> {
@@ -154,11 +138,6 @@ pub(super) fn document_to_json(document: Option<&Document>) -> StoreResult<JsonO
             other => Err(corrupt(format!("state is {other}"))),
         },
     }
-}
-
-/// How far ahead of the session's expiry its buckets' expiry is set.
-pub(super) fn horizon_lead(ttl: Duration) -> Duration {
-    ttl.min(MAX_HORIZON_LEAD)
 }
 
 pub(super) fn ttl_expiry(now: DateTime, ttl: Duration) -> DateTime {

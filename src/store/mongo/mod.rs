@@ -27,7 +27,10 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
-use crate::store::{SessionStore, StoreError, StoreResult, WriteLocks, check_version, page_token};
+use crate::store::{
+    SessionStore, StoreError, StoreResult, WriteLocks, check_version, horizon_lead, new_generation,
+    page_token,
+};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
