@@ -5,6 +5,9 @@
 //! text with their source (flags > environment > file > defaults) and parsed once, so every
 //! error names the key, where the bad value came from, and what is accepted.
 
+use crate::chat::guard::RateLimits;
+use crate::chat::provider::{ApiKey, Endpoint, ProviderSettings, Sampling};
+use crate::chat::{ChatSettings, TurnLimits};
 use crate::store::dynamo::DynamoOptions;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
@@ -27,6 +30,9 @@ pub struct Key {
     pub help: &'static str,
     /// Redacted by `csai-sidecar config`.
     pub secret: bool,
+    /// Read from the environment only: no flag (visible in `ps`) and no config-file key
+    /// (config files get committed). For API keys.
+    pub env_only: bool,
 }
 
 const fn key(
@@ -41,6 +47,18 @@ const fn key(
         default,
         help,
         secret: false,
+        env_only: false,
+    }
+}
+
+const fn env_only_secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
+    Key {
+        name,
+        env,
+        default: "",
+        help,
+        secret: true,
+        env_only: true,
     }
 }
 
@@ -51,6 +69,7 @@ const fn secret(name: &'static str, env: &'static str, help: &'static str) -> Ke
         default: "",
         help,
         secret: true,
+        env_only: false,
     }
 }
 
@@ -237,6 +256,143 @@ pub const KEYS: &[Key] = &[
         "largest ListSessions page",
     ),
     key(
+        "chat_base_url",
+        "CSAI_CHAT_BASE_URL",
+        "",
+        "OpenAI-compatible base URL of the default chat provider, e.g. https://api.deepseek.com/v1",
+    ),
+    env_only_secret(
+        "chat_api_key",
+        "CSAI_CHAT_API_KEY",
+        "API key of the default chat provider (environment only)",
+    ),
+    key(
+        "chat_api_key_file",
+        "CSAI_CHAT_API_KEY_FILE",
+        "",
+        "file holding the API key of the default chat provider (when CSAI_CHAT_API_KEY is unset)",
+    ),
+    key(
+        "chat_model",
+        "CSAI_CHAT_MODEL",
+        "deepseek-chat",
+        "model of the default chat provider",
+    ),
+    key(
+        "chat_temperature",
+        "CSAI_CHAT_TEMPERATURE",
+        "0.2",
+        "default sampling temperature, 0 to 2",
+    ),
+    key(
+        "chat_top_p",
+        "CSAI_CHAT_TOP_P",
+        "0.7",
+        "default nucleus sampling, 0 to 1",
+    ),
+    key(
+        "chat_max_tokens",
+        "CSAI_CHAT_MAX_TOKENS",
+        "1200",
+        "default most completion tokens",
+    ),
+    key(
+        "chat_frequency_penalty",
+        "CSAI_CHAT_FREQUENCY_PENALTY",
+        "0",
+        "default frequency penalty, -2 to 2",
+    ),
+    key(
+        "chat_presence_penalty",
+        "CSAI_CHAT_PRESENCE_PENALTY",
+        "-1.5",
+        "default presence penalty, -2 to 2",
+    ),
+    key(
+        "chat_timeout",
+        "CSAI_CHAT_TIMEOUT",
+        "120s",
+        "bound of one model call (one HTTP attempt, streaming included)",
+    ),
+    key(
+        "chat_max_retries",
+        "CSAI_CHAT_MAX_RETRIES",
+        "2",
+        "retries of a model call after HTTP 429, 5xx or a connection failure",
+    ),
+    key(
+        "chat_echo",
+        "CSAI_CHAT_ECHO",
+        "false",
+        "add the `echo` provider, which answers with the user's message (local development)",
+    ),
+    key(
+        "chat_provider",
+        "CSAI_CHAT_PROVIDER",
+        "",
+        "provider of requests that name none (default: `default`, else `echo`, else the only [providers.*])",
+    ),
+    key(
+        "chat_fallback_provider",
+        "CSAI_CHAT_FALLBACK_PROVIDER",
+        "",
+        "provider tried when another fails with 429, 5xx, a timeout or a connection failure",
+    ),
+    key(
+        "chat_history_window",
+        "CSAI_CHAT_HISTORY_WINDOW",
+        "50",
+        "history messages sent to the model (tool-safe; 0 = all)",
+    ),
+    key(
+        "chat_max_tool_rounds",
+        "CSAI_CHAT_MAX_TOOL_ROUNDS",
+        "10",
+        "model answers with tool calls per turn; then the model must answer without tools",
+    ),
+    key(
+        "chat_tool_timeout",
+        "CSAI_CHAT_TOOL_TIMEOUT",
+        "60s",
+        "ExecStream: how long the bot may take to answer a tool call",
+    ),
+    key(
+        "chat_max_user_message_length",
+        "CSAI_CHAT_MAX_USER_MESSAGE_LENGTH",
+        "0",
+        "longest user message in characters (0 = only max_content_bytes applies)",
+    ),
+    key(
+        "chat_rate_limit",
+        "CSAI_CHAT_RATE_LIMIT",
+        "false",
+        "limit the turns each participant may start (per sidecar process)",
+    ),
+    key(
+        "chat_rate_limit_per_minute",
+        "CSAI_CHAT_RATE_LIMIT_PER_MINUTE",
+        "10",
+        "turns per participant per minute when chat_rate_limit is on (0 = no limit)",
+    ),
+    key(
+        "chat_rate_limit_per_hour",
+        "CSAI_CHAT_RATE_LIMIT_PER_HOUR",
+        "100",
+        "turns per participant per hour when chat_rate_limit is on (0 = no limit)",
+    ),
+    key(
+        "chat_rate_limit_per_day",
+        "CSAI_CHAT_RATE_LIMIT_PER_DAY",
+        "1000",
+        "turns per participant per day when chat_rate_limit is on (0 = no limit)",
+    ),
+    key(
+        "chat_transcript_dir",
+        "CSAI_CHAT_TRANSCRIPT_DIR",
+        "",
+        "folder of one JSON transcript file per session (off when empty)",
+    ),
+    key(
         "log_format",
         "CSAI_LOG_FORMAT",
         "text",
@@ -251,11 +407,12 @@ pub const KEYS: &[Key] = &[
 ];
 
 impl Key {
-    /// The command-line flag, without the leading dashes.
-    pub fn flag(&self) -> String {
+    /// The command-line flag, without the leading dashes (env-only keys have none).
+    pub fn flag(&self) -> Option<String> {
         match self.name {
-            "type" => "storage-type".to_string(),
-            name => name.replace('_', "-"),
+            _ if self.env_only => None,
+            "type" => Some("storage-type".to_string()),
+            name => Some(name.replace('_', "-")),
         }
     }
 }
@@ -323,7 +480,7 @@ pub struct RequestLimits {
 }
 
 /// The effective configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
     pub storage_type: StorageType,
@@ -352,6 +509,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_grpc_message_size: usize,
     pub limits: RequestLimits,
+    pub chat: ChatSettings,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -405,18 +563,23 @@ impl Default for Config {
     }
 }
 
-/// Raw text values by key, with their source.
+/// Raw text values by key, with their source, and the `[providers.NAME]` tables of the file.
 #[derive(Clone, Debug, Default)]
-pub struct Values(BTreeMap<&'static str, (String, Source)>);
+pub struct Values {
+    keys: BTreeMap<&'static str, (String, Source)>,
+    providers: BTreeMap<String, (toml::Table, String)>,
+}
 
 impl Values {
     /// Only the defaults.
     pub fn defaults() -> Self {
-        Self(
-            KEYS.iter()
+        Self {
+            keys: KEYS
+                .iter()
                 .map(|k| (k.name, (k.default.to_string(), Source::Default)))
                 .collect(),
-        )
+            providers: BTreeMap::new(),
+        }
     }
 
     /// Overlays the top-level keys of a TOML file; an unknown key is an error.
@@ -428,12 +591,34 @@ impl Values {
             .parse()
             .map_err(|e| ConfigError(format!("config file {shown} is not valid TOML: {e}")))?;
         for (name, value) in table {
+            if name == "providers" {
+                let toml::Value::Table(providers) = value else {
+                    return Err(ConfigError(format!(
+                        "`providers` in config file {shown} must be tables: [providers.NAME]"
+                    )));
+                };
+                for (provider, fields) in providers {
+                    let toml::Value::Table(fields) = fields else {
+                        return Err(ConfigError(format!(
+                            "`providers.{provider}` in config file {shown} must be a table"
+                        )));
+                    };
+                    self.providers.insert(provider, (fields, shown.clone()));
+                }
+                continue;
+            }
             let key = KEYS.iter().find(|k| k.name == name).ok_or_else(|| {
                 ConfigError(format!(
                     "unknown key `{name}` in config file {shown}; known keys: {}",
                     KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
                 ))
             })?;
+            if key.env_only {
+                return Err(ConfigError(format!(
+                    "`{name}` may not be set in config file {shown}: set the environment variable {} or use `{name}_file`",
+                    key.env
+                )));
+            }
             let text = match value {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
@@ -453,7 +638,7 @@ impl Values {
 
     /// Sets one value (a later source overrides an earlier one).
     pub fn set(&mut self, name: &'static str, value: String, source: Source) {
-        self.0.insert(name, (value, source));
+        self.keys.insert(name, (value, source));
     }
 
     fn raw(&self, name: &str) -> (&str, &Source) {
@@ -461,7 +646,7 @@ impl Values {
             KEYS.iter().any(|k| k.name == name),
             "`{name}` is read but missing from KEYS"
         );
-        self.0
+        self.keys
             .get(name)
             .map(|(value, source)| (value.as_str(), source))
             .unwrap_or(("", &Source::Default))
@@ -603,6 +788,7 @@ impl Values {
                     |s| s.parse().ok().filter(|n| (1..=100_000).contains(n)),
                 )?,
             },
+            chat: self.chat_settings()?,
             log_format: self.get("log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
                 "json" => Some(LogFormat::Json),
@@ -620,6 +806,141 @@ impl Values {
         Ok(config)
     }
 
+    /// The Chat service's providers, limits and guards.
+    fn chat_settings(&self) -> Result<ChatSettings, ConfigError> {
+        let defaults = Sampling {
+            temperature: self.get("chat_temperature", "a number from 0 to 2", |s| {
+                number_in(s, 0.0, 2.0)
+            })?,
+            top_p: self.get("chat_top_p", "a number from 0 to 1", |s| {
+                number_in(s, 0.0, 1.0)
+            })?,
+            max_tokens: self.get("chat_max_tokens", "a whole number from 1", |s| {
+                s.parse().ok().filter(|&n| n > 0)
+            })?,
+            frequency_penalty: self.get(
+                "chat_frequency_penalty",
+                "a number from -2 to 2",
+                |s| number_in(s, -2.0, 2.0),
+            )?,
+            presence_penalty: self.get("chat_presence_penalty", "a number from -2 to 2", |s| {
+                number_in(s, -2.0, 2.0)
+            })?,
+            stop: Vec::new(),
+            seed: None,
+        };
+        let shared = ProviderSettings {
+            name: String::new(),
+            endpoint: Endpoint::Echo,
+            model: self.text("chat_model"),
+            defaults,
+            timeout: self.get("chat_timeout", "a positive duration such as 30s", |s| {
+                humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
+            })?,
+            max_retries: self.get("chat_max_retries", "a whole number from 0 to 10", |s| {
+                s.parse().ok().filter(|&n| n <= 10)
+            })?,
+        };
+
+        let mut providers = Vec::new();
+        if self.optional_text("chat_base_url").is_some() {
+            let base_url = self.get("chat_base_url", "an http:// or https:// URL", |s| {
+                is_http_url(s).then(|| s.to_string())
+            })?;
+            let api_key = match self.optional_text("chat_api_key") {
+                Some(value) => Some(ApiKey {
+                    value,
+                    source: "CSAI_CHAT_API_KEY".into(),
+                }),
+                None => self
+                    .optional_text("chat_api_key_file")
+                    .map(|path| read_key_file(&path, "chat_api_key_file"))
+                    .transpose()?,
+            };
+            providers.push(ProviderSettings {
+                name: DEFAULT_PROVIDER.into(),
+                endpoint: Endpoint::OpenAi { base_url, api_key },
+                ..shared.clone()
+            });
+        }
+        if self.get("chat_echo", "true or false", |s| s.parse().ok())? {
+            providers.push(ProviderSettings {
+                name: ECHO_PROVIDER.into(),
+                endpoint: Endpoint::Echo,
+                model: "echo".into(),
+                ..shared.clone()
+            });
+        }
+        for (name, (table, file)) in &self.providers {
+            if providers.iter().any(|p| &p.name == name) {
+                return Err(ConfigError(format!(
+                    "[providers.{name}] in {file}: `{name}` is the name of a built-in provider; choose another"
+                )));
+            }
+            providers.push(provider_from_table(name, table, file, &shared)?);
+        }
+
+        let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+        let known = |key: &str| -> Result<Option<String>, ConfigError> {
+            let Some(name) = self.optional_text(key) else {
+                return Ok(None);
+            };
+            if names.contains(&name.as_str()) {
+                return Ok(Some(name));
+            }
+            Err(ConfigError(format!(
+                "`{key}` names provider {name:?}, which is not configured; configured: [{}]",
+                names.join(", ")
+            )))
+        };
+        let default_provider = known("chat_provider")?.or_else(|| {
+            [DEFAULT_PROVIDER, ECHO_PROVIDER]
+                .into_iter()
+                .find(|n| names.contains(n))
+                .map(String::from)
+                .or_else(|| (names.len() == 1).then(|| names[0].to_string()))
+        });
+        let rate_limited = self.get("chat_rate_limit", "true or false", |s| s.parse().ok())?;
+        let per = |key: &str| self.get(key, "a whole number (0 = no limit)", |s| s.parse().ok());
+        Ok(ChatSettings {
+            default_provider,
+            fallback_provider: known("chat_fallback_provider")?,
+            providers,
+            limits: TurnLimits {
+                history_window: self.get(
+                    "chat_history_window",
+                    "a whole number (0 = all messages)",
+                    |s| s.parse().ok(),
+                )?,
+                max_tool_rounds: self.get(
+                    "chat_max_tool_rounds",
+                    "a whole number from 1 to 100",
+                    |s| s.parse().ok().filter(|n| (1..=100).contains(n)),
+                )?,
+                tool_timeout: self.get(
+                    "chat_tool_timeout",
+                    "a positive duration such as 60s",
+                    |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+                )?,
+                max_user_message_chars: self.get(
+                    "chat_max_user_message_length",
+                    "a whole number (0 = no limit)",
+                    |s| s.parse().ok(),
+                )?,
+            },
+            rate_limits: if rate_limited {
+                Some(RateLimits {
+                    per_minute: per("chat_rate_limit_per_minute")?,
+                    per_hour: per("chat_rate_limit_per_hour")?,
+                    per_day: per("chat_rate_limit_per_day")?,
+                })
+            } else {
+                None
+            },
+            transcript_dir: self.optional_text("chat_transcript_dir").map(PathBuf::from),
+        })
+    }
+
     /// The effective settings as TOML, secrets redacted, each with its source.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -634,6 +955,164 @@ impl Values {
         }
         out
     }
+}
+
+/// Name of the provider configured by the `chat_*` keys.
+pub const DEFAULT_PROVIDER: &str = "default";
+/// Name of the provider `chat_echo` adds.
+pub const ECHO_PROVIDER: &str = "echo";
+
+fn number_in(text: &str, low: f64, high: f64) -> Option<f64> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|n| (low..=high).contains(n))
+}
+
+fn is_http_url(text: &str) -> bool {
+    text.strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Reads an API key from a file (trailing newline removed); the error never shows its content.
+fn read_key_file(path: &str, key: &str) -> Result<ApiKey, ConfigError> {
+    let value = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("`{key}`: cannot read the API key file {path}: {e}")))?
+        .trim()
+        .to_string();
+    if value.is_empty() {
+        return Err(ConfigError(format!(
+            "`{key}`: the API key file {path} is empty"
+        )));
+    }
+    Ok(ApiKey {
+        value,
+        source: format!("the API key file {path} (`{key}`)"),
+    })
+}
+
+/// Keys of a `[providers.NAME]` table.
+const PROVIDER_KEYS: &[&str] = &[
+    "base_url",
+    "model",
+    "api_key_env",
+    "api_key_file",
+    "echo",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "frequency_penalty",
+    "presence_penalty",
+    "timeout",
+    "max_retries",
+];
+
+/// A named provider of the config file; unset fields take the `chat_*` values.
+fn provider_from_table(
+    name: &str,
+    table: &toml::Table,
+    file: &str,
+    shared: &ProviderSettings,
+) -> Result<ProviderSettings, ConfigError> {
+    let error = |field: &str, problem: &str| {
+        ConfigError(format!("[providers.{name}] {field} in {file}: {problem}"))
+    };
+    if let Some(unknown) = table.keys().find(|k| !PROVIDER_KEYS.contains(&k.as_str())) {
+        return Err(error(
+            unknown,
+            &format!("unknown key; known keys: {}", PROVIDER_KEYS.join(", ")),
+        ));
+    }
+    let text = |field: &str| -> Result<Option<String>, ConfigError> {
+        match table.get(field) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(error(field, "must be non-empty text")),
+        }
+    };
+    let number = |field: &str, low: f64, high: f64, default: f64| -> Result<f64, ConfigError> {
+        match table.get(field) {
+            None => Ok(default),
+            Some(toml::Value::Float(n)) if (low..=high).contains(n) => Ok(*n),
+            Some(toml::Value::Integer(n)) if (low..=high).contains(&(*n as f64)) => Ok(*n as f64),
+            Some(_) => Err(error(
+                field,
+                &format!("must be a number from {low} to {high}"),
+            )),
+        }
+    };
+    let whole = |field: &str, low: i64, high: i64, default: u32| -> Result<u32, ConfigError> {
+        match table.get(field) {
+            None => Ok(default),
+            Some(toml::Value::Integer(n)) if (low..=high).contains(n) => Ok(*n as u32),
+            Some(_) => Err(error(
+                field,
+                &format!("must be a whole number from {low} to {high}"),
+            )),
+        }
+    };
+    let echo = match table.get("echo") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => return Err(error("echo", "must be true or false")),
+    };
+    let endpoint = if echo {
+        Endpoint::Echo
+    } else {
+        let base_url = text("base_url")?
+            .filter(|u| is_http_url(u))
+            .ok_or_else(|| error("base_url", "an http:// or https:// URL is required"))?;
+        let api_key = match (text("api_key_env")?, text("api_key_file")?) {
+            (Some(variable), _) => {
+                let value = std::env::var(&variable).unwrap_or_default();
+                if value.trim().is_empty() {
+                    return Err(error(
+                        "api_key_env",
+                        &format!("the environment variable {variable} is not set"),
+                    ));
+                }
+                Some(ApiKey {
+                    value: value.trim().to_string(),
+                    source: variable,
+                })
+            }
+            (None, Some(path)) => Some(read_key_file(
+                &path,
+                &format!("providers.{name}.api_key_file"),
+            )?),
+            (None, None) => None,
+        };
+        Endpoint::OpenAi { base_url, api_key }
+    };
+    let defaults = &shared.defaults;
+    Ok(ProviderSettings {
+        name: name.to_string(),
+        endpoint,
+        model: text("model")?.unwrap_or_else(|| {
+            if echo {
+                "echo".into()
+            } else {
+                shared.model.clone()
+            }
+        }),
+        defaults: Sampling {
+            temperature: number("temperature", 0.0, 2.0, defaults.temperature)?,
+            top_p: number("top_p", 0.0, 1.0, defaults.top_p)?,
+            max_tokens: whole("max_tokens", 1, i64::from(u32::MAX), defaults.max_tokens)?,
+            frequency_penalty: number("frequency_penalty", -2.0, 2.0, defaults.frequency_penalty)?,
+            presence_penalty: number("presence_penalty", -2.0, 2.0, defaults.presence_penalty)?,
+            stop: Vec::new(),
+            seed: None,
+        },
+        timeout: match text("timeout")? {
+            None => shared.timeout,
+            Some(t) => humantime::parse_duration(&t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| error("timeout", "must be a positive duration such as 30s"))?,
+        },
+        max_retries: whole("max_retries", 0, 10, shared.max_retries)?,
+    })
 }
 
 /// Hides a secret: a URI keeps everything but its password, anything else is replaced.

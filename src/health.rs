@@ -11,18 +11,24 @@ pub const SERVER: &str = "";
 pub const SESSION_STORE: &str = "csai.v1.SessionStore";
 pub const CHAT: &str = "csai.v1.Chat";
 
-/// Sets the status of the server and the SessionStore service. Chat stays NOT_SERVING
-/// until it is implemented.
-pub async fn report(reporter: &HealthReporter, store_serving: bool) {
-    let status = if store_serving {
+fn status(serving: bool) -> ServingStatus {
+    if serving {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
-    };
-    reporter.set_service_status(SERVER, status).await;
-    reporter.set_service_status(SESSION_STORE, status).await;
+    }
+}
+
+/// Sets the status of the server and both services. Chat needs the store and a provider.
+pub async fn report(reporter: &HealthReporter, store_serving: bool, chat_configured: bool) {
     reporter
-        .set_service_status(CHAT, ServingStatus::NotServing)
+        .set_service_status(SERVER, status(store_serving))
+        .await;
+    reporter
+        .set_service_status(SESSION_STORE, status(store_serving))
+        .await;
+    reporter
+        .set_service_status(CHAT, status(store_serving && chat_configured))
         .await;
 }
 
@@ -33,6 +39,7 @@ pub async fn run_checks(
     reporter: HealthReporter,
     interval: Duration,
     timeout: Duration,
+    chat_configured: bool,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,7 +70,7 @@ pub async fn run_checks(
         }
         // Only changes are reported, so Watch streams carry transitions, not every tick.
         if last != Some(serving) {
-            report(&reporter, serving).await;
+            report(&reporter, serving, chat_configured).await;
         }
         last = Some(serving);
     }

@@ -1,5 +1,6 @@
 //! csai-sidecar: a gRPC sidecar that keeps the chat sessions of AI customer-service bots.
 
+pub mod chat;
 pub mod config;
 pub mod grpc;
 pub mod health;

@@ -29,9 +29,12 @@ fn cli() -> Command {
                 .about("Validate and print the effective configuration, secrets redacted"),
         );
     for key in KEYS {
+        let Some(flag) = key.flag() else {
+            continue;
+        };
         command = command.arg(
             Arg::new(key.name)
-                .long(key.flag())
+                .long(flag)
                 .env(key.env)
                 .hide_env_values(key.secret)
                 .value_name("VALUE")
@@ -50,12 +53,18 @@ fn values_from(matches: &ArgMatches) -> Result<Values, ConfigError> {
         values = values.with_file(&PathBuf::from(path))?;
     }
     for key in KEYS {
-        let Some(value) = matches.get_one::<String>(key.name) else {
+        if key.env_only {
+            if let Ok(value) = std::env::var(key.env) {
+                values.set(key.name, value, Source::Env(key.env));
+            }
+            continue;
+        }
+        let Some(value) = matches.try_get_one::<String>(key.name).ok().flatten() else {
             continue;
         };
         let source = match matches.value_source(key.name) {
             Some(ValueSource::EnvVariable) => Source::Env(key.env),
-            _ => Source::Flag(key.flag()),
+            _ => Source::Flag(key.flag().unwrap_or_default()),
         };
         values.set(key.name, value.clone(), source);
     }

@@ -1,5 +1,6 @@
 //! Builds the gRPC server: services, health, reflection, limits and graceful shutdown.
 
+use crate::chat::turn::ChatEngine;
 use crate::config::{Config, StorageType};
 use crate::grpc::chat::ChatService;
 use crate::grpc::pb::chat_server::ChatServer;
@@ -27,6 +28,8 @@ pub enum ServeError {
         address: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Chat(String),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -80,15 +83,6 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    health::report(&reporter, false).await;
-    let checks = tokio::spawn(health::run_checks(
-        store.clone(),
-        reporter.clone(),
-        config.health_interval,
-        config.timeout,
-    ));
-
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
@@ -99,6 +93,21 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
+    let engine = ChatEngine::new(store.clone(), &config.chat).map_err(ServeError::Chat)?;
+    let chat_configured = engine.has_default_provider();
+    if !chat_configured {
+        tracing::info!("no chat provider is configured: csai.v1.Chat is NOT_SERVING");
+    }
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::report(&reporter, false, false).await;
+    let checks = tokio::spawn(health::run_checks(
+        store.clone(),
+        reporter.clone(),
+        config.health_interval,
+        config.timeout,
+        chat_configured,
+    ));
+
     let size = config.max_grpc_message_size;
     let sessions = SessionStoreServer::new(SessionStoreService::new(
         store.clone(),
@@ -106,9 +115,12 @@ pub async fn serve(
     ))
     .max_decoding_message_size(size)
     .max_encoding_message_size(size);
-    let chat = ChatServer::new(ChatService)
-        .max_decoding_message_size(size)
-        .max_encoding_message_size(size);
+    let chat = ChatServer::new(ChatService::new(
+        Arc::new(engine),
+        Policy::from_config(config),
+    ))
+    .max_decoding_message_size(size)
+    .max_encoding_message_size(size);
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {

@@ -153,6 +153,8 @@ async fn tool_calls_round_trip_and_window_keeps_them_together() {
             prompt_tokens: 10,
             completion_tokens: 5,
             total_tokens: 15,
+            cached_tokens: 4,
+            reasoning_tokens: 2,
         }),
         reasoning_content: "look it up".into(),
         metadata: Some(object(&[

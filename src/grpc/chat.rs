@@ -1,32 +1,203 @@
-//! The Chat service. Not implemented yet: every RPC answers UNIMPLEMENTED.
+//! The Chat service: runs turns in the unary form (Exec) and the streaming form (ExecStream).
 
+use crate::chat::provider::Delta;
+use crate::chat::turn::{Bot, ChatEngine, ToolResult, TurnError};
+use crate::grpc::chat_convert::{self, Form, exec_response};
+use crate::grpc::convert::tool_call_to_proto;
+use crate::grpc::errors::status_of_turn;
 use crate::grpc::pb::chat_server::Chat;
-use crate::grpc::pb::{ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse};
+use crate::grpc::pb::exec_stream_request::Kind as Inbound;
+use crate::grpc::pb::exec_stream_response::Kind as Outbound;
+use crate::grpc::pb::{
+    ContentDelta, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse,
+};
+use crate::grpc::session_store::Policy;
+use crate::model::ToolCall;
+use async_trait::async_trait;
 use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Placeholder until chat turns are built; its health status stays NOT_SERVING.
-#[derive(Debug, Default)]
-pub struct ChatService;
+/// The Chat service over a turn engine.
+pub struct ChatService {
+    engine: Arc<ChatEngine>,
+    policy: Policy,
+}
 
-fn unimplemented() -> Status {
-    Status::unimplemented(
-        "csai.v1.Chat is not implemented in this version of csai-sidecar; use csai.v1.SessionStore",
-    )
+impl ChatService {
+    /// Serves turns of `engine` with the request `policy` of the SessionStore service.
+    pub fn new(engine: Arc<ChatEngine>, policy: Policy) -> Self {
+        Self { engine, policy }
+    }
+}
+
+/// The unary form's bot: it answers tool calls in its next Exec call.
+struct UnaryBot;
+
+#[async_trait]
+impl Bot for UnaryBot {
+    fn streams(&self) -> bool {
+        false
+    }
+
+    fn delta(&mut self, _delta: Delta) {}
+
+    async fn run_tools(
+        &mut self,
+        _calls: &[ToolCall],
+    ) -> Result<Option<Vec<ToolResult>>, TurnError> {
+        Ok(None)
+    }
+}
+
+/// The streaming form's bot: deltas and tool calls go out, tool results come in.
+struct StreamBot {
+    inbound: Streaming<ExecStreamRequest>,
+    outbound: UnboundedSender<Result<ExecStreamResponse, Status>>,
+    tool_timeout: Duration,
+    policy: Policy,
+}
+
+impl StreamBot {
+    fn send(&self, kind: Outbound) {
+        // A closed channel means the bot left; the turn is dropped by the select in exec_stream.
+        let _ = self
+            .outbound
+            .send(Ok(ExecStreamResponse { kind: Some(kind) }));
+    }
+}
+
+#[async_trait]
+impl Bot for StreamBot {
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn delta(&mut self, delta: Delta) {
+        let delta = match delta {
+            Delta::Content(content) => ContentDelta {
+                content,
+                reasoning_content: String::new(),
+            },
+            Delta::Reasoning(reasoning_content) => ContentDelta {
+                content: String::new(),
+                reasoning_content,
+            },
+        };
+        self.send(Outbound::Delta(delta));
+    }
+
+    async fn run_tools(
+        &mut self,
+        calls: &[ToolCall],
+    ) -> Result<Option<Vec<ToolResult>>, TurnError> {
+        for call in calls {
+            self.send(Outbound::ToolCall(tool_call_to_proto(call.clone())));
+        }
+        let mut waiting: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
+        let mut results = Vec::with_capacity(calls.len());
+        while let Some(&first) = waiting.first() {
+            let next = tokio::time::timeout(self.tool_timeout, self.inbound.message()).await;
+            let message = match next {
+                Err(_) => {
+                    return Err(TurnError::ToolTimeout {
+                        call_id: first.to_string(),
+                        after: self.tool_timeout,
+                    });
+                }
+                Ok(Err(status)) => return Err(TurnError::Cancelled(status.message().to_string())),
+                Ok(Ok(None)) => {
+                    return Err(TurnError::Cancelled(format!(
+                        "the bot closed its side of the stream before answering tool call {first}"
+                    )));
+                }
+                Ok(Ok(Some(message))) => message,
+            };
+            let Some(Inbound::ToolResult(raw)) = message.kind else {
+                return Err(TurnError::Invalid(
+                    "only tool_result messages may follow start on ExecStream".into(),
+                ));
+            };
+            let result = chat_convert::tool_result(raw, &self.policy, "tool_result")
+                .map_err(|status| TurnError::Invalid(status.message().to_string()))?;
+            let Some(position) = waiting.iter().position(|id| *id == result.tool_call_id) else {
+                return Err(TurnError::Invalid(format!(
+                    "tool_result.tool_call_id: {:?} is not a tool call this turn is waiting for; waiting for: {}",
+                    result.tool_call_id,
+                    waiting.join(", ")
+                )));
+            };
+            waiting.remove(position);
+            results.push(result);
+        }
+        Ok(Some(results))
+    }
 }
 
 #[tonic::async_trait]
 impl Chat for ChatService {
-    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(unimplemented())
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let turn = chat_convert::turn_request(request.into_inner(), &self.policy, Form::Unary)?;
+        let outcome = self
+            .engine
+            .run(turn, &mut UnaryBot)
+            .await
+            .map_err(status_of_turn)?;
+        Ok(Response::new(exec_response(outcome)))
     }
 
     type ExecStreamStream = BoxStream<'static, Result<ExecStreamResponse, Status>>;
 
     async fn exec_stream(
         &self,
-        _request: Request<Streaming<ExecStreamRequest>>,
+        request: Request<Streaming<ExecStreamRequest>>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
-        Err(unimplemented())
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(ExecStreamRequest {
+                kind: Some(Inbound::Start(start)),
+            }) => start,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of ExecStream must be `start`",
+                ));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "ExecStream ended before its first message (`start`)",
+                ));
+            }
+        };
+        let turn = chat_convert::turn_request(start, &self.policy, Form::Streaming)?;
+        let (outbound, responses) = tokio::sync::mpsc::unbounded_channel();
+        let engine = self.engine.clone();
+        let mut bot = StreamBot {
+            inbound,
+            outbound: outbound.clone(),
+            tool_timeout: engine.limits().tool_timeout,
+            policy: self.policy.clone(),
+        };
+        tokio::spawn(async move {
+            let session = turn.session.clone();
+            // When the bot goes away, dropping the turn aborts the model request, and
+            // nothing of the turn is stored: its one append comes last.
+            tokio::select! {
+                result = engine.run(turn, &mut bot) => {
+                    let last = result
+                        .map(|outcome| ExecStreamResponse { kind: Some(Outbound::Done(exec_response(outcome))) })
+                        .map_err(status_of_turn);
+                    let _ = outbound.send(last);
+                }
+                () = outbound.closed() => {
+                    tracing::info!(%session, "the bot left ExecStream; the turn was dropped and nothing stored");
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
+            responses,
+        ))))
     }
 }

@@ -23,7 +23,8 @@ const MAX_NAME_BYTES: usize = 256;
 /// Shortest TTL a request may ask for.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 
-fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+/// INVALID_ARGUMENT naming the offending field.
+pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
 
@@ -87,7 +88,8 @@ pub fn ttl(
     Ok(ttl)
 }
 
-fn short_text(raw: String, field: &str) -> Result<Option<String>, Status> {
+/// Checks a name-like text (at most 256 bytes); None when empty.
+pub fn short_text(raw: String, field: &str) -> Result<Option<String>, Status> {
     if raw.len() > MAX_NAME_BYTES {
         return Err(invalid(
             field,
@@ -97,7 +99,8 @@ fn short_text(raw: String, field: &str) -> Result<Option<String>, Status> {
     Ok(Some(raw).filter(|s| !s.is_empty()))
 }
 
-fn long_text(raw: String, limits: &RequestLimits, field: &str) -> Result<String, Status> {
+/// Checks a content-like text against max_content_bytes.
+pub fn long_text(raw: String, limits: &RequestLimits, field: &str) -> Result<String, Status> {
     if raw.len() > limits.max_content_bytes {
         return Err(invalid(
             field,
@@ -182,6 +185,8 @@ pub fn new_message(
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.total_tokens,
+            cached_tokens: u.cached_tokens,
+            reasoning_tokens: u.reasoning_tokens,
         }),
         reasoning_content: Some(long_text(
             raw.reasoning_content,
@@ -254,26 +259,38 @@ pub fn message_to_proto(message: Message) -> pb::Message {
         tool_calls: body
             .tool_calls
             .into_iter()
-            .map(|call| pb::ToolCall {
-                id: call.id,
-                r#type: call.kind,
-                function: Some(pb::FunctionCall {
-                    name: call.function.name,
-                    arguments: call.function.arguments,
-                }),
-                index: call.index,
-            })
+            .map(tool_call_to_proto)
             .collect(),
         tool_call_id: body.tool_call_id.unwrap_or_default(),
         model: body.model.unwrap_or_default(),
-        usage: body.usage.map(|u| pb::Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.total_tokens,
-        }),
+        usage: body.usage.map(usage_to_proto),
         reasoning_content: body.reasoning_content.unwrap_or_default(),
         metadata: (!body.metadata.is_empty()).then(|| json_to_struct(body.metadata)),
         create_time: Some(timestamp(message.create_time)),
+    }
+}
+
+/// A tool call as proto.
+pub fn tool_call_to_proto(call: ToolCall) -> pb::ToolCall {
+    pb::ToolCall {
+        id: call.id,
+        r#type: call.kind,
+        function: Some(pb::FunctionCall {
+            name: call.function.name,
+            arguments: call.function.arguments,
+        }),
+        index: call.index,
+    }
+}
+
+/// Token usage as proto.
+pub fn usage_to_proto(usage: Usage) -> pb::Usage {
+    pb::Usage {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        total_tokens: usage.total_tokens,
+        cached_tokens: usage.cached_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
     }
 }
 

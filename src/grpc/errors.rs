@@ -1,7 +1,11 @@
-//! The one place where store errors become gRPC status codes.
+//! The one place where store and turn errors become gRPC status codes.
 
+use crate::chat::provider::ProviderError;
+use crate::chat::turn::TurnError;
 use crate::store::StoreError;
-use tonic::Status;
+use std::time::Duration;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Maps a store error to the status a client sees, with a message that says what to do.
 pub fn status_of(error: StoreError) -> Status {
@@ -29,10 +33,47 @@ pub fn status_of(error: StoreError) -> Status {
     }
 }
 
+/// Maps a failed turn to the status a bot sees. Rate limits carry a RetryInfo detail.
+pub fn status_of_turn(error: TurnError) -> Status {
+    let message = error.to_string();
+    match error {
+        TurnError::Invalid(message) => Status::invalid_argument(message),
+        TurnError::Precondition(_) | TurnError::NoProvider => Status::failed_precondition(message),
+        TurnError::RateLimited { limited, .. } => retry_later(message, Some(limited.retry_after)),
+        TurnError::Conflict { .. } => Status::aborted(message),
+        TurnError::Store(error) => status_of(error),
+        TurnError::Provider(error) => match error {
+            ProviderError::RateLimited { retry_after, .. } => retry_later(message, retry_after),
+            ProviderError::Unavailable { .. } => Status::unavailable(message),
+            ProviderError::Timeout { .. } => Status::deadline_exceeded(message),
+            ProviderError::Auth { .. } => Status::failed_precondition(message),
+            ProviderError::Rejected { status, .. } if matches!(status, 400 | 413 | 422) => {
+                Status::invalid_argument(message)
+            }
+            ProviderError::Rejected { .. } => Status::failed_precondition(message),
+            ProviderError::Malformed { .. } => Status::internal(message),
+        },
+        TurnError::Format(_) => Status::internal(message),
+        TurnError::ToolTimeout { .. } => Status::deadline_exceeded(message),
+        TurnError::Cancelled(_) => Status::cancelled(message),
+    }
+}
+
+/// RESOURCE_EXHAUSTED with the delay after which a retry may succeed.
+fn retry_later(message: String, retry_after: Option<Duration>) -> Status {
+    match retry_after {
+        Some(delay) => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(Some(delay)),
+        ),
+        None => Status::resource_exhausted(message),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     #[test]
     fn every_store_error_has_its_code() {

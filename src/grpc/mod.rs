@@ -1,6 +1,7 @@
 //! The gRPC edge: generated code, proto <-> domain conversion, error mapping and services.
 
 pub mod chat;
+pub mod chat_convert;
 pub mod convert;
 pub mod errors;
 pub mod session_store;

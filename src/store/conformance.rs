@@ -764,6 +764,8 @@ pub async fn every_message_field_round_trips(store: TestStore) {
         prompt_tokens: 120,
         completion_tokens: 30,
         total_tokens: 150,
+        cached_tokens: 64,
+        reasoning_tokens: 12,
     });
     assistant.reasoning_content = Some("The user wants order status.".into());
     assistant.metadata =

@@ -1,0 +1,53 @@
+//! Chat turns: model providers, prompt windows, the tool-calling loop and its guards.
+
+pub mod format;
+pub mod guard;
+pub mod provider;
+pub mod sse;
+pub mod turn;
+pub mod window;
+mod wire;
+
+use crate::chat::guard::RateLimits;
+use crate::chat::provider::ProviderSettings;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits of every turn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnLimits {
+    /// History messages sent to the model when a request does not say (0 = all).
+    pub history_window: u32,
+    /// Model answers with tool calls per turn; the next call forbids tools.
+    pub max_tool_rounds: u32,
+    /// How long the streaming form waits for each tool result.
+    pub tool_timeout: Duration,
+    /// Longest user message in characters (0 = only max_content_bytes applies).
+    pub max_user_message_chars: usize,
+}
+
+impl Default for TurnLimits {
+    fn default() -> Self {
+        Self {
+            history_window: 50,
+            max_tool_rounds: 10,
+            tool_timeout: Duration::from_secs(60),
+            max_user_message_chars: 0,
+        }
+    }
+}
+
+/// Everything the Chat service is configured with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatSettings {
+    pub providers: Vec<ProviderSettings>,
+    /// The provider of requests that name none.
+    pub default_provider: Option<String>,
+    /// Tried when a provider fails with a retryable error.
+    pub fallback_provider: Option<String>,
+    pub limits: TurnLimits,
+    /// Per-participant turn limits, when enabled.
+    pub rate_limits: Option<RateLimits>,
+    /// Folder of per-session transcript files, when enabled.
+    pub transcript_dir: Option<PathBuf>,
+}

@@ -1,0 +1,160 @@
+//! What a turn sends the model: system messages, a tool-safe history window, the turn.
+
+use crate::model::{Message, NewMessage, Role, tool_safe_start};
+
+/// Index of the first message of the last turn: the last user message.
+pub fn turn_start(messages: &[Message]) -> Option<usize> {
+    messages.iter().rposition(|m| m.body.role == Role::User)
+}
+
+/// The last `window` messages of `before` (0 = all), grown backwards so tool results keep
+/// their assistant message, with unanswered tool calls left out: a turn abandoned while
+/// waiting for tool results must not make the provider reject every later request.
+pub fn history(before: &[Message], window: u32) -> Vec<NewMessage> {
+    let start = if window == 0 {
+        0
+    } else {
+        tool_safe_start(before, window as usize)
+    };
+    let messages: Vec<NewMessage> = before[start..].iter().map(|m| m.body.clone()).collect();
+    answered_calls_only(messages)
+}
+
+/// Drops tool calls that no tool message right after them answers, assistant messages
+/// left with nothing, and tool messages that answer no call before them.
+fn answered_calls_only(messages: Vec<NewMessage>) -> Vec<NewMessage> {
+    let mut kept: Vec<NewMessage> = Vec::with_capacity(messages.len());
+    let mut open_calls: Vec<String> = Vec::new();
+    for (i, mut message) in messages.iter().cloned().enumerate() {
+        match message.role {
+            Role::Assistant if !message.tool_calls.is_empty() => {
+                let answered: Vec<&str> = messages[i + 1..]
+                    .iter()
+                    .take_while(|m| m.role == Role::Tool)
+                    .filter_map(|m| m.tool_call_id.as_deref())
+                    .collect();
+                message
+                    .tool_calls
+                    .retain(|call| answered.contains(&call.id.as_str()));
+                open_calls = message.tool_calls.iter().map(|c| c.id.clone()).collect();
+                if message.tool_calls.is_empty() && message.content.is_empty() {
+                    continue;
+                }
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().unwrap_or_default();
+                if !open_calls.iter().any(|open| open == id) {
+                    continue;
+                }
+            }
+            _ => open_calls.clear(),
+        }
+        kept.push(message);
+    }
+    kept
+}
+
+/// The messages of one model call, in the order the provider needs them.
+pub fn prompt(
+    system: &[Message],
+    additional_system: &[NewMessage],
+    history: &[NewMessage],
+    turn: &[NewMessage],
+) -> Vec<NewMessage> {
+    system
+        .iter()
+        .map(|m| m.body.clone())
+        .chain(additional_system.iter().cloned())
+        .chain(history.iter().cloned())
+        .chain(turn.iter().cloned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FunctionCall, ToolCall};
+    use std::time::SystemTime;
+
+    fn stored(messages: Vec<NewMessage>) -> Vec<Message> {
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.stored(i as u64 + 1, SystemTime::now()))
+            .collect()
+    }
+
+    fn calling(ids: &[&str]) -> NewMessage {
+        let mut message = NewMessage::text(Role::Assistant, "");
+        message.tool_calls = ids
+            .iter()
+            .map(|id| ToolCall {
+                id: id.to_string(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: "f".into(),
+                    arguments: "{}".into(),
+                },
+                index: 0,
+            })
+            .collect();
+        message
+    }
+
+    fn result(id: &str) -> NewMessage {
+        let mut message = NewMessage::text(Role::Tool, "ok");
+        message.tool_call_id = Some(id.into());
+        message
+    }
+
+    #[test]
+    fn a_window_never_starts_inside_a_tool_exchange() {
+        let messages = stored(vec![
+            NewMessage::text(Role::User, "q1"),
+            calling(&["a", "b"]),
+            result("a"),
+            result("b"),
+            NewMessage::text(Role::Assistant, "answer"),
+        ]);
+        let window = history(&messages, 2);
+        assert_eq!(
+            window.len(),
+            4,
+            "grown back to the assistant that called: {window:?}"
+        );
+        assert_eq!(window[0].tool_calls.len(), 2);
+        assert_eq!(history(&messages, 0).len(), 5);
+    }
+
+    #[test]
+    fn unanswered_tool_calls_are_left_out() {
+        let messages = stored(vec![
+            NewMessage::text(Role::User, "q1"),
+            calling(&["a", "b"]),
+            result("a"),
+            NewMessage::text(Role::User, "q2, abandoning b"),
+            calling(&["c"]),
+        ]);
+        let window = history(&messages, 0);
+        let roles: Vec<Role> = window.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [Role::User, Role::Assistant, Role::Tool, Role::User],
+            "{window:?}"
+        );
+        assert_eq!(window[1].tool_calls.len(), 1);
+        assert_eq!(window[1].tool_calls[0].id, "a");
+    }
+
+    #[test]
+    fn the_turn_starts_at_the_last_user_message() {
+        let messages = stored(vec![
+            NewMessage::text(Role::User, "q1"),
+            NewMessage::text(Role::Assistant, "a1"),
+            NewMessage::text(Role::User, "q2"),
+            calling(&["x"]),
+        ]);
+        assert_eq!(turn_start(&messages), Some(2));
+        assert_eq!(turn_start(&[]), None);
+    }
+}
