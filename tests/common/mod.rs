@@ -1,6 +1,9 @@
 //! Test harness: a real sidecar on an ephemeral port, and clients for it.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chat_suite;
+pub mod model_server;
+
 use csai_sidecar::config::Config;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
