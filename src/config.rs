@@ -1256,6 +1256,125 @@ mod tests {
         );
     }
 
+    fn file_values(text: &str) -> Result<Values, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "csai-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let values = Values::defaults().with_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        values
+    }
+
+    #[test]
+    fn chat_defaults_are_cs_ai_and_no_provider_is_configured() {
+        let chat = Config::default().chat;
+        assert!(chat.providers.is_empty());
+        assert_eq!(chat.default_provider, None);
+        assert_eq!(chat.limits.max_tool_rounds, 10);
+        assert_eq!(chat.rate_limits, None);
+    }
+
+    #[test]
+    fn the_default_provider_comes_from_the_chat_keys() {
+        let mut values = Values::defaults();
+        values.set(
+            "chat_base_url",
+            "https://api.deepseek.com/v1".into(),
+            Source::Env("CSAI_CHAT_BASE_URL"),
+        );
+        values.set(
+            "chat_api_key",
+            "sk-1".into(),
+            Source::Env("CSAI_CHAT_API_KEY"),
+        );
+        values.set("chat_rate_limit", "true".into(), Source::Default);
+        let chat = values.parse().unwrap().chat;
+        assert_eq!(chat.default_provider.as_deref(), Some(DEFAULT_PROVIDER));
+        let provider = &chat.providers[0];
+        assert_eq!(provider.model, "deepseek-chat");
+        assert_eq!(provider.defaults, Sampling::default());
+        let Endpoint::OpenAi { api_key, .. } = &provider.endpoint else {
+            panic!("an OpenAI endpoint");
+        };
+        assert_eq!(api_key.as_ref().unwrap().source, "CSAI_CHAT_API_KEY");
+        assert_eq!(chat.rate_limits, Some(RateLimits::default()));
+        assert!(!values.render().contains("sk-1"), "the key is redacted");
+    }
+
+    #[test]
+    fn named_providers_come_from_provider_tables() {
+        // SAFETY: only this test reads this variable.
+        unsafe { std::env::set_var("CSAI_TEST_OPENAI_KEY_FOR_CONFIG", "sk-openai") };
+        let mut values = file_values(
+            "chat_provider = \"openai\"\nchat_fallback_provider = \"local\"\n\
+             [providers.openai]\nbase_url = \"https://api.openai.com/v1\"\nmodel = \"gpt-4o-mini\"\n\
+             api_key_env = \"CSAI_TEST_OPENAI_KEY_FOR_CONFIG\"\ntemperature = 0.5\n\
+             [providers.local]\nbase_url = \"http://localhost:11434/v1\"\nmodel = \"llama3.1\"\ntimeout = \"300s\"\n",
+        )
+        .unwrap();
+        let chat = values.parse().unwrap().chat;
+        assert_eq!(chat.default_provider.as_deref(), Some("openai"));
+        assert_eq!(chat.fallback_provider.as_deref(), Some("local"));
+        let openai = chat.providers.iter().find(|p| p.name == "openai").unwrap();
+        assert_eq!(
+            (openai.model.as_str(), openai.defaults.temperature),
+            ("gpt-4o-mini", 0.5)
+        );
+        assert_eq!(
+            openai.defaults.presence_penalty, -1.5,
+            "unset fields take chat_*"
+        );
+        let local = chat.providers.iter().find(|p| p.name == "local").unwrap();
+        assert_eq!(local.timeout, Duration::from_secs(300));
+
+        values.set("chat_fallback_provider", "nowhere".into(), Source::Default);
+        let error = values.parse().unwrap_err().to_string();
+        assert!(
+            error.contains("nowhere") && error.contains("openai"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_chat_settings_are_rejected() {
+        let error = file_values("chat_api_key = \"sk-in-a-file\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("CSAI_CHAT_API_KEY"), "{error}");
+        assert!(!error.contains("sk-in-a-file"), "{error}");
+        let error = file_values("[providers.x]\nbase_url = \"ftp://x\"\n").unwrap();
+        assert!(
+            error
+                .parse()
+                .unwrap_err()
+                .to_string()
+                .contains("[providers.x] base_url")
+        );
+        let error = file_values("[providers.x]\necho = true\ncolour = 1\n").unwrap();
+        assert!(
+            error
+                .parse()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown key")
+        );
+        for (key, value) in [
+            ("chat_temperature", "2.5"),
+            ("chat_top_p", "-0.1"),
+            ("chat_presence_penalty", "-3"),
+            ("chat_base_url", "api.deepseek.com"),
+            ("chat_provider", "missing"),
+        ] {
+            let mut values = Values::defaults();
+            values.set(key, value.into(), Source::Default);
+            let error = values.parse().unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+
     #[test]
     fn session_ttl_may_not_exceed_max_ttl() {
         let mut values = Values::defaults();

@@ -179,3 +179,40 @@ async fn sigterm_turns_health_not_serving_then_exits_zero() {
         "JSON logs expected: {logs}"
     );
 }
+
+#[test]
+fn the_chat_api_key_is_read_from_the_environment_only() {
+    let (code, stdout, stderr) = run(sidecar()
+        .arg("config")
+        .env("CSAI_CHAT_BASE_URL", "https://api.deepseek.com/v1")
+        .env("CSAI_CHAT_API_KEY", "sk-live-secret"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("chat_api_key = \"<redacted>\"  # environment CSAI_CHAT_API_KEY"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-live-secret"), "{stdout}");
+
+    let (code, _, stderr) =
+        run(sidecar().args(["config", "--chat-api-key", "sk-on-the-command-line"]));
+    assert_eq!(code, 2, "there is no flag for the key: {stderr}");
+}
+
+/// The echo provider end to end through the binary: Chat is SERVING and answers.
+#[tokio::test]
+async fn the_binary_serves_chat_with_the_echo_provider() {
+    let (_sidecar, channel) = SidecarProcess::spawn(&[("CSAI_CHAT_ECHO", "true".into())]).await;
+    let mut health = HealthClient::new(channel.clone());
+    wait_for_status(&mut health, "csai.v1.Chat", SERVING).await;
+    let mut chat = csai_sidecar::grpc::pb::chat_client::ChatClient::new(channel);
+    let response = chat
+        .exec(common::chat_suite::ask("cli-echo", "hello from the bot"))
+        .await
+        .expect("Exec")
+        .into_inner();
+    assert_eq!(
+        response.assistant_message.expect("answer").content,
+        "hello from the bot"
+    );
+    assert_eq!(response.provider, "echo");
+}

@@ -734,26 +734,3 @@ async fn oversized_grpc_messages_are_refused() {
         Ok(_) => panic!("a 100 KiB request must exceed a 64 KiB limit"),
     }
 }
-
-#[tokio::test]
-async fn chat_is_unimplemented_for_now() {
-    let server = TestServer::start().await;
-    let mut chat = pb::chat_client::ChatClient::new(server.channel().await);
-    let status = chat
-        .exec(pb::ExecRequest {
-            session_id: "s".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("not implemented");
-    assert_eq!(status.code(), Code::Unimplemented);
-    let stream = chat
-        .exec_stream(futures::stream::iter(
-            vec![pb::ExecStreamRequest::default()],
-        ))
-        .await;
-    assert_eq!(
-        stream.expect_err("not implemented").code(),
-        Code::Unimplemented
-    );
-}

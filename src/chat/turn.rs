@@ -29,7 +29,7 @@ pub const MAX_TOOL_ROUNDS_REACHED: &str = "max_tool_rounds";
 #[derive(Clone, Debug, PartialEq)]
 pub enum TurnInput {
     /// A new turn with the user's message.
-    User(NewMessage),
+    User(Box<NewMessage>),
     /// Unary form: the results of the pending tool calls of the session's open turn.
     ToolResults(Vec<ToolResult>),
 }
@@ -248,7 +248,7 @@ impl ChatEngine {
 
         let mut new: Vec<NewMessage> = Vec::new();
         match request.input.clone() {
-            TurnInput::User(user) => new.push(user),
+            TurnInput::User(user) => new.push(*user),
             TurnInput::ToolResults(results) => {
                 new = continue_with(&request.session, &stored_turn, results, &mut cache)?;
             }

@@ -191,9 +191,11 @@ impl From<WireUsage> for Usage {
 pub fn parse_answer(body: &[u8]) -> Result<Completion, String> {
     let answer: WireAnswer =
         serde_json::from_slice(body).map_err(|e| format!("not a chat completion: {e}"))?;
-    let mut accumulator = Accumulator::default();
-    accumulator.model = answer.model;
-    accumulator.usage = answer.usage.map(Usage::from);
+    let mut accumulator = Accumulator {
+        model: answer.model,
+        usage: answer.usage.map(Usage::from),
+        ..Accumulator::default()
+    };
     let choice = answer
         .choices
         .into_iter()

@@ -71,7 +71,7 @@ pub fn turn_request(
                     "must not contain control characters",
                 ));
             }
-            TurnInput::User(message)
+            TurnInput::User(Box::new(message))
         }
         (None, true, _) => {
             return Err(invalid(

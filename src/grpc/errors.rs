@@ -47,9 +47,10 @@ pub fn status_of_turn(error: TurnError) -> Status {
             ProviderError::Unavailable { .. } => Status::unavailable(message),
             ProviderError::Timeout { .. } => Status::deadline_exceeded(message),
             ProviderError::Auth { .. } => Status::failed_precondition(message),
-            ProviderError::Rejected { status, .. } if matches!(status, 400 | 413 | 422) => {
-                Status::invalid_argument(message)
-            }
+            ProviderError::Rejected {
+                status: 400 | 413 | 422,
+                ..
+            } => Status::invalid_argument(message),
             ProviderError::Rejected { .. } => Status::failed_precondition(message),
             ProviderError::Malformed { .. } => Status::internal(message),
         },

@@ -214,15 +214,28 @@ pub async fn plain_answer(store: Store) {
     assert_eq!(assistant.content, "Your order ships today.");
     assert_eq!(response.status, pb::TurnStatus::Completed as i32);
     assert_eq!(response.finish_reason, "stop");
-    assert_eq!((response.first_seq, response.last_seq, assistant.seq), (1, 2, 2));
+    assert_eq!(
+        (response.first_seq, response.last_seq, assistant.seq),
+        (1, 2, 2)
+    );
     assert_eq!(response.provider, "default");
     let usage = response.usage.expect("usage");
-    assert_eq!((usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens), (15, 4, 2));
+    assert_eq!(
+        (
+            usage.total_tokens,
+            usage.cached_tokens,
+            usage.reasoning_tokens
+        ),
+        (15, 4, 2)
+    );
 
     let requests = model.requests().await;
     assert_eq!(requests.len(), 1);
     let body = &requests[0].body;
-    assert_eq!(requests[0].authorization.as_deref(), Some("Bearer sk-test-key"));
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer sk-test-key")
+    );
     assert_eq!(body["model"], "scripted-model");
     assert_eq!(
         (&body["temperature"], &body["top_p"], &body["max_tokens"]),
@@ -266,7 +279,10 @@ pub async fn unary_two_round_tool_loop(store: Store) {
     assert_eq!(first.tool_rounds, 1);
 
     let second = chat
-        .exec(answer(&session, &[("call_1", "{\"status\":\"delivered\"}")]))
+        .exec(answer(
+            &session,
+            &[("call_1", "{\"status\":\"delivered\"}")],
+        ))
         .await
         .expect("second Exec")
         .into_inner();
@@ -289,19 +305,38 @@ pub async fn unary_two_round_tool_loop(store: Store) {
     let session = stored(&store, &session).await;
     assert_eq!(
         roles(&session),
-        [Role::User, Role::Assistant, Role::Tool, Role::Assistant, Role::Tool, Role::Assistant]
+        [
+            Role::User,
+            Role::Assistant,
+            Role::Tool,
+            Role::Assistant,
+            Role::Tool,
+            Role::Assistant
+        ]
     );
-    assert_eq!(session.messages[2].body.tool_call_id.as_deref(), Some("call_1"));
-    assert_eq!(session.messages[2].body.content, "{\"status\":\"delivered\"}");
+    assert_eq!(
+        session.messages[2].body.tool_call_id.as_deref(),
+        Some("call_1")
+    );
+    assert_eq!(
+        session.messages[2].body.content,
+        "{\"status\":\"delivered\"}"
+    );
 
     let requests = model.requests().await;
     assert_eq!(requests.len(), 3);
     let last = &requests[2].body["messages"];
     assert_eq!(last.as_array().unwrap().len(), 5, "{last}");
     assert_eq!(last[1]["tool_calls"][0]["id"], "call_1");
-    assert_eq!(last[2], json!({"role": "tool", "content": "{\"status\":\"delivered\"}", "tool_call_id": "call_1"}));
+    assert_eq!(
+        last[2],
+        json!({"role": "tool", "content": "{\"status\":\"delivered\"}", "tool_call_id": "call_1"})
+    );
     assert_eq!(last[4]["tool_call_id"], "call_2");
-    assert_eq!(requests[0].body["tools"][0]["function"]["name"], "lookup_order");
+    assert_eq!(
+        requests[0].body["tools"][0]["function"]["name"],
+        "lookup_order"
+    );
     assert_eq!(requests[0].body["tool_choice"], "auto");
 }
 
@@ -320,17 +355,31 @@ pub async fn streaming_two_round_tool_loop(store: Store) {
     assert_eq!(text, "Refunded order 7.");
     let asked: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(asked, ["call_1", "call_2"]);
-    assert_eq!(calls[0].function.as_ref().unwrap().arguments, "{\"order\":7}");
+    assert_eq!(
+        calls[0].function.as_ref().unwrap().arguments,
+        "{\"order\":7}"
+    );
     assert_eq!(done.status, pb::TurnStatus::Completed as i32);
     assert_eq!(done.tool_rounds, 2);
     assert_eq!((done.first_seq, done.last_seq), (1, 6));
-    assert_eq!(done.usage.unwrap().total_tokens, 45, "three model calls of 15 tokens");
+    assert_eq!(
+        done.usage.unwrap().total_tokens,
+        45,
+        "three model calls of 15 tokens"
+    );
 
     let stored = stored(&store, &session).await;
     assert_eq!(stored.version, 1, "the whole turn is one append");
     assert_eq!(
         roles(&stored),
-        [Role::User, Role::Assistant, Role::Tool, Role::Assistant, Role::Tool, Role::Assistant]
+        [
+            Role::User,
+            Role::Assistant,
+            Role::Tool,
+            Role::Assistant,
+            Role::Tool,
+            Role::Assistant
+        ]
     );
     assert_eq!(stored.messages[4].body.content, "tool:refund:{\"order\":7}");
     let requests = model.requests().await;
@@ -355,7 +404,11 @@ pub async fn parallel_and_identical_tool_calls(store: Store) {
     let mut turn = StreamTurn::open(&mut chat, with_tools(ask(&session, "two things"))).await;
     let (_, calls, done) = turn.run_to_end().await;
     let asked: Vec<&str> = calls.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(asked, ["a", "c"], "b and d repeat a and are answered from the turn's cache");
+    assert_eq!(
+        asked,
+        ["a", "c"],
+        "b and d repeat a and are answered from the turn's cache"
+    );
     assert_eq!(done.tool_rounds, 2);
 
     let stored = stored(&store, &session).await;
@@ -363,15 +416,29 @@ pub async fn parallel_and_identical_tool_calls(store: Store) {
         .messages
         .iter()
         .filter(|m| m.body.role == Role::Tool)
-        .map(|m| (m.body.tool_call_id.as_deref().unwrap(), m.body.content.as_str()))
+        .map(|m| {
+            (
+                m.body.tool_call_id.as_deref().unwrap(),
+                m.body.content.as_str(),
+            )
+        })
         .collect();
     let lookup = "tool:lookup_order:{\"order\":1}";
     assert_eq!(
         tool_answers,
-        [("a", lookup), ("b", lookup), ("c", "tool:refund:{\"order\":2}"), ("d", lookup)]
+        [
+            ("a", lookup),
+            ("b", lookup),
+            ("c", "tool:refund:{\"order\":2}"),
+            ("d", lookup)
+        ]
     );
     let second = &model.requests().await[1].body["messages"];
-    assert_eq!(second.as_array().unwrap().len(), 5, "user, assistant, three tool results");
+    assert_eq!(
+        second.as_array().unwrap().len(),
+        5,
+        "user, assistant, three tool results"
+    );
 }
 
 /// At most max_tool_rounds rounds: the next call forbids tools, and calls a model still
@@ -415,7 +482,10 @@ pub async fn rate_limited_provider_is_retried_after_its_delay(store: Store) {
         .await
         .expect("Exec succeeds on the retry")
         .into_inner();
-    assert_eq!(response.assistant_message.unwrap().content, "ok after waiting");
+    assert_eq!(
+        response.assistant_message.unwrap().content,
+        "ok after waiting"
+    );
     assert_eq!(model.requests().await.len(), 2);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -435,12 +505,26 @@ pub async fn server_errors_are_retried(store: Store) {
     ])
     .await;
     let (_server, mut chat) = start(chat_config(&model), &store).await;
-    let response = chat.exec(ask(&unique("5xx"), "hi")).await.expect("Exec").into_inner();
-    assert_eq!(response.assistant_message.unwrap().content, "third time lucky");
+    let response = chat
+        .exec(ask(&unique("5xx"), "hi"))
+        .await
+        .expect("Exec")
+        .into_inner();
+    assert_eq!(
+        response.assistant_message.unwrap().content,
+        "third time lucky"
+    );
     let session = unique("5xx-fails");
-    let status = chat.exec(ask(&session, "hi")).await.expect_err("retries run out");
+    let status = chat
+        .exec(ask(&session, "hi"))
+        .await
+        .expect_err("retries run out");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("provider default"), "{}", status.message());
+    assert!(
+        status.message().contains("provider default"),
+        "{}",
+        status.message()
+    );
     assert_eq!(model.requests().await.len(), 6, "1 + 2 retries, twice");
     assert_not_stored(&store, &session).await;
 }
@@ -458,7 +542,11 @@ pub async fn slow_provider_times_out(store: Store) {
     let session = unique("timeout");
     let status = chat.exec(ask(&session, "hi")).await.expect_err("times out");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(model.requests().await.len(), 1, "a timeout is not retried on the same provider");
+    assert_eq!(
+        model.requests().await.len(),
+        1,
+        "a timeout is not retried on the same provider"
+    );
     assert_not_stored(&store, &session).await;
 }
 
@@ -521,11 +609,19 @@ pub async fn cancellation_mid_stream_stores_nothing(store: Store) {
 
 /// Two turns at once on one session: one is stored, the other gets ABORTED.
 pub async fn concurrent_turns_on_one_session(store: Store) {
-    let slow = |text: &str| Reply::Delayed(Duration::from_millis(300), Box::new(Reply::Text(text.into())));
+    let slow = |text: &str| {
+        Reply::Delayed(
+            Duration::from_millis(300),
+            Box::new(Reply::Text(text.into())),
+        )
+    };
     let model = ScriptedModel::start(vec![Reply::Text("first".into()), slow("a"), slow("b")]).await;
     let (_server, chat) = start(chat_config(&model), &store).await;
     let session = unique("concurrent");
-    chat.clone().exec(ask(&session, "start")).await.expect("first turn");
+    chat.clone()
+        .exec(ask(&session, "start"))
+        .await
+        .expect("first turn");
     let (mut first, mut second) = (chat.clone(), chat.clone());
     let (one, two) = tokio::join!(
         first.exec(ask(&session, "one")),
@@ -539,7 +635,11 @@ pub async fn concurrent_turns_on_one_session(store: Store) {
         .count();
     assert_eq!((ok, aborted), (1, 1), "{results:?}");
     let stored = stored(&store, &session).await;
-    assert_eq!(stored.messages.len(), 4, "exactly one of the two turns is stored");
+    assert_eq!(
+        stored.messages.len(),
+        4,
+        "exactly one of the two turns is stored"
+    );
     assert_eq!(stored.messages[2].body.role, Role::User);
     assert_eq!(stored.messages[3].body.role, Role::Assistant);
 }
@@ -565,12 +665,23 @@ pub async fn system_messages_and_history_window_are_exact(store: Store) {
         .expect("system messages");
     let history: Vec<NewMessage> = (1..=6)
         .map(|i| {
-            let role = if i % 2 == 1 { Role::User } else { Role::Assistant };
+            let role = if i % 2 == 1 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
             NewMessage::text(role, format!("history {i}"))
         })
         .collect();
     store
-        .append(&id, Append { messages: history, request_id: None, options })
+        .append(
+            &id,
+            Append {
+                messages: history,
+                request_id: None,
+                options,
+            },
+        )
         .await
         .expect("history");
     let mut request = ask(&session, "new question");
@@ -590,7 +701,11 @@ pub async fn system_messages_and_history_window_are_exact(store: Store) {
     let sent: Vec<(&str, &str)> = sent.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
     assert_eq!(sent, expected);
     let stored = stored(&store, &session).await;
-    assert_eq!(stored.system_messages.len(), 2, "additional system messages are not stored");
+    assert_eq!(
+        stored.system_messages.len(),
+        2,
+        "additional system messages are not stored"
+    );
     assert_eq!(stored.messages.len(), 8);
 }
 
@@ -621,7 +736,11 @@ pub async fn history_window_is_tool_safe(store: Store) {
         .iter()
         .map(|m| m["role"].as_str().unwrap())
         .collect();
-    assert_eq!(roles, ["assistant", "tool", "tool", "assistant", "user"], "{sent}");
+    assert_eq!(
+        roles,
+        ["assistant", "tool", "tool", "assistant", "user"],
+        "{sent}"
+    );
     assert_eq!(sent[0]["tool_calls"].as_array().unwrap().len(), 2);
 }
 
@@ -632,10 +751,17 @@ pub async fn request_id_replays_the_stored_turn(store: Store) {
     let session = unique("idempotent");
     let mut request = ask(&session, "hi");
     request.request_id = "turn-1".into();
-    let first = chat.exec(request.clone()).await.expect("first").into_inner();
+    let first = chat
+        .exec(request.clone())
+        .await
+        .expect("first")
+        .into_inner();
     let retry = chat.exec(request).await.expect("retry").into_inner();
     assert_eq!(retry.assistant_message, first.assistant_message);
-    assert_eq!((retry.first_seq, retry.last_seq), (first.first_seq, first.last_seq));
+    assert_eq!(
+        (retry.first_seq, retry.last_seq),
+        (first.first_seq, first.last_seq)
+    );
     assert_eq!(retry.finish_reason, "stop");
     assert_eq!(model.requests().await.len(), 1);
     assert_eq!(stored(&store, &session).await.messages.len(), 2);

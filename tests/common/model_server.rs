@@ -204,7 +204,12 @@ fn whole(message: Value, finish_reason: &str) -> Response {
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage(),
     });
-    (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn error(code: u16, retry_after: Option<&'static str>, message: &str) -> Response {
