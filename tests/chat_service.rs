@@ -499,3 +499,31 @@ async fn a_tool_error_reaches_the_model_and_is_marked() {
     );
     assert_eq!(tool.metadata.get("is_error"), Some(&json!(true)));
 }
+
+#[tokio::test]
+async fn a_bot_deadline_stops_the_model_request() {
+    let model = ScriptedModel::start(vec![Reply::Gated {
+        first: "never ".into(),
+        rest: "finished".into(),
+    }])
+    .await;
+    let store = memory();
+    let (_server, mut chat) = start(chat_config(&model), &store).await;
+    let session = unique("deadline");
+    let mut request = tonic::Request::new(ask(&session, "hi"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = chat.exec(request).await.expect_err("the deadline passes");
+    // tonic's client reports its own timeout as CANCELLED, a server-side one as
+    // DEADLINE_EXCEEDED; either way the bot stopped waiting.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        model.wait_until_abandoned().await,
+        "the sidecar must drop the model request when the bot's deadline passes"
+    );
+    model.release();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::chat_suite::assert_not_stored(&store, &session).await;
+}
