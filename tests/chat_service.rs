@@ -527,3 +527,14 @@ async fn a_bot_deadline_stops_the_model_request() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     common::chat_suite::assert_not_stored(&store, &session).await;
 }
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_still_streams_its_answer() {
+    let model = ScriptedModel::start(vec![Reply::WholeEvenIfStreamed("all at once".into())]).await;
+    let (_server, mut chat) = start(chat_config(&model), &memory()).await;
+    let mut turn = StreamTurn::open(&mut chat, ask(&unique("no-sse"), "hi")).await;
+    let (text, _, done) = turn.run_to_end().await;
+    assert_eq!(text, "all at once");
+    assert_eq!(done.assistant_message.unwrap().content, "all at once");
+    assert_eq!(model.requests().await[0].body["stream"], json!(true));
+}

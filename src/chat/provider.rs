@@ -5,7 +5,7 @@ use crate::chat::wire;
 use crate::model::{JsonObject, NewMessage, Role};
 use futures::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use std::fmt;
 use std::time::Duration;
 
@@ -285,9 +285,25 @@ impl Provider {
             status: status.as_u16(),
             message,
         };
-        let Some(on_delta) = on_delta else {
-            let body = response.bytes().await.map_err(|e| self.unavailable(&e))?;
-            return wire::parse_answer(&body).map_err(malformed);
+        let is_event_stream = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let on_delta = match on_delta {
+            Some(on_delta) if is_event_stream => on_delta,
+            // Not asked to stream, or a server that ignored `stream: true`.
+            not_streamed => {
+                let body = response.bytes().await.map_err(|e| self.unavailable(&e))?;
+                let completion = wire::parse_answer(&body).map_err(malformed)?;
+                if let Some(on_delta) = not_streamed
+                    && !completion.message.content.is_empty()
+                {
+                    *streamed_any = true;
+                    on_delta(Delta::Content(completion.message.content.clone()));
+                }
+                return Ok(completion);
+            }
         };
         let mut accumulator = wire::Accumulator::default();
         let mut decoder = SseDecoder::default();

@@ -217,7 +217,7 @@ impl ChatEngine {
     ) -> Result<TurnOutcome, TurnError> {
         let provider = self.provider(request.provider.as_deref())?;
         if let TurnInput::User(user) = &request.input {
-            self.check_user_message(&request.session, user)?;
+            self.check_length(user)?;
         }
         let window = request.history_window.unwrap_or(self.limits.history_window);
         let continuing = matches!(request.input, TurnInput::ToolResults(_));
@@ -226,6 +226,10 @@ impl ChatEngine {
             && let Some(outcome) = replay(&loaded.messages, request_id, loaded.version)
         {
             return Ok(outcome);
+        }
+        if let TurnInput::User(user) = &request.input {
+            // After the replay check: a retried turn is not a new one.
+            self.check_rate(&request.session, user)?;
         }
 
         let (before, open_turn) = match (continuing, window::turn_start(&loaded.messages)) {
@@ -355,7 +359,7 @@ impl ChatEngine {
         })
     }
 
-    fn check_user_message(&self, session: &SessionId, user: &NewMessage) -> Result<(), TurnError> {
+    fn check_length(&self, user: &NewMessage) -> Result<(), TurnError> {
         let max = self.limits.max_user_message_chars;
         let length = user.content.chars().count();
         if max > 0 && length > max {
@@ -363,6 +367,10 @@ impl ChatEngine {
                 "user_message.content: {length} characters is more than the limit of {max} (chat_max_user_message_length)"
             )));
         }
+        Ok(())
+    }
+
+    fn check_rate(&self, session: &SessionId, user: &NewMessage) -> Result<(), TurnError> {
         if let Some(limiter) = &self.rate_limiter {
             let participant = user.name.clone().unwrap_or_else(|| session.to_string());
             limiter

@@ -25,6 +25,8 @@ pub enum Reply {
     ToolCalls(Vec<(String, String, String)>),
     /// An HTTP error with an OpenAI-style error body and an optional Retry-After.
     Status(u16, Option<&'static str>),
+    /// A whole JSON answer even when the request asks for a stream, as some servers do.
+    WholeEvenIfStreamed(String),
     /// A 200 whose body is not a chat completion.
     Malformed(&'static str),
     /// Waits, then answers.
@@ -149,7 +151,9 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
             chunks.extend(ending("stop"));
             sse(chunks, None, shared)
         }
-        Reply::Text(text) => whole(json!({"role": "assistant", "content": text}), "stop"),
+        Reply::Text(text) | Reply::WholeEvenIfStreamed(text) => {
+            whole(json!({"role": "assistant", "content": text}), "stop")
+        }
         Reply::ToolCalls(calls) if stream => {
             let mut chunks = Vec::new();
             for (index, (id, name, arguments)) in calls.iter().enumerate() {
