@@ -250,55 +250,45 @@ impl ChatEngine {
             .filter(|m| !m.tool_calls.is_empty())
             .count() as u32;
 
-        let mut new: Vec<NewMessage> = Vec::new();
-        match request.input.clone() {
-            TurnInput::User(user) => new.push(*user),
+        // The messages this call stores, in one append at the end.
+        let mut new = match request.input.clone() {
+            TurnInput::User(user) => vec![*user],
             TurnInput::ToolResults(results) => {
-                new = continue_with(&request.session, &stored_turn, results, &mut cache)?;
+                continue_with(&request.session, &stored_turn, results, &mut cache)?
             }
-        }
+        };
 
         let mut usage = Usage::default();
-        let mut answered_by;
-        let (finish_reason, pending) = loop {
+        let (finish_reason, pending, answered_by) = loop {
             let at_limit = rounds >= self.limits.max_tool_rounds;
             let mut turn = stored_turn.clone();
             turn.extend(new.iter().cloned());
             let messages =
                 window::prompt(&loaded.system, &request.additional_system, &history, &turn);
-            let (completion, by) = self
+            let (completion, answered_by) = self
                 .complete(provider, &request, messages, at_limit, bot)
                 .await?;
-            answered_by = by;
             if let Some(u) = completion.message.usage {
                 usage += u;
             }
             let mut assistant = completion.message;
-            assistant
-                .metadata
-                .insert(META_PROVIDER.into(), answered_by.clone().into());
-            if assistant.tool_calls.is_empty() || at_limit {
-                let finish = if assistant.tool_calls.is_empty() {
-                    completion.finish_reason
-                } else {
-                    // Providers may ignore tool_choice "none"; calls past the limit are
-                    // dropped so the stored turn never waits for results.
-                    assistant.tool_calls.clear();
-                    MAX_TOOL_ROUNDS_REACHED.to_string()
-                };
-                assistant
-                    .metadata
-                    .insert(META_FINISH_REASON.into(), finish.clone().into());
-                new.push(assistant);
-                break (finish, Vec::new());
+            // Providers may ignore tool_choice "none"; calls past the limit are dropped so
+            // the stored turn never waits for results.
+            let finish = if at_limit && !assistant.tool_calls.is_empty() {
+                assistant.tool_calls.clear();
+                MAX_TOOL_ROUNDS_REACHED.to_string()
+            } else {
+                completion.finish_reason
+            };
+            let metadata = &mut assistant.metadata;
+            metadata.insert(META_PROVIDER.into(), answered_by.clone().into());
+            metadata.insert(META_FINISH_REASON.into(), finish.clone().into());
+            let calls = assistant.tool_calls.clone();
+            new.push(assistant);
+            if calls.is_empty() {
+                break (finish, Vec::new(), answered_by);
             }
             rounds += 1;
-            let calls = assistant.tool_calls.clone();
-            assistant.metadata.insert(
-                META_FINISH_REASON.into(),
-                completion.finish_reason.clone().into(),
-            );
-            new.push(assistant);
 
             let mut asked: Vec<ToolCall> = Vec::new();
             for call in &calls {
@@ -312,7 +302,7 @@ impl ChatEngine {
                     None => {
                         // Unary form: store what is known and hand the rest to the bot.
                         new.extend(tool_messages(&calls, &cache));
-                        break (completion.finish_reason, asked);
+                        break (finish, asked, answered_by);
                     }
                     Some(results) => {
                         for result in results {
