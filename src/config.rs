@@ -256,6 +256,12 @@ pub const KEYS: &[Key] = &[
         "largest ListSessions page",
     ),
     key(
+        "record_retention",
+        "CSAI_RECORD_RETENTION",
+        "30d",
+        "how long learning data and security logs are kept",
+    ),
+    key(
         "chat_base_url",
         "CSAI_CHAT_BASE_URL",
         "",
@@ -509,6 +515,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_grpc_message_size: usize,
     pub limits: RequestLimits,
+    pub record_retention: Duration,
     pub chat: ChatSettings,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -788,6 +795,7 @@ impl Values {
                     |s| s.parse().ok().filter(|n| (1..=100_000).contains(n)),
                 )?,
             },
+            record_retention: self.get("record_retention", DURATION, positive_duration)?,
             chat: self.chat_settings()?,
             log_format: self.get("log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
@@ -938,6 +946,11 @@ impl Values {
                 None
             },
             transcript_dir: self.optional_text("chat_transcript_dir").map(PathBuf::from),
+            record_retention: self.get(
+                "record_retention",
+                "a positive duration such as 30d",
+                |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+            )?,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod grpc;
 pub mod health;
 pub mod model;
+pub mod records;
 pub mod server;
 pub mod store;
 pub mod telemetry;

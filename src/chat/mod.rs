@@ -38,7 +38,7 @@ impl Default for TurnLimits {
 }
 
 /// Everything the Chat service is configured with.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChatSettings {
     pub providers: Vec<ProviderSettings>,
     /// The provider of requests that name none.
@@ -50,4 +50,20 @@ pub struct ChatSettings {
     pub rate_limits: Option<RateLimits>,
     /// Folder of per-session transcript files, when enabled.
     pub transcript_dir: Option<PathBuf>,
+    /// How long the security logs of turns are kept (`record_retention`).
+    pub record_retention: Duration,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            providers: Vec::new(),
+            default_provider: None,
+            fallback_provider: None,
+            limits: TurnLimits::default(),
+            rate_limits: None,
+            transcript_dir: None,
+            record_retention: Duration::from_secs(30 * 86_400),
+        }
+    }
 }

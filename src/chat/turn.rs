@@ -11,6 +11,7 @@ use crate::chat::{ChatSettings, TurnLimits};
 use crate::model::{
     Append, Message, NewMessage, Role, SessionId, ToolCall, Usage, Window, WriteOptions,
 };
+use crate::records::{self, RecordStream, SecurityLog};
 use crate::store::{SessionStore, StoreError};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
@@ -164,6 +165,7 @@ pub struct ChatEngine {
     limits: TurnLimits,
     rate_limiter: Option<RateLimiter>,
     transcripts: Option<TranscriptLog>,
+    record_retention: Duration,
 }
 
 /// A session as the turn reads it.
@@ -196,6 +198,7 @@ impl ChatEngine {
             limits: settings.limits.clone(),
             rate_limiter: settings.rate_limits.map(RateLimiter::new),
             transcripts: settings.transcript_dir.clone().map(TranscriptLog::new),
+            record_retention: settings.record_retention,
         })
     }
 
@@ -217,7 +220,11 @@ impl ChatEngine {
     ) -> Result<TurnOutcome, TurnError> {
         let provider = self.provider(request.provider.as_deref())?;
         if let TurnInput::User(user) = &request.input {
-            self.check_length(user)?;
+            let verdict = self.check_length(user);
+            if verdict.is_err() {
+                self.log_security(&request.session, user, &verdict).await;
+            }
+            verdict?;
         }
         let window = request.history_window.unwrap_or(self.limits.history_window);
         let continuing = matches!(request.input, TurnInput::ToolResults(_));
@@ -229,7 +236,9 @@ impl ChatEngine {
         }
         if let TurnInput::User(user) = &request.input {
             // After the replay check: a retried turn is not a new one.
-            self.check_rate(&request.session, user)?;
+            let verdict = self.check_rate(&request.session, user);
+            self.log_security(&request.session, user, &verdict).await;
+            verdict?;
         }
 
         let (before, open_turn) = match (continuing, window::turn_start(&loaded.messages)) {
@@ -360,9 +369,43 @@ impl ChatEngine {
         Ok(())
     }
 
+    /// With abuse controls on, records the decision about a user's message as a security
+    /// log (CS-AI's SaveSecurityLog). A failure to record is logged, not fatal.
+    async fn log_security(
+        &self,
+        session: &SessionId,
+        user: &NewMessage,
+        verdict: &Result<(), TurnError>,
+    ) {
+        if self.rate_limiter.is_none() && self.limits.max_user_message_chars == 0 {
+            return;
+        }
+        let log = SecurityLog {
+            id: String::new(),
+            user_id: participant(session, user),
+            session_id: session.to_string(),
+            message_hash: records::message_hash(&user.content),
+            spam_score: 0.0,
+            allowed: verdict.is_ok(),
+            reason: verdict
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        };
+        let stream = RecordStream::Security {
+            user: log.user_id.clone(),
+        };
+        if let Err(error) =
+            records::put(self.store.as_ref(), &stream, &log, self.record_retention).await
+        {
+            tracing::warn!(%session, %error, "cannot record the security log of a turn");
+        }
+    }
+
     fn check_rate(&self, session: &SessionId, user: &NewMessage) -> Result<(), TurnError> {
         if let Some(limiter) = &self.rate_limiter {
-            let participant = user.name.clone().unwrap_or_else(|| session.to_string());
+            let participant = participant(session, user);
             limiter
                 .check(&participant)
                 .map_err(|limited| TurnError::RateLimited {
@@ -611,6 +654,11 @@ impl ChatEngine {
             last_seq: outcome.first_seq + outcome.count - 1,
         })
     }
+}
+
+/// Who a turn's user is for abuse controls: the participant name, else the session.
+fn participant(session: &SessionId, user: &NewMessage) -> String {
+    user.name.clone().unwrap_or_else(|| session.to_string())
 }
 
 /// Answers of the tool calls in `turn`, by function and arguments.

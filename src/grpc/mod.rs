@@ -4,6 +4,7 @@ pub mod chat;
 pub mod chat_convert;
 pub mod convert;
 pub mod errors;
+pub mod records;
 pub mod session_store;
 
 /// Code generated from `proto/csai/v1`.

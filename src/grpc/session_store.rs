@@ -5,6 +5,7 @@ use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
+use crate::grpc::records;
 use crate::model::{Append, ListQuery, SessionId, StateUpdate, Window, WriteOptions};
 use crate::store::SessionStore;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Policy {
     pub default_ttl: Duration,
     pub sliding_ttl_on_read: bool,
     pub limits: RequestLimits,
+    /// How long learning data and security logs are kept.
+    pub record_retention: Duration,
 }
 
 impl Policy {
@@ -31,6 +34,19 @@ impl Policy {
             default_ttl: config.session_ttl,
             sliding_ttl_on_read: config.sliding_ttl_on_read,
             limits: config.limits.clone(),
+            record_retention: config.record_retention,
+        }
+    }
+
+    /// A listing's page size: 0 means the default, more than max_page_size is an error.
+    pub fn page_size(&self, raw: u32) -> Result<u32, Status> {
+        let max = self.limits.max_page_size;
+        match raw {
+            0 => Ok(DEFAULT_PAGE_SIZE.min(max)),
+            n if n > max => Err(Status::invalid_argument(format!(
+                "page_size: {n} is more than the maximum of {max} (max_page_size)"
+            ))),
+            n => Ok(n),
         }
     }
 
@@ -243,16 +259,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let request = request.into_inner();
-        let max = self.policy.limits.max_page_size;
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE.min(max),
-            n if n > max => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size: {n} is more than the maximum of {max} (max_page_size)"
-                )));
-            }
-            n => n,
-        };
+        let page_size = self.policy.page_size(request.page_size)?;
         if request.id_prefix.len() > MAX_PREFIX_BYTES {
             return Err(Status::invalid_argument(format!(
                 "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
@@ -281,5 +288,41 @@ impl SessionStoreRpc for SessionStoreService {
             total_messages: stats.total_messages,
             approximate_bytes: stats.approximate_bytes,
         }))
+    }
+
+    async fn record_feedback(
+        &self,
+        request: Request<pb::RecordFeedbackRequest>,
+    ) -> Result<Response<pb::LearningRecord>, Status> {
+        records::record_feedback(self.store.as_ref(), &self.policy, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_learning_data(
+        &self,
+        request: Request<pb::ListLearningDataRequest>,
+    ) -> Result<Response<pb::ListLearningDataResponse>, Status> {
+        records::list_learning(self.store.as_ref(), &self.policy, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn record_security_log(
+        &self,
+        request: Request<pb::RecordSecurityLogRequest>,
+    ) -> Result<Response<pb::SecurityLog>, Status> {
+        records::record_security(self.store.as_ref(), &self.policy, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_security_logs(
+        &self,
+        request: Request<pb::ListSecurityLogsRequest>,
+    ) -> Result<Response<pb::ListSecurityLogsResponse>, Status> {
+        records::list_security(self.store.as_ref(), &self.policy, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

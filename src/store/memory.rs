@@ -15,10 +15,11 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, json_bytes, tool_safe_start,
 };
+use crate::records::{Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -45,6 +46,14 @@ pub struct MemoryStore {
     sessions: AtomicU64,
     messages: AtomicU64,
     bytes: AtomicU64,
+    records: Mutex<Records>,
+}
+
+/// Learning data and security logs: each stream's records by id (which sorts by time).
+#[derive(Default)]
+struct Records {
+    streams: HashMap<RecordStream, BTreeMap<String, Record>>,
+    by_expiry: BTreeSet<(SystemTime, RecordStream, String)>,
 }
 
 #[derive(Default)]
@@ -131,6 +140,7 @@ impl MemoryStore {
             sessions: AtomicU64::new(0),
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            records: Mutex::new(Records::default()),
         }
     }
 
@@ -164,6 +174,19 @@ impl MemoryStore {
                 }
                 self.remove(&mut shard, &id);
                 freed += 1;
+            }
+        }
+        let mut records = self.records.lock();
+        while let Some((expire_time, stream, id)) = records.by_expiry.first().cloned() {
+            if expire_time > now {
+                break;
+            }
+            records.by_expiry.pop_first();
+            if let Some(stream_records) = records.streams.get_mut(&stream) {
+                stream_records.remove(&id);
+                if stream_records.is_empty() {
+                    records.streams.remove(&stream);
+                }
             }
         }
         freed
@@ -534,6 +557,38 @@ impl SessionStore for MemoryStore {
 
     async fn health_check(&self) -> StoreResult<()> {
         Ok(())
+    }
+
+    async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
+        let mut records = self.records.lock();
+        records
+            .by_expiry
+            .insert((record.expire_time, stream.clone(), record.id.clone()));
+        records
+            .streams
+            .entry(stream.clone())
+            .or_default()
+            .insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    async fn list_records(
+        &self,
+        stream: &RecordStream,
+        range: &RecordRange,
+    ) -> StoreResult<Vec<Record>> {
+        let now = SystemTime::now();
+        let records = self.records.lock();
+        let Some(stream_records) = records.streams.get(stream).filter(|_| !range.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        Ok(stream_records
+            .range(range.low_id()..range.high_id())
+            .map(|(_, record)| record)
+            .filter(|record| record.expire_time > now)
+            .take(range.limit)
+            .cloned()
+            .collect())
     }
 }
 

@@ -11,6 +11,7 @@ use crate::model::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
+use crate::records::{Record, RecordRange, RecordStream};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -110,6 +111,17 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Checks that the backend answers.
     async fn health_check(&self) -> StoreResult<()>;
+
+    /// Stores a record (learning data, a security log) in its stream until its expiry.
+    async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()>;
+
+    /// Reads a stream's live records in `range`, oldest first, at most `range.limit`,
+    /// without reading the records outside the range.
+    async fn list_records(
+        &self,
+        stream: &RecordStream,
+        range: &RecordRange,
+    ) -> StoreResult<Vec<Record>>;
 }
 
 /// Checks `expected_version` against the session's current version (0 when absent).

@@ -11,6 +11,7 @@ use csai_sidecar::model::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
+use csai_sidecar::records::{Record, RecordRange, RecordStream};
 use csai_sidecar::server::{self, ServeError};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::{SessionStore, StoreError, StoreResult};
@@ -259,6 +260,18 @@ impl SessionStore for FaultyStore {
     async fn health_check(&self) -> StoreResult<()> {
         self.check()?;
         self.inner.health_check().await
+    }
+    async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
+        self.check()?;
+        self.inner.put_record(stream, record).await
+    }
+    async fn list_records(
+        &self,
+        stream: &RecordStream,
+        range: &RecordRange,
+    ) -> StoreResult<Vec<Record>> {
+        self.check()?;
+        self.inner.list_records(stream, range).await
     }
 }
 

@@ -64,8 +64,11 @@ pub(super) struct StoredMessage {
 }
 
 pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    to_ms(SystemTime::now())
+}
+
+pub(super) fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 

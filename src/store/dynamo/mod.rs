@@ -16,6 +16,10 @@
 //! read. This process remembers the meta item it last wrote, so a steady writer skips the
 //! read; the condition still catches writes of other replicas.
 //!
+//! - `pk = "#rec#<stream>#<YYYY-MM-DD>"`, `sk = "r#<record id>"`: one learning record or
+//!   security log, with `body` (JSON), `exp` (ms) and `ttl`. A time range is one Query per
+//!   day, on the sort key (record ids sort by time).
+//!
 //! Expiry: reads compare the stored expiry (ms) with the clock, because DynamoDB deletes
 //! expired items up to 48 hours late. Every item carries the TTL attribute `ttl` (epoch
 //! seconds); chunks expire at the session's `horizon`, which leads its expiry by the TTL
@@ -31,6 +35,7 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, tool_safe_start,
 };
+use crate::records::{self, Record, RecordRange, RecordStream};
 use crate::store::{
     SessionStore, StoreError, StoreResult, WriteLocks, check_version, new_generation, page_token,
 };
@@ -92,6 +97,15 @@ pub struct DynamoStore {
 
 /// Most sessions whose meta item is remembered.
 const REMEMBERED_METAS: usize = 10_000;
+
+/// Sort-key prefix of record items; session items use `meta` and `c#`.
+const RECORD_PREFIX: &str = "r#";
+
+/// The partition of one day of a record stream. A session whose id happened to equal it
+/// could not collide: its items have other sort keys.
+fn record_partition(stream: &RecordStream, day: u64) -> String {
+    format!("#rec#{}#{}", stream.name(), records::day_name(day))
+}
 
 fn sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(
     what: &str,
@@ -1191,6 +1205,85 @@ impl SessionStore for DynamoStore {
                 }
             }
             Ok(stats)
+        })
+        .await
+    }
+
+    async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
+        let day = records::day_of(record.time());
+        let expire_ms = items::to_ms(record.expire_time);
+        self.bounded("put record", async {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(record_partition(stream, day)))
+                .item("sk", s(format!("{RECORD_PREFIX}{}", record.id)))
+                .item("body", s(record.body))
+                .item("exp", n(expire_ms))
+                .item("ttl", n(expire_ms / 1000 + 1))
+                .send()
+                .await
+                .map_err(|e| sdk_error("put record", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_records(
+        &self,
+        stream: &RecordStream,
+        range: &RecordRange,
+    ) -> StoreResult<Vec<Record>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.bounded("list records", async {
+            let now = items::now_ms();
+            let mut found = Vec::new();
+            for day in range.days() {
+                let mut start: Option<Item> = None;
+                loop {
+                    let output = self
+                        .client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk AND sk BETWEEN :low AND :high")
+                        .expression_attribute_values(":pk", s(record_partition(stream, day)))
+                        .expression_attribute_values(
+                            ":low",
+                            s(format!("{RECORD_PREFIX}{}", range.low_id())),
+                        )
+                        .expression_attribute_values(
+                            ":high",
+                            s(format!("{RECORD_PREFIX}{}", range.high_id())),
+                        )
+                        .limit((range.limit - found.len()) as i32)
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("list records", e))?;
+                    for item in output.items() {
+                        let expire = get_n(item, "exp")?;
+                        if expire <= now {
+                            continue;
+                        }
+                        let id = get_s(item, "sk")?.trim_start_matches(RECORD_PREFIX);
+                        found.push(Record {
+                            id: id.to_string(),
+                            expire_time: items::to_time(expire),
+                            body: get_s(item, "body")?.to_string(),
+                        });
+                    }
+                    if found.len() >= range.limit {
+                        return Ok(found);
+                    }
+                    match output.last_evaluated_key() {
+                        Some(key) => start = Some(key.clone()),
+                        None => break,
+                    }
+                }
+            }
+            Ok(found)
         })
         .await
     }

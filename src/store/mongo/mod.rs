@@ -11,7 +11,10 @@
 //! transient error and the whole transaction is retried, which serialises writers of one
 //! session without locks in the sidecar.
 //!
-//! Expiry: both collections have a TTL index on `expire`. Bucket documents expire at the
+//! `<collection>_records` holds learning data and security logs, one document per record,
+//! found by the unique index `{s: stream, r: record id}` (ids sort by time).
+//!
+//! Expiry: every collection has a TTL index on `expire`. Bucket documents expire at the
 //! session's `horizon`, which runs ahead of the session's expiry by the TTL (at most an
 //! hour) and is moved, with one update of the session's buckets, only when the expiry
 //! catches up with it: extending the TTL does not rewrite every bucket on every write,
@@ -27,6 +30,7 @@ use crate::model::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
+use crate::records::{Record, RecordRange, RecordStream};
 use crate::store::{
     SessionStore, StoreError, StoreResult, WriteLocks, check_version, horizon_lead, new_generation,
     page_token,
@@ -75,6 +79,8 @@ pub struct MongoStore {
     client: Client,
     sessions: Collection<Document>,
     buckets: Collection<Document>,
+    /// Learning data and security logs: `{s: stream, r: record id, expire, body}`.
+    records: Collection<Document>,
     timeout: Duration,
     max_retries: u32,
     ready: OnceCell<()>,
@@ -94,6 +100,10 @@ fn is_network(error: &MongoError) -> bool {
             | ErrorKind::ServerSelection { .. }
             | ErrorKind::ConnectionPoolCleared { .. }
     ) || error.contains_label("RetryableWriteError")
+}
+
+fn is_duplicate_key(error: &MongoError) -> bool {
+    matches!(*error.kind, ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref e)) if e.code == 11000)
 }
 
 fn store_error(what: &str, error: MongoError) -> StoreError {
@@ -125,6 +135,7 @@ impl MongoStore {
         Ok(Self {
             sessions: database.collection(&options.collection),
             buckets: database.collection(&format!("{}_messages", options.collection)),
+            records: database.collection(&format!("{}_records", options.collection)),
             client,
             timeout: options.timeout,
             max_retries: options.max_retries,
@@ -143,7 +154,20 @@ impl MongoStore {
                     .await
                     .map_err(|e| store_error("creating indexes", e))?;
                 self.buckets
+                    .create_index(IndexModel::builder().keys(doc! {"expire": 1}).options(ttl.clone()).build())
+                    .await
+                    .map_err(|e| store_error("creating indexes", e))?;
+                self.records
                     .create_index(IndexModel::builder().keys(doc! {"expire": 1}).options(ttl).build())
+                    .await
+                    .map_err(|e| store_error("creating indexes", e))?;
+                self.records
+                    .create_index(
+                        IndexModel::builder()
+                            .keys(doc! {"s": 1, "r": 1})
+                            .options(IndexOptions::builder().unique(true).build())
+                            .build(),
+                    )
                     .await
                     .map_err(|e| store_error("creating indexes", e))?;
                 self.buckets
@@ -931,6 +955,79 @@ impl SessionStore for MongoStore {
             total_messages: messages as u64,
             approximate_bytes: bytes,
         })
+    }
+
+    async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
+        self.ensure_ready().await?;
+        let document = doc! {
+            "s": stream.name(),
+            "r": &record.id,
+            "expire": DateTime::from_system_time(record.expire_time),
+            "body": &record.body,
+        };
+        match tokio::time::timeout(self.timeout, self.records.insert_one(document)).await {
+            Ok(Ok(_)) => Ok(()),
+            // The unique (s, r) index: a retried insert that had landed changes nothing.
+            Ok(Err(error)) if is_duplicate_key(&error) => Ok(()),
+            Ok(Err(error)) => Err(store_error("put record", error)),
+            Err(_) => Err(StoreError::Timeout(
+                "MongoDB did not store a record in time".into(),
+            )),
+        }
+    }
+
+    async fn list_records(
+        &self,
+        stream: &RecordStream,
+        range: &RecordRange,
+    ) -> StoreResult<Vec<Record>> {
+        self.ensure_ready().await?;
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = doc! {
+            "s": stream.name(),
+            "r": {"$gte": range.low_id(), "$lt": range.high_id()},
+            "expire": {"$gt": DateTime::now()},
+        };
+        let read = async {
+            let documents: Vec<Document> = self
+                .records
+                .find(filter)
+                .sort(doc! {"r": 1})
+                .limit(range.limit as i64)
+                .await?
+                .try_collect()
+                .await?;
+            Ok::<_, MongoError>(documents)
+        };
+        let documents = match tokio::time::timeout(self.timeout, read).await {
+            Ok(result) => result.map_err(|e| store_error("list records", e))?,
+            Err(_) => {
+                return Err(StoreError::Timeout(
+                    "MongoDB did not list records in time".into(),
+                ));
+            }
+        };
+        documents
+            .iter()
+            .map(|document| {
+                let field = |name: &str| {
+                    document
+                        .get_str(name)
+                        .map(str::to_string)
+                        .map_err(|_| StoreError::Internal(format!("a record lacks `{name}`")))
+                };
+                Ok(Record {
+                    id: field("r")?,
+                    body: field("body")?,
+                    expire_time: document
+                        .get_datetime("expire")
+                        .map_err(|_| StoreError::Internal("a record lacks `expire`".into()))?
+                        .to_system_time(),
+                })
+            })
+            .collect()
     }
 
     async fn health_check(&self) -> StoreResult<()> {

@@ -5,6 +5,9 @@
 //! `{prefix}{<id>}:reqs`  list: the last 64 idempotent appends ("request_id\noutcome")
 //! `{prefix}{<id>}:state` hash: one field per top-level state key, the value as JSON
 //!
+//! `{prefix}{rec:<stream>:<YYYY-MM-DD>}` sorted set: one day of learning data or of one
+//! user's security logs (see [`record_key`]).
+//!
 //! The id sits between `{` and `}`, so all four keys hash to one Cluster slot and every
 //! script touches one slot. `%`, `{` and `}` in an id are percent-encoded so the tag
 //! always ends where the id ends.
@@ -18,6 +21,13 @@ pub fn session_keys(prefix: &str, id: &str) -> [String; 4] {
         format!("{tag}:reqs"),
         format!("{tag}:state"),
     ]
+}
+
+/// The key of one day of a record stream: a sorted set whose members are
+/// `<id>|<expire ms>|<record JSON>`, all with score 0 so they sort by id, which sorts by
+/// time. The whole name is the hash tag, so each day's key has its own Cluster slot.
+pub fn record_key(prefix: &str, stream: &str, day: &str) -> String {
+    format!("{prefix}{{rec:{}:{day}}}", encode_id(stream))
 }
 
 /// The SCAN pattern that matches the meta key of every session whose id starts with
