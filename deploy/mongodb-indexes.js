@@ -7,3 +7,6 @@ sidecar.sessions.createIndex({ expire: 1 }, { expireAfterSeconds: 0 });
 // Message buckets: one per (session, incarnation, bucket number), and their own expiry.
 sidecar.sessions_messages.createIndex({ sid: 1, gen: 1, b: 1 }, { unique: true });
 sidecar.sessions_messages.createIndex({ expire: 1 }, { expireAfterSeconds: 0 });
+// Learning data and security logs: time ranges of one stream, and their own expiry.
+sidecar.sessions_records.createIndex({ s: 1, r: 1 }, { unique: true });
+sidecar.sessions_records.createIndex({ expire: 1 }, { expireAfterSeconds: 0 });

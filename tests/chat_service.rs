@@ -389,7 +389,7 @@ async fn participants_are_rate_limited_with_a_retry_delay() {
         per_day: 1000,
     });
     config.chat.limits.max_user_message_chars = 10;
-    let (_server, mut chat) = start(config, &memory()).await;
+    let (server, mut chat) = start(config, &memory()).await;
     let as_ana = |text: &str| {
         let mut request = ask(&unique("limits"), text);
         request.user_message.as_mut().unwrap().participant_name = "ana".into();
@@ -428,6 +428,33 @@ async fn participants_are_rate_limited_with_a_retry_delay() {
     chat.exec(ask(&unique("limits"), "hello"))
         .await
         .expect("other participants go on");
+
+    // Each decision is a security log of the participant, oldest first.
+    let logs = server
+        .sessions()
+        .await
+        .list_security_logs(pb::ListSecurityLogsRequest {
+            user_id: "ana".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListSecurityLogs")
+        .into_inner()
+        .logs;
+    let decisions: Vec<(bool, bool)> = logs
+        .iter()
+        .map(|l| (l.allowed, l.reason.is_empty()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [(false, false), (true, true), (true, true), (false, false)]
+    );
+    assert!(logs[0].reason.contains("characters"), "{}", logs[0].reason);
+    assert!(logs[3].reason.contains("per minute"), "{}", logs[3].reason);
+    assert_eq!(
+        logs[1].message_hash,
+        csai_sidecar::records::message_hash("one")
+    );
 }
 
 #[tokio::test]

@@ -138,3 +138,55 @@ async fn table_ttl_and_item_layout() {
         assert!(size < 350_000, "item {sk} is {size} bytes");
     }
 }
+
+/// Records are items of a per-day partition, sorted by id, with the TTL attribute.
+#[tokio::test]
+async fn records_are_per_day_items_with_a_ttl() {
+    use csai_sidecar::records::{self, RecordStream};
+
+    let options = options();
+    let store = DynamoStore::new(&options).await.expect("store");
+    let user = unique_id("records-user").as_str().to_string();
+    let stream = RecordStream::Security { user: user.clone() };
+    let body = serde_json::json!({"allowed": true});
+    let (id, time) = records::put(&store, &stream, &body, Duration::from_secs(600))
+        .await
+        .expect("put");
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(required_env("CSAI_TEST_DYNAMO_ENDPOINT"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(config);
+    let partition = format!(
+        "#rec#security:{user}#{}",
+        records::day_name(records::day_of(time))
+    );
+    let items = client
+        .query()
+        .table_name(&options.table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(partition.clone()))
+        .send()
+        .await
+        .expect("query");
+    let items = items.items();
+    assert_eq!(items.len(), 1, "{partition}");
+    assert_eq!(
+        items[0].get("sk"),
+        Some(&AttributeValue::S(format!("r#{id}")))
+    );
+    let ttl: u64 = items[0]
+        .get("ttl")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+        .expect("a ttl attribute");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(ttl >= now + 590 && ttl <= now + 602, "ttl {ttl}, now {now}");
+}

@@ -734,3 +734,9 @@ async fn oversized_grpc_messages_are_refused() {
         Ok(_) => panic!("a 100 KiB request must exceed a 64 KiB limit"),
     }
 }
+
+#[tokio::test]
+async fn records_round_trip_on_the_memory_store() {
+    let server = TestServer::start().await;
+    common::exercise_records(&mut server.sessions().await, "memory-records").await;
+}

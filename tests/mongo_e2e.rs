@@ -200,3 +200,43 @@ async fn indexes_bson_layout_and_ttl_removal() {
         "the TTL sweep must remove the whole session"
     );
 }
+
+/// Records are documents of `<collection>_records` with a TTL index on `expire` and the
+/// index a time range reads.
+#[tokio::test]
+async fn records_have_a_ttl_index_and_a_range_index() {
+    use csai_sidecar::records::{self, RecordStream};
+
+    let store = MongoStore::new(&options("csai_records_layout"))
+        .await
+        .expect("store");
+    let body = serde_json::json!({"query": "q"});
+    let (id, _) = records::put(
+        &store,
+        &RecordStream::Learning,
+        &body,
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("put");
+    let client = mongodb::Client::with_uri_str(required_env("CSAI_TEST_MONGO_URI"))
+        .await
+        .expect("client");
+    let collection = client
+        .database("csai_records_layout")
+        .collection::<Document>("sessions_records");
+    let names = collection.list_index_names().await.expect("indexes");
+    assert!(names.iter().any(|n| n.starts_with("expire")), "{names:?}");
+    assert!(names.iter().any(|n| n == "s_1_r_1"), "{names:?}");
+    let stored = collection
+        .find_one(doc! {"r": &id})
+        .await
+        .expect("find")
+        .expect("the record");
+    assert_eq!(stored.get_str("s"), Ok("learning"));
+    let expire = stored.get_datetime("expire").expect("expire is a date");
+    let left = expire
+        .to_system_time()
+        .duration_since(std::time::SystemTime::now());
+    assert!(left.is_ok_and(|d| d > Duration::from_secs(590)), "{expire}");
+}

@@ -407,3 +407,51 @@ async fn layout_database_prefix_expiry_and_script_reload() {
         .expect("keys");
     assert!(left.is_empty(), "delete must remove every key: {left:?}");
 }
+
+/// Records live in one sorted set per stream and day, which expires with its
+/// longest-lived record (the retention).
+#[tokio::test]
+async fn records_are_per_day_sorted_sets_that_expire() {
+    use csai_sidecar::records::{self, RecordStream, SecurityLog};
+    use redis::AsyncCommands;
+
+    let url = required_env("CSAI_TEST_REDIS_URL");
+    let mut options = redis_options(url.clone());
+    options.key_prefix = "records-test:".into();
+    let store = RedisStore::new(&options).expect("store");
+    let user = format!("u{{{}}}", std::process::id());
+    let stream = RecordStream::Security { user: user.clone() };
+    let log = SecurityLog {
+        id: String::new(),
+        user_id: user.clone(),
+        session_id: String::new(),
+        message_hash: records::message_hash("hi"),
+        spam_score: 0.0,
+        allowed: true,
+        reason: String::new(),
+    };
+    let (id, time) = records::put(&store, &stream, &log, Duration::from_secs(600))
+        .await
+        .expect("put");
+    let day = records::day_name(records::day_of(time));
+    let key = format!(
+        "records-test:{{rec:security:u%7B{}%7D:{day}}}",
+        std::process::id()
+    );
+    let mut redis = redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let kind: String = redis::cmd("TYPE")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("TYPE");
+    assert_eq!(kind, "zset", "{key}");
+    let members: Vec<String> = redis.zrange(&key, 0, -1).await.expect("ZRANGE");
+    assert_eq!(members.len(), 1);
+    assert!(members[0].starts_with(&format!("{id}|")), "{}", members[0]);
+    let pttl: i64 = redis.pttl(&key).await.expect("PTTL");
+    assert!(pttl > 590_000 && pttl <= 600_000, "PTTL {pttl}");
+}

@@ -499,6 +499,141 @@ pub async fn exercise_every_rpc(channel: Channel, session_prefix: &str) {
     assert!(deleted.deleted);
     let gone = client.get_session(get(None)).await.expect_err("deleted");
     assert_eq!(gone.code(), Code::NotFound);
+
+    exercise_records(&mut client, &format!("{id}-records")).await;
+}
+
+/// RecordFeedback on a stored answer, and security logs paged by user and time.
+pub async fn exercise_records(client: &mut SessionStoreClient<Channel>, id: &str) {
+    let mut calling = message(pb::Role::Assistant, "");
+    calling.tool_calls = vec![pb::ToolCall {
+        id: "c1".into(),
+        r#type: "function".into(),
+        function: Some(pb::FunctionCall {
+            name: "lookup_order".into(),
+            arguments: "{}".into(),
+        }),
+        index: 0,
+    }];
+    let mut result = message(pb::Role::Tool, "shipped");
+    result.tool_call_id = "c1".into();
+    client
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.to_string(),
+            messages: vec![
+                user("Where is my order?"),
+                calling,
+                result,
+                message(pb::Role::Assistant, "It has shipped."),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("AppendMessages");
+    let record = client
+        .record_feedback(pb::RecordFeedbackRequest {
+            session_id: id.to_string(),
+            message_seq: 4,
+            feedback_score: 1.0,
+            participant: "Budi".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("RecordFeedback")
+        .into_inner();
+    assert_eq!(record.query, "Where is my order?");
+    assert_eq!(record.response, "It has shipped.");
+    assert_eq!(record.tools, ["lookup_order"]);
+    let not_an_answer = client
+        .record_feedback(pb::RecordFeedbackRequest {
+            session_id: id.to_string(),
+            message_seq: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("seq 1 is the user's message");
+    assert_eq!(not_an_answer.code(), tonic::Code::InvalidArgument);
+
+    // The learning stream is shared by every test of this server: find ours by id.
+    let mut found = None;
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_learning_data(pb::ListLearningDataRequest {
+                range: Some(pb::TimeRange {
+                    days: 1,
+                    ..Default::default()
+                }),
+                page_size: 50,
+                page_token: token,
+            })
+            .await
+            .expect("ListLearningData")
+            .into_inner();
+        found = found.or_else(|| page.records.into_iter().find(|r| r.id == record.id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let found = found.expect("the record is listed");
+    assert_eq!(
+        (found.feedback_score, found.participant.as_str()),
+        (1.0, "Budi")
+    );
+    assert_eq!(found.create_time, record.create_time);
+
+    let user_id = format!("{id}-user");
+    for (i, allowed) in [true, false, true].into_iter().enumerate() {
+        client
+            .record_security_log(pb::RecordSecurityLogRequest {
+                user_id: user_id.clone(),
+                session_id: id.to_string(),
+                message: format!("message {i}"),
+                allowed,
+                reason: if allowed {
+                    String::new()
+                } else {
+                    "spam".into()
+                },
+                spam_score: i as f64 / 2.0,
+                ..Default::default()
+            })
+            .await
+            .expect("RecordSecurityLog");
+    }
+    let mut logs = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_security_logs(pb::ListSecurityLogsRequest {
+                user_id: user_id.clone(),
+                range: None,
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .expect("ListSecurityLogs")
+            .into_inner();
+        pages += 1;
+        logs.extend(page.logs);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, 2);
+    let allowed: Vec<bool> = logs.iter().map(|l| l.allowed).collect();
+    assert_eq!(allowed, [true, false, true]);
+    assert_eq!(logs[1].reason, "spam");
+    assert_eq!(logs[2].spam_score, 1.0);
+    assert_eq!(
+        logs[0].message_hash.len(),
+        64,
+        "a SHA-256, never the message"
+    );
+    assert!(logs.iter().all(|l| !l.message_hash.contains("message")));
 }
 
 /// Reads a health Watch stream until it reports `status`, for at most 5 seconds.
