@@ -4,6 +4,7 @@ pub mod chat;
 pub mod config;
 pub mod grpc;
 pub mod health;
+pub mod migrate;
 pub mod model;
 pub mod records;
 pub mod server;

@@ -1,8 +1,8 @@
 //! The `csai-sidecar` command: `serve` (the default) and `config`.
 
 use clap::parser::ValueSource;
-use clap::{Arg, ArgMatches, Command};
-use csai_sidecar::config::{ConfigError, KEYS, Source, Values};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use csai_sidecar::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
 use csai_sidecar::{server, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,23 @@ fn cli() -> Command {
         .subcommand(
             Command::new("config")
                 .about("Validate and print the effective configuration, secrets redacted"),
+        )
+        .subcommand(
+            Command::new("migrate")
+                .about("Copy CS-AI's Redis data into the configured store (idempotent)")
+                .arg(
+                    Arg::new("from")
+                        .long("from")
+                        .required(true)
+                        .value_name("URL")
+                        .help("CS-AI's Redis: cs-ai-redis://[user:password@]host:port/db (cs-ai-rediss:// for TLS)"),
+                )
+                .arg(
+                    Arg::new("dry-run")
+                        .long("dry-run")
+                        .action(ArgAction::SetTrue)
+                        .help("read and convert everything, write nothing"),
+                ),
         );
     for key in KEYS {
         let Some(flag) = key.flag() else {
@@ -88,6 +105,77 @@ async fn shutdown_signal() {
     }
 }
 
+/// `csai-sidecar migrate`: exit 0 when everything was copied, 1 when something failed,
+/// 2 when the command cannot run as given.
+fn migrate(config: &Config, arguments: &ArgMatches) -> ExitCode {
+    let from = arguments
+        .get_one::<String>("from")
+        .cloned()
+        .unwrap_or_default();
+    let Some(url) = from
+        .strip_prefix("cs-ai-redis://")
+        .map(|rest| format!("redis://{rest}"))
+        .or_else(|| {
+            from.strip_prefix("cs-ai-rediss://")
+                .map(|rest| format!("rediss://{rest}"))
+        })
+    else {
+        eprintln!(
+            "csai-sidecar: --from must be a cs-ai-redis:// or cs-ai-rediss:// URL (CS-AI's Redis), not {from:?}"
+        );
+        return ExitCode::from(2);
+    };
+    if config.storage_type == StorageType::Memory {
+        eprintln!(
+            "csai-sidecar: migrate writes into the configured store, and the in-memory store \
+             would vanish when migrate exits: set type (CSAI_STORAGE_TYPE) to redis, mongo or dynamo"
+        );
+        return ExitCode::from(2);
+    }
+    let options = csai_sidecar::migrate::Options {
+        dry_run: arguments.get_flag("dry-run"),
+        default_ttl: config.session_ttl,
+        record_retention: config.record_retention,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("csai-sidecar: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = server::open_store(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        csai_sidecar::migrate::from_cs_ai_redis(&url, store.as_ref(), &options)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(summary) => {
+            let verb = if options.dry_run {
+                "would copy (dry run)"
+            } else {
+                "copied"
+            };
+            println!(
+                "csai-sidecar migrate: {verb} into {}\n{summary}",
+                config.storage_type.name()
+            );
+            if summary.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("csai-sidecar: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let matches = cli().get_matches();
     let (values, config) = match values_from(&matches).and_then(|v| v.parse().map(|c| (v, c))) {
@@ -100,6 +188,9 @@ fn main() -> ExitCode {
     if matches.subcommand_name() == Some("config") {
         print!("{}", values.render());
         return ExitCode::SUCCESS;
+    }
+    if let Some(("migrate", arguments)) = matches.subcommand() {
+        return migrate(&config, arguments);
     }
     if let Err(error) = telemetry::init_logging(config.log_format, &config.log_level) {
         eprintln!("csai-sidecar: {error}");

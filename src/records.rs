@@ -60,6 +60,12 @@ pub fn new_id(time: SystemTime) -> String {
         ^ (SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos()));
+    id_at(time, salt)
+}
+
+/// The id of a record made at `time` with a chosen `salt`: a migration derives the salt
+/// from the record's content, so a re-run writes the same ids instead of duplicates.
+pub fn id_at(time: SystemTime, salt: u32) -> String {
     format!("{:016x}{salt:08x}", micros(time))
 }
 
@@ -202,21 +208,32 @@ pub async fn put<T: Serialize>(
 ) -> StoreResult<(String, SystemTime)> {
     let now = SystemTime::now();
     let id = new_id(now);
+    put_with_id(store, stream, record, &id, now + retention).await?;
+    let time = time_of_id(&id).unwrap_or(now);
+    Ok((id, time))
+}
+
+/// Stores a record under a given id (which carries its time) until `expire_time`.
+pub async fn put_with_id<T: Serialize>(
+    store: &dyn SessionStore,
+    stream: &RecordStream,
+    record: &T,
+    id: &str,
+    expire_time: SystemTime,
+) -> StoreResult<()> {
     let mut body = serde_json::to_value(record)
         .map_err(|e| StoreError::Internal(format!("cannot encode a record: {e}")))?;
-    body["id"] = id.clone().into();
+    body["id"] = id.into();
     store
         .put_record(
             stream,
             Record {
-                id: id.clone(),
-                expire_time: now + retention,
+                id: id.to_string(),
+                expire_time,
                 body: body.to_string(),
             },
         )
-        .await?;
-    let time = time_of_id(&id).unwrap_or(now);
-    Ok((id, time))
+        .await
 }
 
 /// One page of `stream`'s records made in `[from, to)`. The page token is the id of the
