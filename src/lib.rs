@@ -1,6 +1,7 @@
 //! csai-sidecar: a gRPC sidecar that keeps the chat sessions of AI customer-service bots.
 
 pub mod chat;
+pub mod commands;
 pub mod config;
 pub mod grpc;
 pub mod health;
@@ -10,3 +11,4 @@ pub mod records;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;

@@ -2,7 +2,10 @@
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use csai_sidecar::commands::{self, Endpoint};
 use csai_sidecar::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
+use csai_sidecar::grpc::session_store::Policy;
+use csai_sidecar::transfer::Existing;
 use csai_sidecar::{server, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,19 +33,56 @@ fn cli() -> Command {
         )
         .subcommand(
             Command::new("migrate")
-                .about("Copy CS-AI's Redis data into the configured store (idempotent)")
+                .about("Copy every session into the configured store (or --to a sidecar)")
                 .arg(
                     Arg::new("from")
                         .long("from")
-                        .required(true)
                         .value_name("URL")
-                        .help("CS-AI's Redis: cs-ai-redis://[user:password@]host:port/db (cs-ai-rediss:// for TLS)"),
+                        .help("cs-ai-redis://[user:password@]host:port/db (CS-AI's Redis; cs-ai-rediss:// for TLS) or grpc://host:port (a running sidecar)"),
+                )
+                .arg(
+                    Arg::new("from-config")
+                        .long("from-config")
+                        .value_name("FILE")
+                        .help("a config file naming the source backend (type, redis_*, mongo_*, dynamo_*)"),
+                )
+                .arg(to_arg())
+                .arg(
+                    Arg::new("checkpoint")
+                        .long("checkpoint")
+                        .value_name("FILE")
+                        .help("record copied sessions here; a re-run after an interruption skips them"),
                 )
                 .arg(
                     Arg::new("dry-run")
                         .long("dry-run")
                         .action(ArgAction::SetTrue)
                         .help("read and convert everything, write nothing"),
+                ),
+        )
+        .subcommand(
+            Command::new("backup")
+                .about("Write every live session to a backup file (JSON Lines)")
+                .arg(file_arg())
+                .arg(
+                    Arg::new("from")
+                        .long("from")
+                        .value_name("URL")
+                        .help("grpc://host:port: back up a running sidecar (its in-memory store too)"),
+                ),
+        )
+        .subcommand(
+            Command::new("restore")
+                .about("Restore a backup file into the configured store (or --to a sidecar)")
+                .arg(file_arg())
+                .arg(to_arg())
+                .arg(
+                    Arg::new("existing")
+                        .long("existing")
+                        .value_name("POLICY")
+                        .value_parser(["skip", "overwrite", "fail"])
+                        .default_value("fail")
+                        .help("what to do with sessions that already exist"),
                 ),
         );
     for key in KEYS {
@@ -60,6 +100,21 @@ fn cli() -> Command {
         );
     }
     command
+}
+
+fn file_arg() -> Arg {
+    Arg::new("file")
+        .long("file")
+        .required(true)
+        .value_name("FILE")
+        .help("the backup file")
+}
+
+fn to_arg() -> Arg {
+    Arg::new("to")
+        .long("to")
+        .value_name("URL")
+        .help("grpc://host:port: write into a running sidecar instead of the configured store")
 }
 
 /// Gathers values: defaults, then the file, then environment and flags (clap resolves
@@ -105,38 +160,31 @@ async fn shutdown_signal() {
     }
 }
 
-/// `csai-sidecar migrate`: exit 0 when everything was copied, 1 when something failed,
-/// 2 when the command cannot run as given.
-fn migrate(config: &Config, arguments: &ArgMatches) -> ExitCode {
-    let from = arguments
-        .get_one::<String>("from")
-        .cloned()
-        .unwrap_or_default();
-    let Some(url) = from
-        .strip_prefix("cs-ai-redis://")
-        .map(|rest| format!("redis://{rest}"))
-        .or_else(|| {
-            from.strip_prefix("cs-ai-rediss://")
-                .map(|rest| format!("rediss://{rest}"))
-        })
-    else {
-        eprintln!(
-            "csai-sidecar: --from must be a cs-ai-redis:// or cs-ai-rediss:// URL (CS-AI's Redis), not {from:?}"
-        );
-        return ExitCode::from(2);
-    };
+/// The configured store, refusing the in-memory one, which would vanish with the command.
+async fn configured_store(config: &Config, role: &str) -> Result<Endpoint, String> {
     if config.storage_type == StorageType::Memory {
-        eprintln!(
-            "csai-sidecar: migrate writes into the configured store, and the in-memory store \
-             would vanish when migrate exits: set type (CSAI_STORAGE_TYPE) to redis, mongo or dynamo"
-        );
-        return ExitCode::from(2);
+        return Err(format!(
+            "the {role} is the configured store, and the in-memory store would vanish when \
+             this command exits: set type (CSAI_STORAGE_TYPE) to redis, mongo or dynamo, \
+             or name a running sidecar with grpc://host:port"
+        ));
     }
-    let options = csai_sidecar::migrate::Options {
-        dry_run: arguments.get_flag("dry-run"),
-        default_ttl: config.session_ttl,
-        record_retention: config.record_retention,
-    };
+    let store = server::open_store(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Endpoint::Store(store))
+}
+
+async fn endpoint(config: &Config, url: Option<&String>, role: &str) -> Result<Endpoint, String> {
+    match url {
+        Some(url) => Endpoint::sidecar(url).await,
+        None => configured_store(config, role).await,
+    }
+}
+
+/// `csai-sidecar migrate`, `backup` and `restore`. Exit codes: 0 all done, 1 something
+/// failed (each failure is listed), 2 the command cannot run as given.
+fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -144,35 +192,137 @@ fn migrate(config: &Config, arguments: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let store = server::open_store(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        csai_sidecar::migrate::from_cs_ai_redis(&url, store.as_ref(), &options)
-            .await
-            .map_err(|e| e.to_string())
+    let policy = Policy::from_config(config);
+    let text = |name: &str| arguments.try_get_one::<String>(name).ok().flatten();
+    let result: Result<String, (u8, String)> = runtime.block_on(async {
+        let usage = |e: String| (2u8, e);
+        match command {
+            "backup" => {
+                let mut source = endpoint(config, text("from"), "source")
+                    .await
+                    .map_err(usage)?;
+                let path = PathBuf::from(text("file").expect("required"));
+                let report = commands::backup(&mut source, &policy, &path)
+                    .await
+                    .map_err(|e| (1, e))?;
+                Ok(format!("backed up to {}\n{report}", path.display()))
+            }
+            "restore" => {
+                let mut target = endpoint(config, text("to"), "target")
+                    .await
+                    .map_err(usage)?;
+                let existing = match text("existing").map(String::as_str) {
+                    Some("skip") => Existing::Skip,
+                    Some("overwrite") => Existing::Overwrite,
+                    _ => Existing::Fail,
+                };
+                let path = PathBuf::from(text("file").expect("required"));
+                let report = commands::restore(&mut target, &path, existing)
+                    .await
+                    .map_err(|e| (1, e))?;
+                let clean = report.is_clean();
+                let text = format!("restored from {}\n{report}", path.display());
+                if clean { Ok(text) } else { Err((1, text)) }
+            }
+            _ => migrate(config, &policy, arguments).await,
+        }
     });
     match result {
         Ok(summary) => {
-            let verb = if options.dry_run {
-                "would copy (dry run)"
-            } else {
-                "copied"
-            };
-            println!(
-                "csai-sidecar migrate: {verb} into {}\n{summary}",
-                config.storage_type.name()
-            );
-            if summary.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            println!("csai-sidecar {command}: {summary}");
+            ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("csai-sidecar: {error}");
-            ExitCode::FAILURE
+        Err((code, message)) => {
+            eprintln!("csai-sidecar {command}: {message}");
+            ExitCode::from(code)
         }
+    }
+}
+
+async fn migrate(
+    config: &Config,
+    policy: &Policy,
+    arguments: &ArgMatches,
+) -> Result<String, (u8, String)> {
+    let text = |name: &str| arguments.try_get_one::<String>(name).ok().flatten();
+    let usage = |e: String| (2u8, e);
+    let dry_run = arguments.get_flag("dry-run");
+    let mut target = endpoint(config, text("to"), "target")
+        .await
+        .map_err(usage)?;
+    if let Some(from) = text("from")
+        && let Some(url) = from
+            .strip_prefix("cs-ai-redis://")
+            .map(|rest| format!("redis://{rest}"))
+            .or_else(|| {
+                from.strip_prefix("cs-ai-rediss://")
+                    .map(|rest| format!("rediss://{rest}"))
+            })
+    {
+        let Endpoint::Store(store) = target else {
+            return Err(usage(
+                "CS-AI's data is migrated into a backend, not --to a sidecar".into(),
+            ));
+        };
+        let options = csai_sidecar::migrate::Options {
+            dry_run,
+            default_ttl: config.session_ttl,
+            record_retention: config.record_retention,
+        };
+        let summary = csai_sidecar::migrate::from_cs_ai_redis(&url, store.as_ref(), &options)
+            .await
+            .map_err(|e| (1, e.to_string()))?;
+        let verb = if dry_run {
+            "would copy (dry run)"
+        } else {
+            "copied"
+        };
+        let text = format!("{verb} into {}\n{summary}", config.storage_type.name());
+        return if summary.failures.is_empty() {
+            Ok(text)
+        } else {
+            Err((1, text))
+        };
+    }
+    let mut source = match (text("from"), text("from-config")) {
+        (Some(url), None) if url.starts_with("grpc://") => {
+            Endpoint::sidecar(url).await.map_err(usage)?
+        }
+        (None, Some(file)) => {
+            let source_config = Values::defaults()
+                .with_file(&PathBuf::from(file))
+                .and_then(|v| v.parse())
+                .map_err(|e| usage(e.to_string()))?;
+            configured_store(&source_config, "source")
+                .await
+                .map_err(usage)?
+        }
+        _ => {
+            return Err(usage(
+                "name the source with --from cs-ai-redis://..., --from grpc://host:port or --from-config FILE".into(),
+            ));
+        }
+    };
+    let checkpoint = text("checkpoint").map(PathBuf::from);
+    let report = commands::migrate(
+        &mut source,
+        &mut target,
+        policy,
+        checkpoint.as_deref(),
+        dry_run,
+    )
+    .await
+    .map_err(|e| (1, e))?;
+    let verb = if dry_run {
+        "would copy (dry run)"
+    } else {
+        "copied and verified"
+    };
+    let text = format!("{verb}\n{report}");
+    if report.is_clean() {
+        Ok(text)
+    } else {
+        Err((1, text))
     }
 }
 
@@ -189,8 +339,8 @@ fn main() -> ExitCode {
         print!("{}", values.render());
         return ExitCode::SUCCESS;
     }
-    if let Some(("migrate", arguments)) = matches.subcommand() {
-        return migrate(&config, arguments);
+    if let Some((command @ ("migrate" | "backup" | "restore"), arguments)) = matches.subcommand() {
+        return operations(&config, command, arguments);
     }
     if let Err(error) = telemetry::init_logging(config.log_format, &config.log_level) {
         eprintln!("csai-sidecar: {error}");

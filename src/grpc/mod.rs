@@ -6,6 +6,7 @@ pub mod convert;
 pub mod errors;
 pub mod records;
 pub mod session_store;
+pub mod transfer;
 
 /// Code generated from `proto/csai/v1`.
 #[allow(clippy::all)] // generated code; the proto comments are written for every language

@@ -5,12 +5,13 @@ use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
-use crate::grpc::records;
+use crate::grpc::{records, transfer};
 use crate::model::{Append, ListQuery, SessionId, StateUpdate, Window, WriteOptions};
 use crate::store::SessionStore;
+use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// Default ListSessions page size when the request leaves it at 0.
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -313,6 +314,30 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::RecordSecurityLogRequest>,
     ) -> Result<Response<pb::SecurityLog>, Status> {
         records::record_security(self.store.as_ref(), &self.policy, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type ExportSessionsStream = BoxStream<'static, Result<pb::ExportedSession, Status>>;
+
+    async fn export_sessions(
+        &self,
+        request: Request<pb::ExportSessionsRequest>,
+    ) -> Result<Response<Self::ExportSessionsStream>, Status> {
+        let prefix = request.into_inner().id_prefix;
+        if prefix.len() > MAX_PREFIX_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
+            )));
+        }
+        Ok(Response::new(transfer::export(self.store.clone(), prefix)))
+    }
+
+    async fn import_sessions(
+        &self,
+        request: Request<Streaming<pb::ImportSessionsRequest>>,
+    ) -> Result<Response<pb::ImportSessionsResponse>, Status> {
+        transfer::import(self.store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }

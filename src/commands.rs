@@ -1,0 +1,346 @@
+//! The operations commands of the binary: backup, restore and store-to-store migrate.
+
+use crate::grpc::pb;
+use crate::grpc::pb::session_store_client::SessionStoreClient;
+use crate::grpc::session_store::Policy;
+use crate::model::{Session, Window};
+use crate::store::{SessionStore, StoreError};
+use crate::transfer::{self, BackupHeader, BackupSession, Existing, Imported};
+use futures::{Stream, StreamExt};
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Where sessions are read from or written to: a backend, or a running sidecar.
+pub enum Endpoint {
+    Store(Arc<dyn SessionStore>),
+    /// `grpc://host:port`: the only way to reach a sidecar's in-memory store.
+    Sidecar(SessionStoreClient<tonic::transport::Channel>),
+}
+
+type Sessions<'a> = Pin<Box<dyn Stream<Item = Result<Session, String>> + Send + 'a>>;
+
+impl Endpoint {
+    /// Connects to `grpc://host:port`.
+    pub async fn sidecar(url: &str) -> Result<Self, String> {
+        let address = url
+            .strip_prefix("grpc://")
+            .ok_or_else(|| format!("{url:?} is not a grpc://host:port address"))?;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to the sidecar at {url}: {e}"))?;
+        Ok(Endpoint::Sidecar(
+            SessionStoreClient::new(channel).max_decoding_message_size(usize::MAX),
+        ))
+    }
+
+    /// Every live session, whole.
+    async fn sessions<'a>(&'a mut self, policy: &'a Policy) -> Result<Sessions<'a>, String> {
+        match self {
+            Endpoint::Store(store) => Ok(Box::pin(
+                transfer::export(store.clone(), String::new())
+                    .map(|r| r.map_err(|e| e.to_string())),
+            )),
+            Endpoint::Sidecar(client) => {
+                let stream = client
+                    .export_sessions(pb::ExportSessionsRequest::default())
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                Ok(Box::pin(stream.map(move |item| {
+                    let exported = item.map_err(|e| e.message().to_string())?;
+                    crate::grpc::transfer::session_of(exported, policy, "session")
+                        .map(|(session, _)| session)
+                        .map_err(|e| e.message().to_string())
+                })))
+            }
+        }
+    }
+
+    /// Writes one session.
+    async fn import(&mut self, session: &Session, existing: Existing) -> Imported {
+        let ttl = transfer::remaining_ttl(session);
+        match self {
+            Endpoint::Store(store) => {
+                transfer::import(store.as_ref(), session, ttl, existing).await
+            }
+            Endpoint::Sidecar(client) => {
+                let request = pb::ImportSessionsRequest {
+                    session: Some(pb::ExportedSession {
+                        session: Some(crate::grpc::convert::session_to_proto(session.clone())),
+                        remaining_ttl: Some(prost_types::Duration {
+                            seconds: ttl.as_secs() as i64,
+                            nanos: ttl.subsec_nanos() as i32,
+                        }),
+                    }),
+                    existing: match existing {
+                        Existing::Skip => pb::ExistingSessions::Skip,
+                        Existing::Overwrite => pb::ExistingSessions::Overwrite,
+                        Existing::Fail => pb::ExistingSessions::Fail,
+                    } as i32,
+                };
+                match client
+                    .import_sessions(futures::stream::iter([request]))
+                    .await
+                {
+                    Ok(response) => outcome_of(response.into_inner()),
+                    Err(status) => Imported::Failed(status.message().to_string()),
+                }
+            }
+        }
+    }
+
+    async fn get(&mut self, session: &Session) -> Result<Option<Session>, String> {
+        match self {
+            Endpoint::Store(store) => match store.get(&session.id, Window::All).await {
+                Ok(found) => Ok(Some(found)),
+                Err(StoreError::NotFound(_)) => Ok(None),
+                Err(error) => Err(error.to_string()),
+            },
+            Endpoint::Sidecar(_) => Err("verification reads a backend, not a sidecar".into()),
+        }
+    }
+}
+
+fn outcome_of(response: pb::ImportSessionsResponse) -> Imported {
+    use pb::import_outcome::Result as Kind;
+    match response.outcomes.into_iter().next() {
+        Some(o) if o.result == Kind::Imported as i32 => Imported::Written,
+        Some(o) if o.result == Kind::Skipped as i32 => Imported::Skipped(o.error),
+        Some(o) => Imported::Failed(o.error),
+        None => Imported::Failed("the sidecar answered no outcome".into()),
+    }
+}
+
+/// What a backup, restore or migration did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub sessions: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub skipped: u64,
+    pub failures: Vec<String>,
+    /// Sessions whose copy differs from the source (migrate's verification pass).
+    pub mismatches: Vec<String>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "sessions  {}", self.sessions)?;
+        writeln!(f, "messages  {}", self.messages)?;
+        writeln!(f, "bytes     {}", self.bytes)?;
+        writeln!(f, "skipped   {}", self.skipped)?;
+        write!(f, "failed    {}", self.failures.len())?;
+        for failure in &self.failures {
+            write!(f, "\n  {failure}")?;
+        }
+        for mismatch in &self.mismatches {
+            write!(f, "\n  differs after copy: {mismatch}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// True when nothing failed and every copy matched.
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty() && self.mismatches.is_empty()
+    }
+
+    fn count(&mut self, session: &Session, outcome: Imported, bytes: u64) {
+        match outcome {
+            Imported::Written => {
+                self.sessions += 1;
+                self.messages += session.messages.len() as u64;
+                self.bytes += bytes;
+            }
+            Imported::Skipped(_) => self.skipped += 1,
+            Imported::Failed(why) => self
+                .failures
+                .push(format!("session {:?}: {why}", session.id.as_str())),
+        }
+    }
+}
+
+/// Progress on stderr, only when it is a terminal.
+struct Progress {
+    on: bool,
+    done: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            on: std::io::stderr().is_terminal(),
+            done: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        self.done += 1;
+        if self.on && self.done.is_multiple_of(100) {
+            eprint!("\r{} sessions", self.done);
+        }
+    }
+
+    fn finish(&self) {
+        if self.on && self.done >= 100 {
+            eprintln!();
+        }
+    }
+}
+
+/// Writes every live session of `source` to a backup file (JSON Lines, a header first).
+pub async fn backup(source: &mut Endpoint, policy: &Policy, path: &Path) -> Result<Report, String> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let header = serde_json::to_string(&BackupHeader::now()).map_err(|e| e.to_string())?;
+    writeln!(out, "{header}").map_err(write_error)?;
+    let mut report = Report::default();
+    let mut progress = Progress::new();
+    let mut sessions = source.sessions(policy).await?;
+    while let Some(session) = sessions.next().await {
+        let session = session?;
+        let line =
+            serde_json::to_string(&BackupSession::from(&session)).map_err(|e| e.to_string())?;
+        writeln!(out, "{line}").map_err(write_error)?;
+        report.count(&session, Imported::Written, line.len() as u64 + 1);
+        progress.tick();
+    }
+    out.flush().map_err(write_error)?;
+    progress.finish();
+    Ok(report)
+}
+
+/// Restores a backup file into `target`. A line that cannot be read is reported with its
+/// number and restores nothing of its session; the other sessions are restored.
+pub async fn restore(
+    target: &mut Endpoint,
+    path: &Path,
+    existing: Existing,
+) -> Result<Report, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    let header = lines
+        .next()
+        .ok_or("the file is empty: not a csai-sidecar backup")?
+        .map_err(|e| e.to_string())?;
+    let header: BackupHeader = serde_json::from_str(&header)
+        .map_err(|_| "line 1 is not a csai-sidecar backup header".to_string())?;
+    if header.format != transfer::BACKUP_FORMAT || header.version != transfer::BACKUP_VERSION {
+        return Err(format!(
+            "line 1: format {:?} version {} is not {} version {}",
+            header.format,
+            header.version,
+            transfer::BACKUP_FORMAT,
+            transfer::BACKUP_VERSION
+        ));
+    }
+    let mut report = Report::default();
+    let mut progress = Progress::new();
+    for (index, line) in lines.enumerate() {
+        let number = index + 2;
+        let line = line.map_err(|e| format!("line {number}: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let session = serde_json::from_str::<BackupSession>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(BackupSession::into_session);
+        match session {
+            Ok(session) => {
+                let outcome = target.import(&session, existing).await;
+                report.count(&session, outcome, line.len() as u64 + 1);
+            }
+            Err(problem) => report.failures.push(format!(
+                "line {number}: {problem} (truncated or corrupt; nothing of it restored)"
+            )),
+        }
+        progress.tick();
+    }
+    progress.finish();
+    Ok(report)
+}
+
+/// Copies every live session from `source` to `target`. With a checkpoint file, sessions
+/// copied by an earlier, interrupted run are skipped, and each copied session is added to
+/// it, so a re-run resumes. Then every copied session is compared by checksum.
+pub async fn migrate(
+    source: &mut Endpoint,
+    target: &mut Endpoint,
+    policy: &Policy,
+    checkpoint: Option<&Path>,
+    dry_run: bool,
+) -> Result<Report, String> {
+    let done: HashSet<String> = match checkpoint {
+        Some(path) if path.exists() => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the checkpoint {}: {e}", path.display()))?
+            .lines()
+            .map(String::from)
+            .collect(),
+        _ => HashSet::new(),
+    };
+    let mut checkpoint_file = match checkpoint {
+        Some(path) if !dry_run => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot write the checkpoint {}: {e}", path.display()))?,
+        ),
+        _ => None,
+    };
+    let mut report = Report::default();
+    let mut progress = Progress::new();
+    let mut copied = Vec::new();
+    let mut sessions = source.sessions(policy).await?;
+    while let Some(session) = sessions.next().await {
+        let session = session?;
+        progress.tick();
+        if done.contains(session.id.as_str()) {
+            report.skipped += 1;
+            continue;
+        }
+        let bytes =
+            serde_json::to_string(&BackupSession::from(&session)).map_or(0, |l| l.len() as u64);
+        let outcome = if dry_run {
+            Imported::Written
+        } else {
+            target.import(&session, Existing::Overwrite).await
+        };
+        if outcome == Imported::Written && !dry_run {
+            if let Some(file) = &mut checkpoint_file {
+                writeln!(file, "{}", session.id.as_str())
+                    .map_err(|e| format!("checkpoint: {e}"))?;
+            }
+            copied.push(session.clone());
+        }
+        report.count(&session, outcome, bytes);
+    }
+    drop(sessions);
+    progress.finish();
+    for session in &copied {
+        match target.get(session).await {
+            Ok(Some(copy)) if transfer::checksum(&copy) == transfer::checksum(session) => {}
+            Ok(Some(_)) => report
+                .mismatches
+                .push(format!("{:?}: contents differ", session.id.as_str())),
+            Ok(None) => report
+                .mismatches
+                .push(format!("{:?}: missing", session.id.as_str())),
+            Err(problem) if problem.contains("not a sidecar") => break,
+            Err(problem) => report
+                .mismatches
+                .push(format!("{:?}: {problem}", session.id.as_str())),
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,463 @@
+//! Export/Import over gRPC, backup → restore between every pair of backends, corrupt
+//! backup files, resumable migrations, and the commands of the binary.
+
+mod common;
+
+use common::{TestServer, required_env, test_config};
+use csai_sidecar::commands::{self, Endpoint};
+use csai_sidecar::config::Config;
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::session_store::Policy;
+use csai_sidecar::model::{
+    Append, NewMessage, Role, Session, SessionId, StateUpdate, Window, WriteOptions,
+};
+use csai_sidecar::store::SessionStore;
+use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
+use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
+use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use csai_sidecar::transfer::{self, Existing};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn unique(name: &str) -> String {
+    csai_sidecar::store::conformance::unique_id(name)
+        .as_str()
+        .replace(['-', ':'], "_")
+}
+
+async fn store(kind: &str) -> Arc<dyn SessionStore> {
+    let namespace = unique(kind);
+    match kind {
+        "memory" => Arc::new(MemoryStore::new(MemoryLimits::default())),
+        "redis" => Arc::new(
+            RedisStore::new(&RedisOptions {
+                address: required_env("CSAI_TEST_REDIS_URL"),
+                cluster_nodes: Vec::new(),
+                tls_ca_file: None,
+                username: None,
+                password: None,
+                db: 0,
+                key_prefix: format!("{namespace}:"),
+                timeout: Duration::from_secs(5),
+                max_retries: 3,
+            })
+            .expect("redis"),
+        ),
+        "mongo" => Arc::new(
+            MongoStore::new(&MongoOptions {
+                uri: required_env("CSAI_TEST_MONGO_URI"),
+                database: namespace,
+                collection: "sessions".into(),
+                pool_size: 8,
+                timeout: Duration::from_secs(10),
+                max_retries: 3,
+            })
+            .await
+            .expect("mongo"),
+        ),
+        _ => Arc::new(
+            DynamoStore::new(&DynamoOptions {
+                region: "us-east-1".into(),
+                table: namespace,
+                endpoint: Some(required_env("CSAI_TEST_DYNAMO_ENDPOINT")),
+                create_table: true,
+                timeout: Duration::from_secs(20),
+                max_retries: 3,
+            })
+            .await
+            .expect("dynamo"),
+        ),
+    }
+}
+
+/// Three sessions: a tool exchange with system messages and state, a plain one, and one
+/// with only state.
+async fn seed(store: &dyn SessionStore) -> Vec<Session> {
+    let ids = [unique("a"), unique("b"), unique("c")];
+    let ttl = WriteOptions::ttl(Duration::from_secs(3600));
+    let mut calling = NewMessage::text(Role::Assistant, "");
+    calling.tool_calls = vec![csai_sidecar::model::ToolCall {
+        id: "call_1".into(),
+        kind: "function".into(),
+        function: csai_sidecar::model::FunctionCall {
+            name: "lookup".into(),
+            arguments: "{\"order\":7}".into(),
+        },
+        index: 0,
+    }];
+    let mut result = NewMessage::text(Role::Tool, "shipped ✓");
+    result.tool_call_id = Some("call_1".into());
+    let messages = vec![
+        NewMessage::text(Role::User, "Where is order 7?"),
+        calling,
+        result,
+    ];
+    let append = |messages: Vec<NewMessage>| Append {
+        messages,
+        request_id: None,
+        options: ttl.clone(),
+    };
+    store
+        .append(&SessionId::new(ids[0].as_str()), append(messages))
+        .await
+        .unwrap();
+    store
+        .set_system_messages(
+            &SessionId::new(ids[0].as_str()),
+            vec![NewMessage::text(Role::System, "Be brief.")],
+            ttl.clone(),
+        )
+        .await
+        .unwrap();
+    let state = serde_json::json!({"step": "tracking", "n": 7})
+        .as_object()
+        .cloned()
+        .unwrap();
+    store
+        .update_state(
+            &SessionId::new(ids[0].as_str()),
+            StateUpdate::Replace(state.clone()),
+            ttl.clone(),
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &SessionId::new(ids[1].as_str()),
+            append(vec![NewMessage::text(Role::User, "hi")]),
+        )
+        .await
+        .unwrap();
+    store
+        .update_state(
+            &SessionId::new(ids[2].as_str()),
+            StateUpdate::Replace(state),
+            ttl,
+        )
+        .await
+        .unwrap();
+    let mut sessions = Vec::new();
+    for id in ids {
+        sessions.push(
+            store
+                .get(&SessionId::new(id.as_str()), Window::All)
+                .await
+                .unwrap(),
+        );
+    }
+    sessions
+}
+
+async fn assert_same(store: &dyn SessionStore, expected: &[Session]) {
+    for session in expected {
+        let copy = store.get(&session.id, Window::All).await.expect("copied");
+        assert_eq!(
+            transfer::checksum(&copy),
+            transfer::checksum(session),
+            "{:?}",
+            session.id
+        );
+        assert_eq!(copy.messages.len(), session.messages.len());
+        let drift = copy
+            .expire_time
+            .duration_since(session.expire_time)
+            .unwrap_or_else(|e| e.duration());
+        assert!(drift < Duration::from_secs(5), "TTL kept: {drift:?}");
+    }
+}
+
+fn policy() -> Policy {
+    Policy::from_config(&Config::default())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("csai-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{name}", unique("f")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_restore_between_every_pair_of_backends() {
+    let kinds = ["memory", "redis", "mongo", "dynamo"];
+    for from in kinds {
+        let source = store(from).await;
+        let sessions = seed(source.as_ref()).await;
+        let file = scratch(&format!("{from}.jsonl"));
+        let report = commands::backup(&mut Endpoint::Store(source), &policy(), &file)
+            .await
+            .expect("backup");
+        assert_eq!((report.sessions, report.messages), (3, 4), "{from}");
+        for to in kinds.into_iter().filter(|k| *k != from) {
+            let target = store(to).await;
+            let report =
+                commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Fail)
+                    .await
+                    .expect("restore");
+            assert!(
+                report.is_clean() && report.sessions == 3,
+                "{from} -> {to}: {report}"
+            );
+            assert_same(target.as_ref(), &sessions).await;
+            let again =
+                commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Skip)
+                    .await
+                    .expect("restore again");
+            assert_eq!(
+                (again.sessions, again.skipped),
+                (0, 3),
+                "{from} -> {to}: existing sessions are skipped"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines() {
+    let source = store("memory").await;
+    let sessions = seed(source.as_ref()).await;
+    let file = scratch("corrupt.jsonl");
+    commands::backup(&mut Endpoint::Store(source), &policy(), &file)
+        .await
+        .expect("backup");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "header + 3 sessions");
+    let broken_id = serde_json::from_str::<serde_json::Value>(lines[2]).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let truncated = &lines[3][..lines[3].len() / 2];
+    let truncated_id = serde_json::from_str::<serde_json::Value>(lines[3]).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lines[2] = "{\"session_id\": \"x\", \"messages\": [{\"seq\": 9";
+    lines[3] = truncated;
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let target = store("memory").await;
+    let report = commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Fail)
+        .await
+        .expect("restore");
+    assert_eq!(report.sessions, 1);
+    assert_eq!(report.failures.len(), 2, "{report}");
+    assert!(
+        report.failures[0].starts_with("line 3:") && report.failures[1].starts_with("line 4:"),
+        "{report}"
+    );
+    assert_same(target.as_ref(), &sessions[..1]).await;
+    for id in [broken_id, truncated_id] {
+        assert!(
+            target
+                .get(&SessionId::new(id.as_str()), Window::All)
+                .await
+                .is_err(),
+            "nothing partial of {id}"
+        );
+    }
+    std::fs::write(
+        &file,
+        "{\"format\": \"something else\", \"version\": 1, \"created_ms\": 0}\n",
+    )
+    .unwrap();
+    let error = commands::restore(&mut Endpoint::Store(target), &file, Existing::Fail)
+        .await
+        .unwrap_err();
+    assert!(error.contains("line 1"), "{error}");
+}
+
+#[tokio::test]
+async fn an_interrupted_migration_resumes_and_ends_identical() {
+    let source = store("redis").await;
+    let sessions = seed(source.as_ref()).await;
+    let target = store("mongo").await;
+    // The interrupted run had copied the first session and written it to the checkpoint.
+    transfer::import(
+        target.as_ref(),
+        &sessions[0],
+        Duration::from_secs(3600),
+        Existing::Overwrite,
+    )
+    .await;
+    let checkpoint = scratch("checkpoint");
+    std::fs::write(&checkpoint, format!("{}\n", sessions[0].id.as_str())).unwrap();
+
+    let dry = commands::migrate(
+        &mut Endpoint::Store(source.clone()),
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        Some(&checkpoint),
+        true,
+    )
+    .await
+    .expect("dry run");
+    assert_eq!((dry.sessions, dry.skipped), (2, 1));
+    assert!(
+        target.get(&sessions[1].id, Window::All).await.is_err(),
+        "a dry run writes nothing"
+    );
+
+    let report = commands::migrate(
+        &mut Endpoint::Store(source.clone()),
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        Some(&checkpoint),
+        false,
+    )
+    .await
+    .expect("migrate");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.sessions, report.skipped), (2, 1));
+    assert_same(target.as_ref(), &sessions).await;
+    let done = std::fs::read_to_string(&checkpoint).unwrap();
+    assert_eq!(done.lines().count(), 3, "{done}");
+
+    // Safe to re-run: everything is in the checkpoint.
+    let again = commands::migrate(
+        &mut Endpoint::Store(source),
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        Some(&checkpoint),
+        false,
+    )
+    .await
+    .expect("re-run");
+    assert_eq!((again.sessions, again.skipped), (0, 3));
+    assert_same(target.as_ref(), &sessions).await;
+}
+
+#[tokio::test]
+async fn export_and_import_over_grpc_with_each_policy_for_existing_sessions() {
+    let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
+    let sessions = seed(memory.as_ref()).await;
+    let source = TestServer::start_serving(test_config(), memory).await;
+    let target = TestServer::start().await;
+    let mut exporter = source.sessions().await;
+    let exported: Vec<pb::ExportedSession> = {
+        use futures::TryStreamExt;
+        exporter
+            .export_sessions(pb::ExportSessionsRequest::default())
+            .await
+            .expect("ExportSessions")
+            .into_inner()
+            .try_collect()
+            .await
+            .expect("stream")
+    };
+    assert_eq!(exported.len(), 3);
+    assert!(
+        exported
+            .iter()
+            .all(|e| e.remaining_ttl.as_ref().is_some_and(|t| t.seconds > 3500))
+    );
+    let mut importer = target.sessions().await;
+    let import = |existing: pb::ExistingSessions| {
+        let requests: Vec<pb::ImportSessionsRequest> = exported
+            .iter()
+            .map(|session| pb::ImportSessionsRequest {
+                session: Some(session.clone()),
+                existing: existing as i32,
+            })
+            .collect();
+        futures::stream::iter(requests)
+    };
+    let first = importer
+        .import_sessions(import(pb::ExistingSessions::Fail))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!((first.imported, first.skipped, first.failed), (3, 0, 0));
+    assert_same(target.store.as_ref(), &sessions).await;
+    let failed = importer
+        .import_sessions(import(pb::ExistingSessions::Fail))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.failed, 3);
+    assert!(failed.outcomes.iter().all(|o| o.error.contains("exists")));
+    let skipped = importer
+        .import_sessions(import(pb::ExistingSessions::Skip))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(skipped.skipped, 3);
+    let overwritten = importer
+        .import_sessions(import(pb::ExistingSessions::Overwrite))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overwritten.imported, 3);
+    assert_same(target.store.as_ref(), &sessions).await;
+}
+
+#[test]
+fn the_commands_move_a_running_sidecars_memory_into_redis() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
+    let sessions = runtime.block_on(seed(memory.as_ref()));
+    let server = runtime.block_on(TestServer::start_serving(test_config(), memory));
+    let sidecar = format!("grpc://{}", server.addr);
+    let prefix = format!("{}:", unique("cli"));
+    let run = |args: &[&str], prefix: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"))
+            .args(args)
+            .env("CSAI_STORAGE_TYPE", "redis")
+            .env("CSAI_REDIS_ADDRESS", required_env("CSAI_TEST_REDIS_URL"))
+            .env("CSAI_REDIS_KEY_PREFIX", prefix)
+            .output()
+            .expect("run")
+    };
+    let file = scratch("cli.jsonl");
+    let file = file.to_str().unwrap();
+    let backup = run(&["backup", "--from", &sidecar, "--file", file], &prefix);
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    assert!(String::from_utf8_lossy(&backup.stdout).contains("sessions  3"));
+    let restore = run(&["restore", "--file", file], &prefix);
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let again = run(&["restore", "--file", file], &prefix);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "existing sessions fail by default"
+    );
+    let migrated_prefix = format!("{}:", unique("cli-migrated"));
+    let migrate = run(&["migrate", "--from", &sidecar], &migrated_prefix);
+    let stdout = String::from_utf8_lossy(&migrate.stdout);
+    assert!(
+        migrate.status.success() && stdout.contains("copied and verified"),
+        "{stdout}"
+    );
+    let redis = |prefix: &str| {
+        RedisStore::new(&RedisOptions {
+            address: required_env("CSAI_TEST_REDIS_URL"),
+            cluster_nodes: Vec::new(),
+            tls_ca_file: None,
+            username: None,
+            password: None,
+            db: 0,
+            key_prefix: prefix.to_string(),
+            timeout: Duration::from_secs(5),
+            max_retries: 3,
+        })
+        .unwrap()
+    };
+    runtime.block_on(async {
+        assert_same(&redis(&prefix), &sessions).await;
+        assert_same(&redis(&migrated_prefix), &sessions).await;
+    });
+    let memory_target = std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"))
+        .args(["restore", "--file", file])
+        .env("CSAI_STORAGE_TYPE", "memory")
+        .output()
+        .unwrap();
+    assert_eq!(memory_target.status.code(), Some(2));
+}
