@@ -9,6 +9,7 @@ use crate::chat::guard::RateLimits;
 use crate::chat::provider::{ApiKey, Endpoint, ProviderSettings, Sampling};
 use crate::chat::{ChatSettings, TurnLimits};
 use crate::store::dynamo::DynamoOptions;
+use crate::store::encrypted::Keyring;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
 use crate::store::redis::RedisOptions;
@@ -254,6 +255,17 @@ pub const KEYS: &[Key] = &[
         "CSAI_MAX_PAGE_SIZE",
         "1000",
         "largest ListSessions page",
+    ),
+    env_only_secret(
+        "encryption_keys",
+        "CSAI_ENCRYPTION_KEYS",
+        "encryption at rest: id:base64-key entries, comma-separated, the first for writes (environment only)",
+    ),
+    key(
+        "encryption_keys_file",
+        "CSAI_ENCRYPTION_KEYS_FILE",
+        "",
+        "file of encryption keys, one id:base64-key per line, the first for writes",
     ),
     key(
         "record_retention",
@@ -516,6 +528,8 @@ pub struct Config {
     pub max_grpc_message_size: usize,
     pub limits: RequestLimits,
     pub record_retention: Duration,
+    /// Encryption keys (`id:base64` entries), when encryption at rest is on.
+    pub encryption_keys: Option<Secret>,
     pub chat: ChatSettings,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -796,6 +810,7 @@ impl Values {
                 )?,
             },
             record_retention: self.get("record_retention", DURATION, positive_duration)?,
+            encryption_keys: self.encryption_keys()?,
             chat: self.chat_settings()?,
             log_format: self.get("log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
@@ -812,6 +827,23 @@ impl Values {
             )));
         }
         Ok(config)
+    }
+
+    /// The encryption keys from the environment or a file, checked now so that a bad key
+    /// stops the sidecar at start (errors never show key material).
+    fn encryption_keys(&self) -> Result<Option<Secret>, ConfigError> {
+        let text = match (
+            self.optional_text("encryption_keys"),
+            self.optional_text("encryption_keys_file"),
+        ) {
+            (Some(keys), _) => keys,
+            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError(format!("`encryption_keys_file`: cannot read {path}: {e}"))
+            })?,
+            (None, None) => return Ok(None),
+        };
+        Keyring::parse(&text).map_err(|e| ConfigError(format!("encryption keys: {e}")))?;
+        Ok(Some(Secret(text)))
     }
 
     /// The Chat service's providers, limits and guards.
@@ -967,6 +999,16 @@ impl Values {
             out.push_str(&format!("{} = {:?}  # {source}\n", key.name, shown));
         }
         out
+    }
+}
+
+/// A secret value: its Debug form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
     }
 }
 

@@ -60,6 +60,9 @@ fn cli() -> Command {
                         .help("read and convert everything, write nothing"),
                 ),
         )
+        .subcommand(Command::new("rotate-keys").about(
+            "Re-encrypt every session under the primary encryption key (the first of encryption_keys)",
+        ))
         .subcommand(
             Command::new("backup")
                 .about("Write every live session to a backup file (JSON Lines)")
@@ -224,6 +227,22 @@ fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCod
                 let text = format!("restored from {}\n{report}", path.display());
                 if clean { Ok(text) } else { Err((1, text)) }
             }
+            "rotate-keys" => {
+                let keys = server::keyring(config)
+                    .map_err(|e| usage(e.to_string()))?
+                    .ok_or_else(|| usage("rotate-keys needs encryption_keys (CSAI_ENCRYPTION_KEYS or encryption_keys_file)".into()))?;
+                if config.storage_type == StorageType::Memory {
+                    return Err(usage("rotate-keys works on a backend; the in-memory store lives in the sidecar's process".into()));
+                }
+                let backend = server::open_backend(config).await.map_err(|e| usage(e.to_string()))?;
+                let primary = keys.primary_id().to_string();
+                let rotation = csai_sidecar::store::encrypted::rotate(backend, keys).await;
+                let mut text = format!("re-encrypted {} sessions under key {primary:?}", rotation.sessions);
+                for failure in &rotation.failures {
+                    text.push_str(&format!("\n  {failure}"));
+                }
+                if rotation.failures.is_empty() { Ok(text) } else { Err((1, text)) }
+            }
             _ => migrate(config, &policy, arguments).await,
         }
     });
@@ -339,7 +358,9 @@ fn main() -> ExitCode {
         print!("{}", values.render());
         return ExitCode::SUCCESS;
     }
-    if let Some((command @ ("migrate" | "backup" | "restore"), arguments)) = matches.subcommand() {
+    if let Some((command @ ("migrate" | "backup" | "restore" | "rotate-keys"), arguments)) =
+        matches.subcommand()
+    {
         return operations(&config, command, arguments);
     }
     if let Err(error) = telemetry::init_logging(config.log_format, &config.log_level) {

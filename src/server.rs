@@ -9,6 +9,7 @@ use crate::grpc::session_store::{Policy, SessionStoreService};
 use crate::health;
 use crate::store::SessionStore;
 use crate::store::dynamo::DynamoStore;
+use crate::store::encrypted::{EncryptedStore, Keyring};
 use crate::store::memory::MemoryStore;
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
@@ -36,9 +37,32 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Opens the configured backend. Connections are made lazily, so a backend that is down
-/// at start makes the sidecar NOT_SERVING rather than stopping it.
+/// Opens the configured backend, behind the encryption decorator when keys are set.
+/// Connections are made lazily, so a backend that is down at start makes the sidecar
+/// NOT_SERVING rather than stopping it.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
+    let backend = open_backend(config).await?;
+    match keyring(config)? {
+        Some(keys) => Ok(Arc::new(EncryptedStore::new(backend, keys))),
+        None => Ok(backend),
+    }
+}
+
+/// The configured encryption keys, if any.
+pub fn keyring(config: &Config) -> Result<Option<Arc<Keyring>>, ServeError> {
+    config
+        .encryption_keys
+        .as_ref()
+        .map(|keys| {
+            Keyring::parse(&keys.0)
+                .map(Arc::new)
+                .map_err(ServeError::Store)
+        })
+        .transpose()
+}
+
+/// Opens the configured backend as it is, without encryption (for `rotate-keys`).
+pub async fn open_backend(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
     match config.storage_type {
         StorageType::Memory => {
             let store = Arc::new(MemoryStore::new(config.memory_limits));

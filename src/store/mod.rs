@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod dynamo;
+pub mod encrypted;
 pub mod memory;
 pub mod mongo;
 pub mod page_token;
