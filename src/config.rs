@@ -13,6 +13,7 @@ use crate::store::encrypted::Keyring;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
 use crate::store::redis::RedisOptions;
+use crate::tls::TlsFiles;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -81,6 +82,30 @@ pub const KEYS: &[Key] = &[
         "CSAI_LISTEN",
         "127.0.0.1:50051",
         "gRPC listen address (host:port)",
+    ),
+    key(
+        "tls_cert_file",
+        "CSAI_TLS_CERT_FILE",
+        "",
+        "PEM certificate chain of the gRPC server; setting it (with tls_key_file) turns TLS on",
+    ),
+    key(
+        "tls_key_file",
+        "CSAI_TLS_KEY_FILE",
+        "",
+        "PEM private key of the gRPC server's certificate",
+    ),
+    key(
+        "tls_client_ca_file",
+        "CSAI_TLS_CLIENT_CA_FILE",
+        "",
+        "PEM CA that client certificates must chain to (mTLS); no client certificates when unset",
+    ),
+    key(
+        "tls_reload_interval",
+        "CSAI_TLS_RELOAD_INTERVAL",
+        "10s",
+        "how often the certificate files are checked; a changed pair is loaded without restart",
     ),
     key(
         "type",
@@ -501,6 +526,8 @@ pub struct RequestLimits {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS of the gRPC server, when on.
+    pub tls: Option<TlsFiles>,
     pub storage_type: StorageType,
     pub session_ttl: Duration,
     pub sliding_ttl_on_read: bool,
@@ -709,6 +736,7 @@ impl Values {
             listen: self.get("listen", "host:port, e.g. 127.0.0.1:50051", |s| {
                 s.parse().ok()
             })?,
+            tls: self.tls()?,
             storage_type: self.get("type", "one of memory, redis, mongo, dynamo", |s| match s {
                 "memory" | "inmemory" | "in-memory" => Some(StorageType::Memory),
                 "redis" => Some(StorageType::Redis),
@@ -827,6 +855,32 @@ impl Values {
             )));
         }
         Ok(config)
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let cert = self.optional_text("tls_cert_file");
+        let key = self.optional_text("tls_key_file");
+        let client_ca = self.optional_text("tls_client_ca_file").map(PathBuf::from);
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if client_ca.is_none() => return Ok(None),
+            _ => {
+                return Err(ConfigError(
+                    "TLS needs both `tls_cert_file` and `tls_key_file` (and `tls_client_ca_file` needs them too)"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Some(TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            client_ca,
+            reload_interval: self.get(
+                "tls_reload_interval",
+                "a positive duration such as 10s",
+                |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+            )?,
+        }))
     }
 
     /// The encryption keys from the environment or a file, checked now so that a bad key

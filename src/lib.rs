@@ -11,4 +11,5 @@ pub mod records;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transfer;

@@ -13,7 +13,9 @@ use crate::store::encrypted::{EncryptedStore, Keyring};
 use crate::store::memory::MemoryStore;
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
+use crate::tls;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -31,6 +33,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Chat(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -166,14 +170,29 @@ pub async fn serve(
         .local_addr()
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(sessions)
-        .add_service(chat)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .add_service(chat);
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &config.tls {
+            Some(files) => {
+                let acceptor = tls::acceptor(files).map_err(ServeError::Tls)?;
+                tracing::info!(
+                    mutual = files.client_ca.is_some(),
+                    "TLS on; certificate reloaded when its files change"
+                );
+                Box::pin(
+                    router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor), signal),
+                )
+            }
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal),
+            ),
+        };
     tokio::pin!(server);
 
     tokio::select! {

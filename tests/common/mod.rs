@@ -778,3 +778,8 @@ pub async fn large_session_round_trips(server: &TestServer, total_bytes: usize) 
         .await
         .expect("clean up");
 }
+
+/// A fresh in-memory store.
+pub fn memory_store() -> Arc<dyn SessionStore> {
+    Arc::new(MemoryStore::new(MemoryLimits::default()))
+}
