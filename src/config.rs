@@ -5,6 +5,7 @@
 //! text with their source (flags > environment > file > defaults) and parsed once, so every
 //! error names the key, where the bad value came from, and what is accepted.
 
+use crate::auth::Tokens;
 use crate::chat::guard::RateLimits;
 use crate::chat::provider::{ApiKey, Endpoint, ProviderSettings, Sampling};
 use crate::chat::{ChatSettings, TurnLimits};
@@ -82,6 +83,23 @@ pub const KEYS: &[Key] = &[
         "CSAI_LISTEN",
         "127.0.0.1:50051",
         "gRPC listen address (host:port)",
+    ),
+    env_only_secret(
+        "auth_tokens",
+        "CSAI_AUTH_TOKENS",
+        "bearer tokens as tenant:token entries, comma-separated; setting them requires a token on every csai RPC (environment only)",
+    ),
+    key(
+        "auth_tokens_file",
+        "CSAI_AUTH_TOKENS_FILE",
+        "",
+        "file of bearer tokens, one tenant:token per line",
+    ),
+    key(
+        "reflection",
+        "CSAI_REFLECTION",
+        "true",
+        "serve gRPC server reflection (lists the services and their messages)",
     ),
     key(
         "tls_cert_file",
@@ -528,6 +546,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TLS of the gRPC server, when on.
     pub tls: Option<TlsFiles>,
+    /// Bearer tokens (`tenant:token` entries), when authentication is on.
+    pub auth_tokens: Option<Secret>,
+    pub reflection: bool,
     pub storage_type: StorageType,
     pub session_ttl: Duration,
     pub sliding_ttl_on_read: bool,
@@ -737,6 +758,8 @@ impl Values {
                 s.parse().ok()
             })?,
             tls: self.tls()?,
+            auth_tokens: self.auth_tokens()?,
+            reflection: self.get("reflection", "true or false", |s| s.parse().ok())?,
             storage_type: self.get("type", "one of memory, redis, mongo, dynamo", |s| match s {
                 "memory" | "inmemory" | "in-memory" => Some(StorageType::Memory),
                 "redis" => Some(StorageType::Redis),
@@ -855,6 +878,21 @@ impl Values {
             )));
         }
         Ok(config)
+    }
+
+    /// The bearer tokens from the environment or a file, checked now (errors never show one).
+    fn auth_tokens(&self) -> Result<Option<Secret>, ConfigError> {
+        let text = match (
+            self.optional_text("auth_tokens"),
+            self.optional_text("auth_tokens_file"),
+        ) {
+            (Some(tokens), _) => tokens,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("`auth_tokens_file`: cannot read {path}: {e}")))?,
+            (None, None) => return Ok(None),
+        };
+        Tokens::parse(&text).map_err(|e| ConfigError(format!("auth tokens: {e}")))?;
+        Ok(Some(Secret(text)))
     }
 
     fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {

@@ -1,5 +1,6 @@
 //! csai-sidecar: a gRPC sidecar that keeps the chat sessions of AI customer-service bots.
 
+pub mod auth;
 pub mod chat;
 pub mod commands;
 pub mod config;

@@ -11,7 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordStream {
     Learning,
-    Security { user: String },
+    Security {
+        user: String,
+    },
+    /// A stream of one tenant (see `store::tenant`).
+    Tenant {
+        tenant: String,
+        stream: Box<RecordStream>,
+    },
 }
 
 impl RecordStream {
@@ -20,6 +27,7 @@ impl RecordStream {
         match self {
             RecordStream::Learning => "learning".to_string(),
             RecordStream::Security { user } => format!("security:{user}"),
+            RecordStream::Tenant { tenant, stream } => format!("tenant:{tenant}:{}", stream.name()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Builds the gRPC server: services, health, reflection, limits and graceful shutdown.
 
+use crate::auth::Tokens;
 use crate::chat::turn::ChatEngine;
 use crate::config::{Config, StorageType};
 use crate::grpc::chat::ChatService;
@@ -19,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 /// Why the server could not start or stopped with an error.
@@ -35,6 +37,8 @@ pub enum ServeError {
     Chat(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("auth tokens: {0}")]
+    Auth(String),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -121,7 +125,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-    let engine = ChatEngine::new(store.clone(), &config.chat).map_err(ServeError::Chat)?;
+    let engine = ChatEngine::new(&config.chat).map_err(ServeError::Chat)?;
     let chat_configured = engine.has_default_provider();
     if !chat_configured {
         tracing::info!("no chat provider is configured: csai.v1.Chat is NOT_SERVING");
@@ -137,18 +141,35 @@ pub async fn serve(
     ));
 
     let size = config.max_grpc_message_size;
-    let sessions = SessionStoreServer::new(SessionStoreService::new(
-        store.clone(),
-        Policy::from_config(config),
-    ))
-    .max_decoding_message_size(size)
-    .max_encoding_message_size(size);
-    let chat = ChatServer::new(ChatService::new(
-        Arc::new(engine),
-        Policy::from_config(config),
-    ))
-    .max_decoding_message_size(size)
-    .max_encoding_message_size(size);
+    let tokens = match &config.auth_tokens {
+        Some(text) => Some(Arc::new(Tokens::parse(&text.0).map_err(ServeError::Auth)?)),
+        None => None,
+    };
+    // Health stays open (probes cannot send tokens); the csai services need a token when
+    // tokens are configured.
+    let authenticate = move |request: tonic::Request<()>| match &tokens {
+        Some(tokens) => tokens.authenticate(request),
+        None => Ok(request),
+    };
+    let sessions = InterceptedService::new(
+        SessionStoreServer::new(SessionStoreService::new(
+            store.clone(),
+            Policy::from_config(config),
+        ))
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        authenticate.clone(),
+    );
+    let chat = InterceptedService::new(
+        ChatServer::new(ChatService::new(
+            Arc::new(engine),
+            store.clone(),
+            Policy::from_config(config),
+        ))
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        authenticate,
+    );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
@@ -173,8 +194,8 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(config.reflection.then_some(reflection_v1))
+        .add_optional_service(config.reflection.then_some(reflection_v1alpha))
         .add_service(sessions)
         .add_service(chat);
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =

@@ -15,7 +15,7 @@ use crate::records::{self, RecordStream, SecurityLog};
 use crate::store::{SessionStore, StoreError};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+
 use std::time::Duration;
 
 /// Metadata keys the turn writes on the messages it stores.
@@ -158,7 +158,6 @@ pub trait Bot: Send {
 
 /// Runs chat turns over one store and the configured providers.
 pub struct ChatEngine {
-    store: Arc<dyn SessionStore>,
     providers: BTreeMap<String, Provider>,
     default_provider: Option<String>,
     fallback_provider: Option<String>,
@@ -184,14 +183,13 @@ fn key_of(call: &ToolCall) -> CallKey {
 
 impl ChatEngine {
     /// An engine for `settings`; fails if a provider's HTTP client cannot be built.
-    pub fn new(store: Arc<dyn SessionStore>, settings: &ChatSettings) -> Result<Self, String> {
+    pub fn new(settings: &ChatSettings) -> Result<Self, String> {
         let providers = settings
             .providers
             .iter()
             .map(|p| Ok((p.name.clone(), Provider::new(p.clone())?)))
             .collect::<Result<_, String>>()?;
         Ok(Self {
-            store,
             providers,
             default_provider: settings.default_provider.clone(),
             fallback_provider: settings.fallback_provider.clone(),
@@ -215,6 +213,7 @@ impl ChatEngine {
     /// Runs one turn, or one unary step of it, and stores its messages atomically.
     pub async fn run(
         &self,
+        store: &dyn SessionStore,
         request: TurnRequest,
         bot: &mut dyn Bot,
     ) -> Result<TurnOutcome, TurnError> {
@@ -222,13 +221,16 @@ impl ChatEngine {
         if let TurnInput::User(user) = &request.input {
             let verdict = self.check_length(user);
             if verdict.is_err() {
-                self.log_security(&request.session, user, &verdict).await;
+                self.log_security(store, &request.session, user, &verdict)
+                    .await;
             }
             verdict?;
         }
         let window = request.history_window.unwrap_or(self.limits.history_window);
         let continuing = matches!(request.input, TurnInput::ToolResults(_));
-        let loaded = self.load(&request.session, window, continuing).await?;
+        let loaded = self
+            .load(store, &request.session, window, continuing)
+            .await?;
         if let Some(request_id) = &request.request_id
             && let Some(outcome) = replay(&loaded.messages, request_id, loaded.version)
         {
@@ -237,7 +239,8 @@ impl ChatEngine {
         if let TurnInput::User(user) = &request.input {
             // After the replay check: a retried turn is not a new one.
             let verdict = self.check_rate(&request.session, user);
-            self.log_security(&request.session, user, &verdict).await;
+            self.log_security(store, &request.session, user, &verdict)
+                .await;
             verdict?;
         }
 
@@ -326,6 +329,7 @@ impl ChatEngine {
         };
 
         self.store_turn(
+            store,
             &request,
             &loaded,
             new,
@@ -373,6 +377,7 @@ impl ChatEngine {
     /// log (CS-AI's SaveSecurityLog). A failure to record is logged, not fatal.
     async fn log_security(
         &self,
+        store: &dyn SessionStore,
         session: &SessionId,
         user: &NewMessage,
         verdict: &Result<(), TurnError>,
@@ -396,9 +401,7 @@ impl ChatEngine {
         let stream = RecordStream::Security {
             user: log.user_id.clone(),
         };
-        if let Err(error) =
-            records::put(self.store.as_ref(), &stream, &log, self.record_retention).await
-        {
+        if let Err(error) = records::put(store, &stream, &log, self.record_retention).await {
             tracing::warn!(%session, %error, "cannot record the security log of a turn");
         }
     }
@@ -420,12 +423,13 @@ impl ChatEngine {
     /// the whole open turn however long it is.
     async fn load(
         &self,
+        store: &dyn SessionStore,
         id: &SessionId,
         window: u32,
         continuing: bool,
     ) -> Result<Loaded, TurnError> {
         let read = |w: Window| async move {
-            match self.store.get(id, w).await {
+            match store.get(id, w).await {
                 Ok(session) => Ok(Loaded {
                     version: session.version,
                     system: session.system_messages,
@@ -577,6 +581,7 @@ impl ChatEngine {
     #[allow(clippy::too_many_arguments)]
     async fn store_turn(
         &self,
+        store: &dyn SessionStore,
         request: &TurnRequest,
         loaded: &Loaded,
         mut new: Vec<NewMessage>,
@@ -601,7 +606,7 @@ impl ChatEngine {
                 ttl: request.ttl,
             },
         };
-        let outcome = match self.store.append(&request.session, append).await {
+        let outcome = match store.append(&request.session, append).await {
             Ok(outcome) => outcome,
             Err(StoreError::VersionMismatch { .. }) => {
                 return Err(TurnError::Conflict {
@@ -610,8 +615,7 @@ impl ChatEngine {
             }
             Err(e) => return Err(e.into()),
         };
-        let stored = self
-            .store
+        let stored = store
             .get(&request.session, Window::AfterSeq(outcome.first_seq - 1))
             .await?
             .messages;

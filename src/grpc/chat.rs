@@ -11,8 +11,9 @@ use crate::grpc::pb::exec_stream_response::Kind as Outbound;
 use crate::grpc::pb::{
     ContentDelta, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse,
 };
-use crate::grpc::session_store::Policy;
+use crate::grpc::session_store::{Policy, scoped_store};
 use crate::model::ToolCall;
+use crate::store::SessionStore;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use std::sync::Arc;
@@ -24,13 +25,19 @@ use tonic::{Request, Response, Status, Streaming};
 /// The Chat service over a turn engine.
 pub struct ChatService {
     engine: Arc<ChatEngine>,
+    store: Arc<dyn SessionStore>,
     policy: Policy,
 }
 
 impl ChatService {
-    /// Serves turns of `engine` with the request `policy` of the SessionStore service.
-    pub fn new(engine: Arc<ChatEngine>, policy: Policy) -> Self {
-        Self { engine, policy }
+    /// Serves turns of `engine` over `store` with the request `policy` of the
+    /// SessionStore service.
+    pub fn new(engine: Arc<ChatEngine>, store: Arc<dyn SessionStore>, policy: Policy) -> Self {
+        Self {
+            engine,
+            store,
+            policy,
+        }
     }
 }
 
@@ -140,10 +147,11 @@ impl Bot for StreamBot {
 #[tonic::async_trait]
 impl Chat for ChatService {
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let store = scoped_store(&self.store, &request);
         let turn = chat_convert::turn_request(request.into_inner(), &self.policy, Form::Unary)?;
         let outcome = self
             .engine
-            .run(turn, &mut UnaryBot)
+            .run(store.as_ref(), turn, &mut UnaryBot)
             .await
             .map_err(status_of_turn)?;
         Ok(Response::new(exec_response(outcome)))
@@ -155,6 +163,7 @@ impl Chat for ChatService {
         &self,
         request: Request<Streaming<ExecStreamRequest>>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
+        let store = scoped_store(&self.store, &request);
         let mut inbound = request.into_inner();
         let start = match inbound.message().await? {
             Some(ExecStreamRequest {
@@ -185,7 +194,7 @@ impl Chat for ChatService {
             // When the bot goes away, dropping the turn aborts the model request, and
             // nothing of the turn is stored: its one append comes last.
             tokio::select! {
-                result = engine.run(turn, &mut bot) => {
+                result = engine.run(store.as_ref(), turn, &mut bot) => {
                     let last = result
                         .map(|outcome| ExecStreamResponse { kind: Some(Outbound::Done(exec_response(outcome))) })
                         .map_err(status_of_turn);

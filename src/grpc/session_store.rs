@@ -1,5 +1,6 @@
 //! The SessionStore gRPC service: validates requests, applies policy, calls the store.
 
+use crate::auth::Tenant;
 use crate::config::{Config, RequestLimits};
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
@@ -8,6 +9,7 @@ use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{records, transfer};
 use crate::model::{Append, ListQuery, SessionId, StateUpdate, Window, WriteOptions};
 use crate::store::SessionStore;
+use crate::store::tenant::TenantStore;
 use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -74,6 +76,22 @@ impl SessionStoreService {
     pub fn new(store: Arc<dyn SessionStore>, policy: Policy) -> Self {
         Self { store, policy }
     }
+
+    /// The store as the request's tenant sees it (the whole store without authentication).
+    fn store_for<T>(&self, request: &Request<T>) -> Arc<dyn SessionStore> {
+        scoped_store(&self.store, request)
+    }
+}
+
+/// `store` as the tenant of an authenticated request sees it.
+pub fn scoped_store<T>(
+    store: &Arc<dyn SessionStore>,
+    request: &Request<T>,
+) -> Arc<dyn SessionStore> {
+    match request.extensions().get::<Tenant>() {
+        Some(Tenant(tenant)) => Arc::new(TenantStore::new(store.clone(), tenant)),
+        None => store.clone(),
+    }
 }
 
 fn session_id(raw: &str) -> Result<SessionId, Status> {
@@ -93,6 +111,7 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let window = match request.window {
@@ -103,13 +122,12 @@ impl SessionStoreRpc for SessionStoreService {
             Some(pb::get_session_request::Window::LastN(n)) => Window::LastN(n),
             Some(pb::get_session_request::Window::AfterSeq(seq)) => Window::AfterSeq(seq),
         };
-        let mut session = self.store.get(&id, window).await.map_err(status_of)?;
+        let mut session = store.get(&id, window).await.map_err(status_of)?;
         if self.policy.sliding_ttl_on_read {
             let extended = SystemTime::now() + self.policy.default_ttl;
             // Sliding never shortens a session that was written with a longer TTL.
             if extended > session.expire_time {
-                let touched = self
-                    .store
+                let touched = store
                     .touch(&id, self.policy.default_ttl)
                     .await
                     .map_err(status_of)?;
@@ -125,6 +143,7 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::AppendMessagesRequest>,
     ) -> Result<Response<pb::AppendMessagesResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         if request.messages.is_empty() {
@@ -139,7 +158,7 @@ impl SessionStoreRpc for SessionStoreService {
                 .policy
                 .write_options(request.expected_version, request.ttl)?,
         };
-        let outcome = self.store.append(&id, append).await.map_err(status_of)?;
+        let outcome = store.append(&id, append).await.map_err(status_of)?;
         Ok(Response::new(pb::AppendMessagesResponse {
             seqs: outcome.seqs().collect(),
             version: outcome.version,
@@ -152,14 +171,14 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::ReplaceMessagesRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
         let options = self
             .policy
             .write_options(request.expected_version, request.ttl)?;
-        let outcome = self
-            .store
+        let outcome = store
             .replace(&id, messages, options)
             .await
             .map_err(status_of)?;
@@ -170,6 +189,7 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::SetSystemMessagesRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let messages = convert::new_messages(
@@ -180,8 +200,7 @@ impl SessionStoreRpc for SessionStoreService {
         let options = self
             .policy
             .write_options(request.expected_version, request.ttl)?;
-        let outcome = self
-            .store
+        let outcome = store
             .set_system_messages(&id, messages, options)
             .await
             .map_err(status_of)?;
@@ -192,6 +211,7 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::UpdateStateRequest>,
     ) -> Result<Response<pb::UpdateStateResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let state = convert::struct_to_json(request.state.unwrap_or_default(), "state")?;
@@ -210,8 +230,7 @@ impl SessionStoreRpc for SessionStoreService {
         let options = self
             .policy
             .write_options(request.expected_version, request.ttl)?;
-        let outcome = self
-            .store
+        let outcome = store
             .update_state(&id, update, options)
             .await
             .map_err(status_of)?;
@@ -226,6 +245,7 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::TouchSessionRequest>,
     ) -> Result<Response<pb::TouchSessionResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let ttl = convert::ttl(
@@ -234,7 +254,7 @@ impl SessionStoreRpc for SessionStoreService {
             &self.policy.limits,
             "ttl",
         )?;
-        let outcome = self.store.touch(&id, ttl).await.map_err(status_of)?;
+        let outcome = store.touch(&id, ttl).await.map_err(status_of)?;
         Ok(Response::new(pb::TouchSessionResponse {
             version: outcome.version,
             expire_time: Some(timestamp(outcome.expire_time)),
@@ -245,10 +265,10 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::DeleteSessionRequest>,
     ) -> Result<Response<pb::DeleteSessionResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
-        let deleted = self
-            .store
+        let deleted = store
             .delete(&id, request.expected_version)
             .await
             .map_err(status_of)?;
@@ -259,6 +279,7 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let store = self.store_for(&request);
         let request = request.into_inner();
         let page_size = self.policy.page_size(request.page_size)?;
         if request.id_prefix.len() > MAX_PREFIX_BYTES {
@@ -266,8 +287,7 @@ impl SessionStoreRpc for SessionStoreService {
                 "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
             )));
         }
-        let page = self
-            .store
+        let page = store
             .list(ListQuery {
                 prefix: request.id_prefix,
                 page_size,
@@ -280,9 +300,10 @@ impl SessionStoreRpc for SessionStoreService {
 
     async fn get_stats(
         &self,
-        _request: Request<pb::GetStatsRequest>,
+        request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let stats = self.store.stats().await.map_err(status_of)?;
+        let store = self.store_for(&request);
+        let stats = store.stats().await.map_err(status_of)?;
         Ok(Response::new(pb::GetStatsResponse {
             backend: stats.backend,
             active_sessions: stats.active_sessions,
@@ -295,7 +316,8 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::RecordFeedbackRequest>,
     ) -> Result<Response<pb::LearningRecord>, Status> {
-        records::record_feedback(self.store.as_ref(), &self.policy, request.into_inner())
+        let store = self.store_for(&request);
+        records::record_feedback(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -304,7 +326,8 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::ListLearningDataRequest>,
     ) -> Result<Response<pb::ListLearningDataResponse>, Status> {
-        records::list_learning(self.store.as_ref(), &self.policy, request.into_inner())
+        let store = self.store_for(&request);
+        records::list_learning(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -313,7 +336,8 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::RecordSecurityLogRequest>,
     ) -> Result<Response<pb::SecurityLog>, Status> {
-        records::record_security(self.store.as_ref(), &self.policy, request.into_inner())
+        let store = self.store_for(&request);
+        records::record_security(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -324,20 +348,22 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::ExportSessionsRequest>,
     ) -> Result<Response<Self::ExportSessionsStream>, Status> {
+        let store = self.store_for(&request);
         let prefix = request.into_inner().id_prefix;
         if prefix.len() > MAX_PREFIX_BYTES {
             return Err(Status::invalid_argument(format!(
                 "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
             )));
         }
-        Ok(Response::new(transfer::export(self.store.clone(), prefix)))
+        Ok(Response::new(transfer::export(store.clone(), prefix)))
     }
 
     async fn import_sessions(
         &self,
         request: Request<Streaming<pb::ImportSessionsRequest>>,
     ) -> Result<Response<pb::ImportSessionsResponse>, Status> {
-        transfer::import(self.store.as_ref(), &self.policy, request.into_inner())
+        let store = self.store_for(&request);
+        transfer::import(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -346,7 +372,8 @@ impl SessionStoreRpc for SessionStoreService {
         &self,
         request: Request<pb::ListSecurityLogsRequest>,
     ) -> Result<Response<pb::ListSecurityLogsResponse>, Status> {
-        records::list_security(self.store.as_ref(), &self.policy, request.into_inner())
+        let store = self.store_for(&request);
+        records::list_security(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -7,6 +7,7 @@ pub mod memory;
 pub mod mongo;
 pub mod page_token;
 pub mod redis;
+pub mod tenant;
 
 use crate::model::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,

@@ -1,0 +1,174 @@
+//! Tenant isolation: a per-request store view that keeps one tenant's sessions and records
+//! apart from every other tenant's, in any backend.
+//!
+//! A session id `s` of tenant `t` is stored as `t` + U+001F + `s`. Clients cannot send
+//! control characters, so no id a client writes can reach into another tenant's space, and
+//! another tenant's session reads exactly like an absent one (no existence is leaked).
+
+use crate::model::{
+    Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
+    StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
+};
+use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::{SessionStore, StoreResult};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Separates a tenant from a session id in the backend.
+const SEPARATOR: char = '\u{1f}';
+/// Sessions counted per listing page for a tenant's stats.
+const STATS_PAGE: u32 = 500;
+
+/// One tenant's view of a store.
+pub struct TenantStore {
+    inner: Arc<dyn SessionStore>,
+    tenant: String,
+    prefix: String,
+}
+
+impl TenantStore {
+    /// `tenant`'s view of `inner`.
+    pub fn new(inner: Arc<dyn SessionStore>, tenant: &str) -> Self {
+        Self {
+            inner,
+            tenant: tenant.to_string(),
+            prefix: format!("{tenant}{SEPARATOR}"),
+        }
+    }
+
+    fn scoped(&self, id: &SessionId) -> SessionId {
+        SessionId::new(format!("{}{}", self.prefix, id.as_str()))
+    }
+
+    fn unscoped(&self, id: &SessionId) -> SessionId {
+        SessionId::new(
+            id.as_str()
+                .strip_prefix(&self.prefix)
+                .unwrap_or(id.as_str()),
+        )
+    }
+
+    fn stream(&self, stream: &RecordStream) -> RecordStream {
+        RecordStream::Tenant {
+            tenant: self.tenant.clone(),
+            stream: Box::new(stream.clone()),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for TenantStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
+        let mut session = self.inner.get(&self.scoped(id), window).await?;
+        session.id = id.clone();
+        Ok(session)
+    }
+
+    async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
+        self.inner.append(&self.scoped(id), append).await
+    }
+
+    async fn replace(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.inner
+            .replace(&self.scoped(id), messages, options)
+            .await
+    }
+
+    async fn set_system_messages(
+        &self,
+        id: &SessionId,
+        messages: Vec<NewMessage>,
+        options: WriteOptions,
+    ) -> StoreResult<WriteOutcome> {
+        self.inner
+            .set_system_messages(&self.scoped(id), messages, options)
+            .await
+    }
+
+    async fn update_state(
+        &self,
+        id: &SessionId,
+        update: StateUpdate,
+        options: WriteOptions,
+    ) -> StoreResult<StateOutcome> {
+        self.inner
+            .update_state(&self.scoped(id), update, options)
+            .await
+    }
+
+    async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
+        self.inner.touch(&self.scoped(id), ttl).await
+    }
+
+    async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
+        self.inner.delete(&self.scoped(id), expected_version).await
+    }
+
+    async fn list(&self, mut query: ListQuery) -> StoreResult<ListPage> {
+        query.prefix = format!("{}{}", self.prefix, query.prefix);
+        let mut page = self.inner.list(query).await?;
+        for session in &mut page.sessions {
+            session.id = self.unscoped(&session.id);
+        }
+        Ok(page)
+    }
+
+    /// Sessions and messages are counted over the tenant's own sessions; bytes are not
+    /// tracked per tenant, so they are the store's bytes pro-rated by the tenant's share
+    /// of the messages.
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let whole = self.inner.stats().await?;
+        let mut stats = StoreStats {
+            backend: whole.backend.clone(),
+            ..StoreStats::default()
+        };
+        let mut page_token = None;
+        loop {
+            let page = self
+                .list(ListQuery {
+                    prefix: String::new(),
+                    page_size: STATS_PAGE,
+                    page_token,
+                })
+                .await?;
+            stats.active_sessions += page.sessions.len() as u64;
+            stats.total_messages += page.sessions.iter().map(|s| s.message_count).sum::<u64>();
+            match page.next_page_token {
+                Some(token) => page_token = Some(token),
+                None => break,
+            }
+        }
+        if whole.total_messages > 0 {
+            let share = stats.total_messages.min(whole.total_messages) as u128;
+            stats.approximate_bytes = (u128::from(whole.approximate_bytes) * share
+                / u128::from(whole.total_messages)) as u64;
+        }
+        Ok(stats)
+    }
+
+    async fn health_check(&self) -> StoreResult<()> {
+        self.inner.health_check().await
+    }
+
+    async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
+        self.inner.put_record(&self.stream(stream), record).await
+    }
+
+    async fn list_records(
+        &self,
+        stream: &RecordStream,
+        range: &RecordRange,
+    ) -> StoreResult<Vec<Record>> {
+        self.inner.list_records(&self.stream(stream), range).await
+    }
+}

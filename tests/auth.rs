@@ -1,0 +1,268 @@
+//! Bearer tokens and tenants: no token, no access; one tenant never sees, lists, deletes
+//! or overwrites another's sessions; health stays open; reflection can be turned off.
+
+mod common;
+
+use common::{SERVING, TestServer, health_status, message, test_config, user};
+use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::config::{Config, Secret};
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::chat_client::ChatClient;
+use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
+use std::time::Duration;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const TOKEN_A: &str = "token-of-shop-a-0123456789";
+const TOKEN_B: &str = "token-of-shop-b-9876543210";
+
+fn config() -> Config {
+    let mut config = test_config();
+    config.auth_tokens = Some(Secret(format!("shop-a:{TOKEN_A},shop-b:{TOKEN_B}")));
+    config.chat.providers.push(ProviderSettings {
+        name: "echo".into(),
+        endpoint: Endpoint::Echo,
+        model: "echo".into(),
+        defaults: Sampling::default(),
+        timeout: Duration::from_secs(5),
+        max_retries: 0,
+    });
+    config.chat.default_provider = Some("echo".into());
+    config
+}
+
+type Authed = InterceptedService<
+    Channel,
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+>;
+
+fn with_token(channel: Channel, token: &'static str) -> Authed {
+    let attach: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
+    > = Box::new(move |mut request: tonic::Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        Ok(request)
+    });
+    InterceptedService::new(channel, attach)
+}
+
+async fn sessions(server: &TestServer, token: &'static str) -> SessionStoreClient<Authed> {
+    SessionStoreClient::new(with_token(server.channel().await, token))
+}
+
+fn get(id: &str) -> pb::GetSessionRequest {
+    pb::GetSessionRequest {
+        session_id: id.into(),
+        window: None,
+    }
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_unauthenticated_but_health_is_open() {
+    let server = TestServer::start_serving(config(), common::memory_store()).await;
+    let mut anonymous = server.sessions().await;
+    let status = anonymous.get_session(get("s")).await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = SessionStoreClient::new(with_token(
+        server.channel().await,
+        "not-a-valid-token-at-all",
+    ))
+    .get_session(get("s"))
+    .await
+    .expect_err("wrong token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        !status.message().contains("token-of"),
+        "{}",
+        status.message()
+    );
+    let status = ChatClient::new(server.channel().await)
+        .exec(pb::ExecRequest::default())
+        .await
+        .expect_err("chat needs a token too");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut health = server.health().await;
+    common::wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
+    assert_eq!(health_status(&mut health, "").await, SERVING);
+}
+
+#[tokio::test]
+async fn one_tenant_never_reaches_anothers_sessions() {
+    let server = TestServer::start_serving(config(), common::memory_store()).await;
+    let mut a = sessions(&server, TOKEN_A).await;
+    let mut b = sessions(&server, TOKEN_B).await;
+    let append = |content: &str| pb::AppendMessagesRequest {
+        session_id: "customer-1".into(),
+        messages: vec![user(content), message(pb::Role::Assistant, "ok")],
+        ..Default::default()
+    };
+    a.append_messages(append("A's secret"))
+        .await
+        .expect("A writes");
+
+    let status = b
+        .get_session(get("customer-1"))
+        .await
+        .expect_err("B cannot read it");
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "another tenant's session reads as absent"
+    );
+    let listed = b
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.sessions.is_empty(), "{listed:?}");
+    let deleted = b
+        .delete_session(pb::DeleteSessionRequest {
+            session_id: "customer-1".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!deleted.deleted);
+    b.append_messages(append("B's own"))
+        .await
+        .expect("B writes its own customer-1");
+    b.replace_messages(pb::ReplaceMessagesRequest {
+        session_id: "customer-1".into(),
+        messages: vec![user("B replaced")],
+        ..Default::default()
+    })
+    .await
+    .expect("B replaces its own");
+
+    let a_session = a
+        .get_session(get("customer-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(
+        a_session.messages[0].content, "A's secret",
+        "A's session is untouched"
+    );
+    assert_eq!(
+        a_session.session_id, "customer-1",
+        "ids come back without the tenant"
+    );
+    let b_session = b
+        .get_session(get("customer-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(b_session.messages[0].content, "B replaced");
+
+    let a_list = a
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a_list.sessions.len(), 1);
+    assert_eq!(a_list.sessions[0].session_id, "customer-1");
+    let a_stats = a
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((a_stats.active_sessions, a_stats.total_messages), (1, 2));
+    let exported: Vec<pb::ExportedSession> = {
+        use futures::TryStreamExt;
+        b.export_sessions(pb::ExportSessionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(exported.len(), 1);
+    assert_eq!(
+        exported[0].session.as_ref().unwrap().messages[0].content,
+        "B replaced"
+    );
+
+    // Records and chat turns are scoped too.
+    a.record_security_log(pb::RecordSecurityLogRequest {
+        user_id: "u1".into(),
+        message: "hi".into(),
+        allowed: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let logs = b
+        .list_security_logs(pb::ListSecurityLogsRequest {
+            user_id: "u1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(logs.logs.is_empty(), "B sees none of A's records");
+    let mut chat_b = ChatClient::new(with_token(server.channel().await, TOKEN_B));
+    let turn = chat_b
+        .exec(pb::ExecRequest {
+            session_id: "customer-1".into(),
+            user_message: Some(pb::UserMessage {
+                content: "next".into(),
+                participant_name: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("B's turn")
+        .into_inner();
+    assert_eq!(turn.first_seq, 2, "B's turn continues B's session, not A's");
+    let a_after = a
+        .get_session(get("customer-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(a_after.message_count, 2);
+}
+
+#[tokio::test]
+async fn reflection_can_be_turned_off() {
+    let mut config = test_config();
+    config.reflection = false;
+    let server = TestServer::start_serving(config, common::memory_store()).await;
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            server.channel().await,
+        );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let result = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await;
+    let code = match result {
+        Err(status) => status.code(),
+        Ok(response) => {
+            use futures::StreamExt;
+            let mut stream = response.into_inner();
+            match stream.next().await {
+                Some(Err(status)) => status.code(),
+                other => panic!("reflection answered: {other:?}"),
+            }
+        }
+    };
+    assert_eq!(code, Code::Unimplemented);
+}
