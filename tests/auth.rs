@@ -32,15 +32,13 @@ fn config() -> Config {
     config
 }
 
-type Authed = InterceptedService<
-    Channel,
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
->;
+/// Adds the bearer token to every request.
+type Attach =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Authed = InterceptedService<Channel, Attach>;
 
 fn with_token(channel: Channel, token: &'static str) -> Authed {
-    let attach: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
+    let attach: Attach = Box::new(move |mut request: tonic::Request<()>| {
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
