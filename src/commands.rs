@@ -195,11 +195,18 @@ impl Progress {
     }
 }
 
-/// Writes every live session of `source` to a backup file (JSON Lines, a header first).
+/// Writes every live session of `source` to a backup file (JSON Lines, a header first;
+/// zstd-compressed when the name ends in `.zst`).
 pub async fn backup(source: &mut Endpoint, policy: &Policy, path: &Path) -> Result<Report, String> {
     let file = std::fs::File::create(path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
+    // A name ending in .zst asks for zstd compression.
+    let mut out: Box<dyn Write> = if path.extension().is_some_and(|e| e == "zst") {
+        let encoder = zstd::Encoder::new(file, 3).map_err(|e| format!("zstd: {e}"))?;
+        Box::new(std::io::BufWriter::new(encoder.auto_finish()))
+    } else {
+        Box::new(std::io::BufWriter::new(file))
+    };
     let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let header = serde_json::to_string(&BackupHeader::now()).map_err(|e| e.to_string())?;
     writeln!(out, "{header}").map_err(write_error)?;
@@ -215,20 +222,33 @@ pub async fn backup(source: &mut Endpoint, policy: &Policy, path: &Path) -> Resu
         progress.tick();
     }
     out.flush().map_err(write_error)?;
+    drop(out);
     progress.finish();
     Ok(report)
 }
 
-/// Restores a backup file into `target`. A line that cannot be read is reported with its
+/// The first bytes of a zstd frame: restore detects compressed backups by them.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Restores a backup file (plain or zstd-compressed) into `target`. A line that cannot be read is reported with its
 /// number and restores nothing of its session; the other sessions are restored.
 pub async fn restore(
     target: &mut Endpoint,
     path: &Path,
     existing: Existing,
 ) -> Result<Report, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut lines = std::io::BufReader::new(file).lines();
+    let open =
+        || std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()));
+    let mut magic = [0u8; 4];
+    let compressed =
+        std::io::Read::read_exact(&mut open()?, &mut magic).is_ok() && magic == ZSTD_MAGIC;
+    let reader: Box<dyn BufRead> = if compressed {
+        let decoder = zstd::Decoder::new(open()?).map_err(|e| format!("zstd: {e}"))?;
+        Box::new(std::io::BufReader::new(decoder))
+    } else {
+        Box::new(std::io::BufReader::new(open()?))
+    };
+    let mut lines = reader.lines();
     let header = lines
         .next()
         .ok_or("the file is empty: not a csai-sidecar backup")?

@@ -584,6 +584,35 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every secret value of the configuration, for redaction: passwords, API keys,
+    /// tokens and encryption keys.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self.redis_password.iter().cloned().collect();
+        if let Some((_, rest)) = self.mongo_uri.split_once("://")
+            && let Some((userinfo, _)) = rest.split_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            secrets.push(password.to_string());
+        }
+        for provider in &self.chat.providers {
+            if let Endpoint::OpenAi {
+                api_key: Some(key), ..
+            } = &provider.endpoint
+            {
+                secrets.push(key.value.clone());
+            }
+        }
+        for Secret(list) in self.encryption_keys.iter().chain(&self.auth_tokens) {
+            for entry in list.split([',', '\n']) {
+                if let Some((_, value)) = entry.trim().split_once(':') {
+                    secrets.push(value.trim().to_string());
+                }
+            }
+        }
+        secrets.retain(|s| !s.is_empty());
+        secrets
+    }
+
     /// The DynamoDB connection options.
     pub fn dynamo_options(&self) -> DynamoOptions {
         DynamoOptions {
@@ -1519,6 +1548,37 @@ mod tests {
             values.set(key, value.into(), Source::Default);
             let error = values.parse().unwrap_err().to_string();
             assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_secret_is_known_for_redaction() {
+        let mut values = Values::defaults();
+        values.set("redis_password", "hunter22".into(), Source::Default);
+        values.set(
+            "mongo_uri",
+            "mongodb://app:s3cret-pw@db/".into(),
+            Source::Default,
+        );
+        values.set(
+            "chat_base_url",
+            "https://api.example.com/v1".into(),
+            Source::Default,
+        );
+        values.set("chat_api_key", "sk-live-0123".into(), Source::Default);
+        values.set(
+            "auth_tokens",
+            "shop-a:token-aaaaaaaaaaaaaaaa".into(),
+            Source::Default,
+        );
+        let secrets = values.parse().unwrap().secrets();
+        for secret in [
+            "hunter22",
+            "s3cret-pw",
+            "sk-live-0123",
+            "token-aaaaaaaaaaaaaaaa",
+        ] {
+            assert!(secrets.iter().any(|s| s == secret), "{secret} missing");
         }
     }
 

@@ -354,6 +354,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::redact_panics(config.secrets());
     if matches.subcommand_name() == Some("config") {
         print!("{}", values.render());
         return ExitCode::SUCCESS;

@@ -21,3 +21,37 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
 }
+
+/// Replaces every secret in `text` with `<redacted>`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_string(), |text, secret| {
+        text.replace(secret.as_str(), "<redacted>")
+    })
+}
+
+/// Makes panic messages go through [`redact`]: a panic must not print a password, token
+/// or key that reached its message.
+pub fn redact_panics(secrets: Vec<String>) {
+    // Very short values would redact ordinary text; no real secret is that short.
+    let secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 6).collect();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("{}", redact(&info.to_string(), &secrets));
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_replaced_wherever_they_appear() {
+        let secrets = vec!["hunter22".to_string(), "sk-live-0123".to_string()];
+        assert_eq!(
+            redact(
+                "password hunter22 and key sk-live-0123, again hunter22",
+                &secrets
+            ),
+            "password <redacted> and key <redacted>, again <redacted>"
+        );
+    }
+}

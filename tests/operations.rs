@@ -461,3 +461,30 @@ fn the_commands_move_a_running_sidecars_memory_into_redis() {
         .unwrap();
     assert_eq!(memory_target.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn zstd_backups_round_trip() {
+    let source = store("memory").await;
+    let sessions = seed(source.as_ref()).await;
+    let plain = scratch("plain.jsonl");
+    let packed = scratch("packed.jsonl.zst");
+    commands::backup(&mut Endpoint::Store(source.clone()), &policy(), &plain)
+        .await
+        .expect("plain");
+    commands::backup(&mut Endpoint::Store(source), &policy(), &packed)
+        .await
+        .expect("zstd");
+    let bytes = std::fs::read(&packed).unwrap();
+    assert_eq!(bytes[..4], [0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+    assert!(bytes.len() < std::fs::metadata(&plain).unwrap().len() as usize);
+    let target = store("memory").await;
+    let report = commands::restore(
+        &mut Endpoint::Store(target.clone()),
+        &packed,
+        Existing::Fail,
+    )
+    .await
+    .expect("restore");
+    assert_eq!(report.sessions, 3, "{report}");
+    assert_same(target.as_ref(), &sessions).await;
+}
