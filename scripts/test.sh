@@ -44,7 +44,7 @@ source "$servers/redis/env"
 source "$servers/documents/env"
 
 echo "== cargo test"
-cargo test 2>&1 | tee "$log"
+cargo test --no-fail-fast 2>&1 | tee "$log"
 # One closing line over every test binary, so the total is plain to read.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"

@@ -101,12 +101,14 @@ async fn read_back(store: &dyn SessionStore, id: &SessionId) -> Result<String, S
         .get(id, Window::All)
         .await
         .map_err(|e| e.to_string())?;
+    // Sorted: backends do not keep the order state keys were written in.
+    let state: std::collections::BTreeMap<_, _> = session.state.iter().collect();
     Ok(format!(
         "{} {} {} {:?}",
         session.messages[0].body.content,
         session.messages[1].body.tool_calls[0].function.arguments,
         session.system_messages[0].body.content,
-        session.state
+        state
     ))
 }
 
