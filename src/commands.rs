@@ -95,14 +95,33 @@ impl Endpoint {
         }
     }
 
-    async fn get(&mut self, session: &Session) -> Result<Option<Session>, String> {
+    /// The session with this id as the endpoint holds it now, if it exists.
+    async fn get(&mut self, session: &Session, policy: &Policy) -> Result<Option<Session>, String> {
         match self {
             Endpoint::Store(store) => match store.get(&session.id, Window::All).await {
                 Ok(found) => Ok(Some(found)),
                 Err(StoreError::NotFound(_)) => Ok(None),
                 Err(error) => Err(error.to_string()),
             },
-            Endpoint::Sidecar(_) => Err("verification reads a backend, not a sidecar".into()),
+            Endpoint::Sidecar(client) => {
+                let request = pb::GetSessionRequest {
+                    session_id: session.id.as_str().to_string(),
+                    window: None,
+                };
+                match client.get_session(request).await {
+                    Ok(response) => {
+                        let exported = pb::ExportedSession {
+                            session: response.into_inner().session,
+                            remaining_ttl: None,
+                        };
+                        crate::grpc::transfer::session_of(exported, policy, "session")
+                            .map(|(found, _)| Some(found))
+                            .map_err(|e| e.message().to_string())
+                    }
+                    Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+                    Err(status) => Err(status.message().to_string()),
+                }
+            }
         }
     }
 }
@@ -348,18 +367,12 @@ pub async fn migrate(
     drop(sessions);
     progress.finish();
     for session in &copied {
-        match target.get(session).await {
+        let id = session.id.as_str();
+        match target.get(session, policy).await {
             Ok(Some(copy)) if transfer::checksum(&copy) == transfer::checksum(session) => {}
-            Ok(Some(_)) => report
-                .mismatches
-                .push(format!("{:?}: contents differ", session.id.as_str())),
-            Ok(None) => report
-                .mismatches
-                .push(format!("{:?}: missing", session.id.as_str())),
-            Err(problem) if problem.contains("not a sidecar") => break,
-            Err(problem) => report
-                .mismatches
-                .push(format!("{:?}: {problem}", session.id.as_str())),
+            Ok(Some(_)) => report.mismatches.push(format!("{id:?}: contents differ")),
+            Ok(None) => report.mismatches.push(format!("{id:?}: missing")),
+            Err(problem) => report.mismatches.push(format!("{id:?}: {problem}")),
         }
     }
     Ok(report)

@@ -488,3 +488,23 @@ async fn zstd_backups_round_trip() {
     assert_eq!(report.sessions, 3, "{report}");
     assert_same(target.as_ref(), &sessions).await;
 }
+
+#[tokio::test]
+async fn migrate_between_two_running_sidecars_verifies_over_grpc() {
+    let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
+    let sessions = seed(memory.as_ref()).await;
+    let source = TestServer::start_serving(test_config(), memory).await;
+    let target = TestServer::start().await;
+    let mut from = Endpoint::sidecar(&format!("grpc://{}", source.addr))
+        .await
+        .expect("source");
+    let mut to = Endpoint::sidecar(&format!("grpc://{}", target.addr))
+        .await
+        .expect("target");
+    let report = commands::migrate(&mut from, &mut to, &policy(), None, false)
+        .await
+        .expect("migrate");
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.sessions, 3);
+    assert_same(target.store.as_ref(), &sessions).await;
+}
