@@ -457,6 +457,18 @@ pub const KEYS: &[Key] = &[
         "folder of one JSON transcript file per session (off when empty)",
     ),
     key(
+        "slow_op_threshold",
+        "CSAI_SLOW_OP_THRESHOLD",
+        "100ms",
+        "backend operations this slow or slower are logged at WARN (at most once per operation every 10 s)",
+    ),
+    key(
+        "metrics_listen",
+        "CSAI_METRICS_LISTEN",
+        "",
+        "host:port of the Prometheus /metrics endpoint (off when empty)",
+    ),
+    key(
         "log_format",
         "CSAI_LOG_FORMAT",
         "text",
@@ -582,6 +594,8 @@ pub struct Config {
     /// Encryption keys (`id:base64` entries), when encryption at rest is on.
     pub encryption_keys: Option<Secret>,
     pub chat: ChatSettings,
+    pub slow_op_threshold: Duration,
+    pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -895,6 +909,15 @@ impl Values {
             record_retention: self.get("record_retention", DURATION, positive_duration)?,
             encryption_keys: self.encryption_keys()?,
             chat: self.chat_settings()?,
+            slow_op_threshold: self.get("slow_op_threshold", DURATION, positive_duration)?,
+            metrics_listen: match self.optional_text("metrics_listen") {
+                None => None,
+                Some(_) => Some(self.get(
+                    "metrics_listen",
+                    "host:port, e.g. 0.0.0.0:9090",
+                    |s| s.parse().ok(),
+                )?),
+            },
             log_format: self.get("log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
                 "json" => Some(LogFormat::Json),

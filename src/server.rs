@@ -12,9 +12,10 @@ use crate::store::SessionStore;
 use crate::store::dynamo::DynamoStore;
 use crate::store::encrypted::{EncryptedStore, Keyring};
 use crate::store::memory::MemoryStore;
+use crate::store::metered::MeteredStore;
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
-use crate::tls;
+use crate::{metrics, tls};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,11 +46,23 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Opens the configured backend, behind the encryption decorator when keys are set.
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the configured backend, timed, behind the encryption decorator when keys are set.
 /// Connections are made lazily, so a backend that is down at start makes the sidecar
 /// NOT_SERVING rather than stopping it.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
-    let backend = open_backend(config).await?;
+    let backend: Arc<dyn SessionStore> = Arc::new(MeteredStore::new(
+        open_backend(config).await?,
+        config.slow_op_threshold,
+    ));
     match keyring(config)? {
         Some(keys) => Ok(Arc::new(EncryptedStore::new(backend, keys))),
         None => Ok(backend),
@@ -171,6 +184,34 @@ pub async fn serve(
         authenticate,
     );
 
+    let metrics_endpoint = match config.metrics_listen {
+        Some(address) => {
+            let listener =
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServeError::Listen {
+                        address: address.to_string(),
+                        source,
+                    })?;
+            tracing::info!(%address, "Prometheus metrics on /metrics");
+            let store = store.clone();
+            let gauges = Arc::new(move || {
+                let store = store.clone();
+                async move {
+                    match store.stats().await {
+                        Ok(stats) => vec![
+                            ("csai_active_sessions", vec![], stats.active_sessions as f64),
+                            ("csai_stored_bytes", vec![], stats.approximate_bytes as f64),
+                        ],
+                        Err(_) => Vec::new(),
+                    }
+                }
+            });
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(listener, gauges))))
+        }
+        None => None,
+    };
+
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let reporter = reporter.clone();
@@ -228,6 +269,7 @@ pub async fn serve(
             }
         }
     }
+    drop(metrics_endpoint);
     tracing::info!("csai-sidecar stopped");
     Ok(())
 }

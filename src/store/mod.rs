@@ -4,6 +4,7 @@ pub mod conformance;
 pub mod dynamo;
 pub mod encrypted;
 pub mod memory;
+pub mod metered;
 pub mod mongo;
 pub mod page_token;
 pub mod redis;

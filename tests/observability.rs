@@ -1,0 +1,173 @@
+//! The Prometheus endpoint after real traffic, and slow-operation warnings from a paused
+//! redis-server.
+
+mod common;
+
+use common::{SidecarProcess, message, required_env, user};
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn scrape(port: u16, path: &str) -> String {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn append(session: &str, text: &str) -> pb::AppendMessagesRequest {
+    pb::AppendMessagesRequest {
+        session_id: session.into(),
+        messages: vec![user(text), message(pb::Role::Assistant, "ok")],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_backend_series_after_traffic() {
+    let metrics_port = free_port();
+    let (_sidecar, channel) =
+        SidecarProcess::spawn(&[("CSAI_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))])
+            .await;
+    let mut client = SessionStoreClient::new(channel);
+    for i in 0..3 {
+        client
+            .append_messages(append(&format!("m{i}"), "hi"))
+            .await
+            .expect("append");
+    }
+    let missing = client
+        .get_session(pb::GetSessionRequest {
+            session_id: "absent".into(),
+            window: None,
+        })
+        .await;
+    assert!(missing.is_err());
+
+    let response = scrape(metrics_port, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains("content-type: text/plain; version=0.0.4"),
+        "{response}"
+    );
+    let count = |series: &str| -> f64 {
+        response
+            .lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{response}"))
+    };
+    assert_eq!(
+        count(
+            "csai_backend_operation_duration_seconds_count{backend=\"memory\",operation=\"append\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        count("csai_backend_errors_total{backend=\"memory\",operation=\"get\",kind=\"not_found\"}"),
+        1.0
+    );
+    assert_eq!(count("csai_active_sessions"), 3.0);
+    assert!(count("csai_stored_bytes") > 0.0);
+    assert!(response.contains("# TYPE csai_backend_operation_duration_seconds histogram"));
+    assert!(scrape(metrics_port, "/other").starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test]
+async fn a_paused_redis_server_shows_up_as_slow_operations() {
+    let redis_port = free_port();
+    let mut redis = Command::new(required_env("CSAI_TEST_REDIS_SERVER"))
+        .args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_STORAGE_TYPE", "redis".into()),
+        (
+            "CSAI_REDIS_ADDRESS",
+            format!("redis://127.0.0.1:{redis_port}"),
+        ),
+        ("CSAI_SLOW_OP_THRESHOLD", "100ms".into()),
+        ("CSAI_HEALTH_INTERVAL", "1h".into()),
+    ])
+    .await;
+    let mut client = SessionStoreClient::new(channel);
+    client
+        .append_messages(append("slow", "warm up"))
+        .await
+        .expect("first append");
+
+    let pid = redis.id().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let pending =
+        tokio::spawn(async move { client.append_messages(append("slow", "while paused")).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal("-CONT");
+    pending
+        .await
+        .unwrap()
+        .expect("the append completes once redis-server resumes");
+
+    let _ = sidecar.child.kill();
+    let mut logs = String::new();
+    sidecar
+        .child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = redis.kill();
+    let warning = logs
+        .lines()
+        .find(|line| {
+            line.contains("slow backend operation") && line.contains("\"operation\":\"append\"")
+        })
+        .unwrap_or_else(|| panic!("no slow-operation warning in:\n{logs}"));
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+    assert!(warning.contains("\"backend\":\"redis\""), "{warning}");
+    let duration: u64 = warning
+        .split("\"duration_ms\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .expect("duration_ms");
+    assert!(
+        duration >= 300,
+        "the paused call took about 400 ms: {warning}"
+    );
+}
