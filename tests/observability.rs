@@ -143,6 +143,7 @@ async fn a_paused_redis_server_shows_up_as_slow_operations() {
         .expect("the append completes once redis-server resumes");
 
     let _ = sidecar.child.kill();
+    let _ = sidecar.child.wait();
     let mut logs = String::new();
     sidecar
         .child
@@ -152,6 +153,7 @@ async fn a_paused_redis_server_shows_up_as_slow_operations() {
         .read_to_string(&mut logs)
         .unwrap();
     let _ = redis.kill();
+    let _ = redis.wait();
     let warning = logs
         .lines()
         .find(|line| {
