@@ -193,6 +193,7 @@ pub async fn serve(
                         address: address.to_string(),
                         source,
                     })?;
+            let address = listener.local_addr().map_or(address, |bound| bound);
             tracing::info!(%address, "Prometheus metrics on /metrics");
             let store = store.clone();
             let gauges = Arc::new(move || {

@@ -26,6 +26,30 @@ fn scrape(port: u16, path: &str) -> String {
     response
 }
 
+/// Reads the sidecar's log until it names the metrics address, then keeps draining the
+/// log in the background so the sidecar never blocks on a full pipe.
+fn logged_metrics_port(sidecar: &mut SidecarProcess) -> u16 {
+    use std::io::BufRead;
+    let stderr = sidecar.child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("the sidecar logs the metrics address")
+            .unwrap();
+        if line.contains("Prometheus metrics") {
+            let address = line
+                .split("\"address\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .expect("an address field");
+            break address.rsplit(':').next().unwrap().parse().expect("a port");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    port
+}
+
 fn append(session: &str, text: &str) -> pb::AppendMessagesRequest {
     pb::AppendMessagesRequest {
         session_id: session.into(),
@@ -36,10 +60,11 @@ fn append(session: &str, text: &str) -> pb::AppendMessagesRequest {
 
 #[tokio::test]
 async fn metrics_endpoint_serves_backend_series_after_traffic() {
-    let metrics_port = free_port();
-    let (_sidecar, channel) =
-        SidecarProcess::spawn(&[("CSAI_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))])
-            .await;
+    // Port 0: the sidecar binds a free port and logs it (a port picked here could be
+    // taken by a parallel test before the sidecar binds it).
+    let (mut sidecar, channel) =
+        SidecarProcess::spawn(&[("CSAI_METRICS_LISTEN", "127.0.0.1:0".into())]).await;
+    let metrics_port = logged_metrics_port(&mut sidecar);
     let mut client = SessionStoreClient::new(channel);
     for i in 0..3 {
         client
