@@ -34,6 +34,14 @@ pub struct Metrics {
 /// Help texts of the series, for the exposition.
 const HELP: &[(&str, &str)] = &[
     (
+        "csai_rpc_requests_total",
+        "gRPC calls by method and status code.",
+    ),
+    (
+        "csai_rpc_duration_seconds",
+        "Duration of gRPC calls up to their response headers.",
+    ),
+    (
         "csai_backend_operation_duration_seconds",
         "Duration of storage backend operations.",
     ),
@@ -220,5 +228,100 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("csai_active_sessions 4"), "{text}");
+    }
+}
+
+/// A tower layer that counts every RPC by method and gRPC status code and times it up to
+/// the response headers (for a unary RPC, the whole call). Errors sent in trailers of a
+/// stream that already started are counted as OK.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower_layer::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] wraps around the server's routes.
+#[derive(Clone, Debug)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    R: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let result = call.await;
+            if let Ok(response) = &result {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                let registry = global();
+                registry.count(
+                    "csai_rpc_requests_total",
+                    vec![
+                        ("method", method.clone()),
+                        ("code", code_name(code).to_string()),
+                    ],
+                    1.0,
+                );
+                registry.observe(
+                    "csai_rpc_duration_seconds",
+                    vec![("method", method)],
+                    started.elapsed(),
+                );
+            }
+            result
+        })
+    }
+}
+
+/// The conventional upper-case name of a gRPC status code.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -235,6 +235,7 @@ pub async fn serve(
     tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
     let router = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .layer(metrics::RpcMetricsLayer)
         .add_service(health_service)
         .add_optional_service(config.reflection.then_some(reflection_v1))
         .add_optional_service(config.reflection.then_some(reflection_v1alpha))

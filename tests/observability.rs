@@ -105,6 +105,22 @@ async fn metrics_endpoint_serves_backend_series_after_traffic() {
         1.0
     );
     assert_eq!(count("csai_active_sessions"), 3.0);
+    assert_eq!(
+        count(
+            "csai_rpc_requests_total{method=\"/csai.v1.SessionStore/AppendMessages\",code=\"OK\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        count(
+            "csai_rpc_requests_total{method=\"/csai.v1.SessionStore/GetSession\",code=\"NOT_FOUND\"}"
+        ),
+        1.0
+    );
+    assert!(
+        count("csai_rpc_duration_seconds_count{method=\"/csai.v1.SessionStore/AppendMessages\"}")
+            >= 3.0
+    );
     assert!(count("csai_stored_bytes") > 0.0);
     assert!(response.contains("# TYPE csai_backend_operation_duration_seconds histogram"));
     assert!(scrape(metrics_port, "/other").starts_with("HTTP/1.1 404"));
