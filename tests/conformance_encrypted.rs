@@ -6,9 +6,8 @@ use base64::Engine;
 use csai_sidecar::store::conformance::TestStore;
 use csai_sidecar::store::encrypted::{EncryptedStore, Keyring};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
-use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use csai_sidecar::store::redis::RedisStore;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn keys() -> Arc<Keyring> {
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
@@ -21,17 +20,10 @@ async fn memory() -> TestStore {
 }
 
 async fn redis() -> TestStore {
-    let inner = RedisStore::new(&RedisOptions {
-        address: common::required_env("CSAI_TEST_REDIS_URL"),
-        cluster_nodes: Vec::new(),
-        tls_ca_file: None,
-        username: None,
-        password: None,
-        db: 0,
-        key_prefix: "csai-encrypted-test:".into(),
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
-    })
+    let inner = RedisStore::new(&common::redis_options(
+        common::required_env("CSAI_TEST_REDIS_URL"),
+        "csai-encrypted-test:",
+    ))
     .expect("redis store");
     Arc::new(EncryptedStore::new(Arc::new(inner), keys()))
 }

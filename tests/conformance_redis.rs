@@ -5,19 +5,11 @@ mod common;
 use csai_sidecar::store::conformance::TestStore;
 use csai_sidecar::store::redis::{RedisOptions, RedisStore};
 use std::sync::Arc;
-use std::time::Duration;
 
 fn options(address: String, cluster_nodes: Vec<String>) -> RedisOptions {
     RedisOptions {
-        address,
         cluster_nodes,
-        tls_ca_file: None,
-        username: None,
-        password: None,
-        db: 0,
-        key_prefix: "csai-test:".into(),
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
+        ..common::redis_options(address, "csai-test:")
     }
 }
 

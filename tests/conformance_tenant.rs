@@ -6,7 +6,7 @@ mod common;
 use csai_sidecar::store::conformance::TestStore;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
-use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use csai_sidecar::store::redis::RedisStore;
 use csai_sidecar::store::tenant::TenantStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,17 +19,10 @@ async fn memory() -> TestStore {
 }
 
 async fn redis() -> TestStore {
-    let inner = RedisStore::new(&RedisOptions {
-        address: common::required_env("CSAI_TEST_REDIS_URL"),
-        cluster_nodes: Vec::new(),
-        tls_ca_file: None,
-        username: None,
-        password: None,
-        db: 0,
-        key_prefix: "csai-tenant-test:".into(),
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
-    })
+    let inner = RedisStore::new(&common::redis_options(
+        common::required_env("CSAI_TEST_REDIS_URL"),
+        "csai-tenant-test:",
+    ))
     .expect("redis store");
     Arc::new(TenantStore::new(Arc::new(inner), "shop-a"))
 }

@@ -13,7 +13,7 @@ use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use csai_sidecar::store::encrypted::{self, EncryptedStore, Keyring};
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
-use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use csai_sidecar::store::redis::RedisStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,20 +164,7 @@ where
 async fn redis_holds_no_plaintext() {
     let prefix = format!("{}:", unique("enc-redis"));
     let url = required_env("CSAI_TEST_REDIS_URL");
-    let backend = Arc::new(
-        RedisStore::new(&RedisOptions {
-            address: url.clone(),
-            cluster_nodes: Vec::new(),
-            tls_ca_file: None,
-            username: None,
-            password: None,
-            db: 0,
-            key_prefix: prefix.clone(),
-            timeout: Duration::from_secs(5),
-            max_retries: 3,
-        })
-        .expect("redis"),
-    );
+    let backend = Arc::new(RedisStore::new(&common::redis_options(&url, &prefix)).expect("redis"));
     let raw = || async {
         let mut redis = redis::Client::open(url.as_str())
             .unwrap()
@@ -295,17 +282,7 @@ fn rotate_keys_runs_from_the_command_line() {
     let prefix = format!("{}:", unique("enc-cli"));
     let url = required_env("CSAI_TEST_REDIS_URL");
     let id = SessionId::new(unique("enc-cli"));
-    let options = RedisOptions {
-        address: url.clone(),
-        cluster_nodes: Vec::new(),
-        tls_ca_file: None,
-        username: None,
-        password: None,
-        db: 0,
-        key_prefix: prefix.clone(),
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
-    };
+    let options = common::redis_options(&url, &prefix);
     runtime.block_on(async {
         let backend = Arc::new(RedisStore::new(&options).unwrap());
         write_secrets(&EncryptedStore::new(backend, keyring(&[("k1", 1)])), &id).await;

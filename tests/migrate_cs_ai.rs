@@ -10,7 +10,7 @@ use csai_sidecar::records::{self, LearningRecord, RecordStream, SecurityLog};
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
-use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use csai_sidecar::store::redis::RedisStore;
 use csai_sidecar::store::{SessionStore, StoreError};
 use redis::AsyncCommands;
 use serde_json::json;
@@ -312,17 +312,10 @@ async fn into_memory() {
 
 #[tokio::test]
 async fn into_redis() {
-    let store = RedisStore::new(&RedisOptions {
-        address: required_env("CSAI_TEST_REDIS_URL"),
-        cluster_nodes: Vec::new(),
-        tls_ca_file: None,
-        username: None,
-        password: None,
-        db: 0,
-        key_prefix: "csai-migrated:".into(),
-        timeout: Duration::from_secs(5),
-        max_retries: 3,
-    })
+    let store = RedisStore::new(&common::redis_options(
+        required_env("CSAI_TEST_REDIS_URL"),
+        "csai-migrated:",
+    ))
     .expect("redis store");
     migrate_into(&store, 11).await;
 }

@@ -15,7 +15,7 @@ use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
-use csai_sidecar::store::redis::{RedisOptions, RedisStore};
+use csai_sidecar::store::redis::RedisStore;
 use csai_sidecar::transfer::{self, Existing};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,17 +32,10 @@ async fn store(kind: &str) -> Arc<dyn SessionStore> {
     match kind {
         "memory" => Arc::new(MemoryStore::new(MemoryLimits::default())),
         "redis" => Arc::new(
-            RedisStore::new(&RedisOptions {
-                address: required_env("CSAI_TEST_REDIS_URL"),
-                cluster_nodes: Vec::new(),
-                tls_ca_file: None,
-                username: None,
-                password: None,
-                db: 0,
-                key_prefix: format!("{namespace}:"),
-                timeout: Duration::from_secs(5),
-                max_retries: 3,
-            })
+            RedisStore::new(&common::redis_options(
+                required_env("CSAI_TEST_REDIS_URL"),
+                format!("{namespace}:"),
+            ))
             .expect("redis"),
         ),
         "mongo" => Arc::new(
@@ -437,17 +430,10 @@ fn the_commands_move_a_running_sidecars_memory_into_redis() {
         "{stdout}"
     );
     let redis = |prefix: &str| {
-        RedisStore::new(&RedisOptions {
-            address: required_env("CSAI_TEST_REDIS_URL"),
-            cluster_nodes: Vec::new(),
-            tls_ca_file: None,
-            username: None,
-            password: None,
-            db: 0,
-            key_prefix: prefix.to_string(),
-            timeout: Duration::from_secs(5),
-            max_retries: 3,
-        })
+        RedisStore::new(&common::redis_options(
+            required_env("CSAI_TEST_REDIS_URL"),
+            prefix,
+        ))
         .unwrap()
     };
     runtime.block_on(async {

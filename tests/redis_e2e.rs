@@ -149,16 +149,11 @@ async fn wrong_credentials_or_untrusted_certificates_are_reported() {
 }
 
 fn redis_options(address: String) -> RedisOptions {
+    // Short timeout and few retries: these tests stop the server on purpose.
     RedisOptions {
-        address,
-        cluster_nodes: Vec::new(),
-        tls_ca_file: None,
-        username: None,
-        password: None,
-        db: 0,
-        key_prefix: "csai-e2e:".into(),
         timeout: Duration::from_secs(1),
         max_retries: 2,
+        ..common::redis_options(address, "csai-e2e:")
     }
 }
 

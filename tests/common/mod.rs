@@ -14,6 +14,7 @@ use csai_sidecar::model::{
 use csai_sidecar::records::{Record, RecordRange, RecordStream};
 use csai_sidecar::server::{self, ServeError};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use csai_sidecar::store::redis::RedisOptions;
 use csai_sidecar::store::{SessionStore, StoreError, StoreResult};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,21 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
+
+/// Options for a standalone redis-server at `address`, keys under `key_prefix`.
+pub fn redis_options(address: impl Into<String>, key_prefix: impl Into<String>) -> RedisOptions {
+    RedisOptions {
+        address: address.into(),
+        cluster_nodes: Vec::new(),
+        tls_ca_file: None,
+        username: None,
+        password: None,
+        db: 0,
+        key_prefix: key_prefix.into(),
+        timeout: Duration::from_secs(5),
+        max_retries: 3,
+    }
+}
 
 /// A sidecar serving a store in this process, over a real TCP socket.
 pub struct TestServer {
