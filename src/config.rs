@@ -17,6 +17,7 @@ use crate::store::encrypted::Keyring;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
 use crate::store::redis::RedisOptions;
+use crate::telemetry::SessionIdInTraces;
 use crate::tls::TlsFiles;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -469,6 +470,12 @@ pub const KEYS: &[Key] = &[
         "host:port of the Prometheus /metrics endpoint (off when empty)",
     ),
     key(
+        "trace_session_ids",
+        "CSAI_TRACE_SESSION_IDS",
+        "hashed",
+        "how session ids appear in spans: plain, hashed (16 hex digits of SHA-256) or omitted",
+    ),
+    key(
         "log_format",
         "CSAI_LOG_FORMAT",
         "text",
@@ -596,6 +603,7 @@ pub struct Config {
     pub chat: ChatSettings,
     pub slow_op_threshold: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    pub trace_session_ids: SessionIdInTraces,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -918,6 +926,14 @@ impl Values {
                     |s| s.parse().ok(),
                 )?),
             },
+            trace_session_ids: self.get("trace_session_ids", "plain, hashed or omitted", |s| {
+                match s {
+                    "plain" => Some(SessionIdInTraces::Plain),
+                    "hashed" => Some(SessionIdInTraces::Hashed),
+                    "omitted" => Some(SessionIdInTraces::Omitted),
+                    _ => None,
+                }
+            })?,
             log_format: self.get("log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
                 "json" => Some(LogFormat::Json),

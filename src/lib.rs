@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod records;
+pub mod rpc_telemetry;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use csai_sidecar::transfer::Existing;
 use csai_sidecar::{server, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 fn cli() -> Command {
     let mut command = Command::new("csai-sidecar")
@@ -364,10 +365,6 @@ fn main() -> ExitCode {
     {
         return operations(&config, command, arguments);
     }
-    if let Err(error) = telemetry::init_logging(config.log_format, &config.log_level) {
-        eprintln!("csai-sidecar: {error}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -375,16 +372,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let store = server::open_store(&config).await?;
-        let listener = server::bind(&config).await?;
-        server::serve(&config, store, listener, shutdown_signal()).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("csai-sidecar: {error}");
-            ExitCode::FAILURE
+    runtime.block_on(async {
+        let telemetry = match telemetry::init(
+            config.log_format,
+            &config.log_level,
+            config.trace_session_ids,
+        ) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("csai-sidecar: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let result = async {
+            let store = server::open_store(&config).await?;
+            let listener = server::bind(&config).await?;
+            server::serve(&config, store, listener, shutdown_signal()).await
         }
-    }
+        .await;
+        telemetry.shutdown(Duration::from_secs(5)).await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("csai-sidecar: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

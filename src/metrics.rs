@@ -1,10 +1,10 @@
-//! In-process metrics (counters, gauges, latency histograms) and the Prometheus text
-//! endpoint that serves them.
+//! In-process metrics (counters, gauges, latency histograms), the Prometheus text endpoint
+//! that serves them, and their export over OTLP.
 
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -31,37 +31,146 @@ pub struct Metrics {
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
 }
 
-/// Help texts of the series, for the exposition.
-const HELP: &[(&str, &str)] = &[
+/// Every series: Prometheus name, OpenTelemetry name, unit and help text.
+const SERIES: &[(&str, &str, &str, &str)] = &[
     (
         "csai_rpc_requests_total",
+        "csai.rpc.requests",
+        "{request}",
         "gRPC calls by method and status code.",
     ),
     (
         "csai_rpc_duration_seconds",
-        "Duration of gRPC calls up to their response headers.",
+        "csai.rpc.duration",
+        "s",
+        "Duration of gRPC calls, up to the end of the response stream.",
     ),
     (
         "csai_backend_operation_duration_seconds",
+        "csai.backend.operation.duration",
+        "s",
         "Duration of storage backend operations.",
     ),
     (
         "csai_backend_errors_total",
+        "csai.backend.errors",
+        "{error}",
         "Failed storage backend operations, by kind of error.",
     ),
     (
         "csai_backend_slow_operations_total",
+        "csai.backend.slow_operations",
+        "{operation}",
         "Backend operations slower than slow_op_threshold.",
     ),
     (
         "csai_active_sessions",
-        "Live sessions in the store (at scrape time).",
+        "csai.sessions.active",
+        "{session}",
+        "Live sessions in the store.",
     ),
     (
         "csai_stored_bytes",
-        "Approximate bytes the store holds (at scrape time).",
+        "csai.store.size",
+        "By",
+        "Approximate bytes the store holds.",
+    ),
+    (
+        "csai_chat_turns_total",
+        "csai.chat.turns",
+        "{turn}",
+        "Chat turns (or unary steps of them), by provider, model and outcome.",
+    ),
+    (
+        "csai_chat_tool_rounds_total",
+        "csai.chat.tool_rounds",
+        "{round}",
+        "Tool-calling rounds the model asked for.",
+    ),
+    (
+        "csai_chat_tokens_total",
+        "csai.chat.tokens",
+        "{token}",
+        "Tokens the providers reported, by provider, model and type.",
+    ),
+    (
+        "csai_provider_request_duration_seconds",
+        "csai.provider.request.duration",
+        "s",
+        "Duration of HTTP calls to model providers.",
+    ),
+    (
+        "csai_provider_retries_total",
+        "csai.provider.retries",
+        "{retry}",
+        "Retried model calls, by reason.",
+    ),
+    (
+        "csai_provider_errors_total",
+        "csai.provider.errors",
+        "{error}",
+        "Failed model calls (after retries), by kind.",
     ),
 ];
+
+fn series(name: &str) -> (&'static str, &'static str, &'static str) {
+    SERIES
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map_or(("", "", ""), |(_, otel, unit, help)| (*otel, *unit, *help))
+}
+
+/// The OpenTelemetry instruments the series are also recorded into, when metrics are
+/// exported over OTLP.
+struct Otlp {
+    meter: opentelemetry::metrics::Meter,
+    counters: Mutex<HashMap<&'static str, opentelemetry::metrics::Counter<f64>>>,
+    histograms: Mutex<HashMap<&'static str, opentelemetry::metrics::Histogram<f64>>>,
+    gauges: Mutex<HashMap<&'static str, opentelemetry::metrics::Gauge<f64>>>,
+}
+
+static OTLP: OnceLock<Otlp> = OnceLock::new();
+
+/// Records every series into `provider` too, from now on.
+pub fn export_over_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider) {
+    use opentelemetry::metrics::MeterProvider as _;
+    let _ = OTLP.set(Otlp {
+        meter: provider.meter("csai-sidecar"),
+        counters: Mutex::default(),
+        histograms: Mutex::default(),
+        gauges: Mutex::default(),
+    });
+}
+
+/// Whether metrics are exported over OTLP.
+pub fn exporting_over_otlp() -> bool {
+    OTLP.get().is_some()
+}
+
+fn attributes(labels: &Labels) -> Vec<opentelemetry::KeyValue> {
+    labels
+        .iter()
+        .map(|(k, v)| opentelemetry::KeyValue::new(*k, v.clone()))
+        .collect()
+}
+
+/// Sets a gauge in the OTLP export (the Prometheus endpoint reads gauges at scrape time).
+pub fn set_otlp_gauge(name: &'static str, value: f64) {
+    if let Some(otlp) = OTLP.get() {
+        let (otel, unit, help) = series(name);
+        otlp.gauges
+            .lock()
+            .entry(name)
+            .or_insert_with(|| {
+                otlp.meter
+                    .f64_gauge(otel)
+                    .with_unit(unit)
+                    .with_description(help)
+                    .build()
+            })
+            .record(value, &[]);
+    }
+}
 
 /// The metrics of this process.
 pub fn global() -> &'static Metrics {
@@ -72,12 +181,41 @@ pub fn global() -> &'static Metrics {
 impl Metrics {
     /// Adds `by` to a counter.
     pub fn count(&self, name: &'static str, labels: Labels, by: f64) {
+        if let Some(otlp) = OTLP.get() {
+            let (otel, unit, help) = series(name);
+            otlp.counters
+                .lock()
+                .entry(name)
+                .or_insert_with(|| {
+                    otlp.meter
+                        .f64_counter(otel)
+                        .with_unit(unit)
+                        .with_description(help)
+                        .build()
+                })
+                .add(by, &attributes(&labels));
+        }
         *self.counters.lock().entry((name, labels)).or_default() += by;
     }
 
     /// Records one duration in a histogram.
     pub fn observe(&self, name: &'static str, labels: Labels, duration: Duration) {
         let seconds = duration.as_secs_f64();
+        if let Some(otlp) = OTLP.get() {
+            let (otel, unit, help) = series(name);
+            otlp.histograms
+                .lock()
+                .entry(name)
+                .or_insert_with(|| {
+                    otlp.meter
+                        .f64_histogram(otel)
+                        .with_unit(unit)
+                        .with_description(help)
+                        .with_boundaries(BUCKETS.to_vec())
+                        .build()
+                })
+                .record(seconds, &attributes(&labels));
+        }
         let mut histograms = self.histograms.lock();
         let histogram = histograms.entry((name, labels)).or_default();
         for (bucket, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
@@ -95,7 +233,7 @@ impl Metrics {
         let mut described = Vec::new();
         let mut describe = |out: &mut String, name: &'static str, kind: &str| {
             if !described.contains(&name) {
-                let help = HELP.iter().find(|(n, _)| *n == name).map_or("", |(_, h)| h);
+                let (_, _, help) = series(name);
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
                 described.push(name);
             }
@@ -153,6 +291,30 @@ fn label_text(labels: &Labels, le: Option<&str>) -> String {
         String::new()
     } else {
         format!("{{{}}}", parts.join(","))
+    }
+}
+
+/// The store-wide gauges: active sessions and stored bytes (none when the store cannot
+/// say).
+pub async fn store_gauges(
+    store: Arc<dyn crate::store::SessionStore>,
+) -> Vec<(&'static str, Labels, f64)> {
+    match store.stats().await {
+        Ok(stats) => vec![
+            ("csai_active_sessions", vec![], stats.active_sessions as f64),
+            ("csai_stored_bytes", vec![], stats.approximate_bytes as f64),
+        ],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Keeps the OTLP copies of the store gauges current, reading them every `interval`.
+pub async fn export_store_gauges(store: Arc<dyn crate::store::SessionStore>, interval: Duration) {
+    loop {
+        for (name, _, value) in store_gauges(store.clone()).await {
+            set_otlp_gauge(name, value);
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -228,100 +390,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("csai_active_sessions 4"), "{text}");
-    }
-}
-
-/// A tower layer that counts every RPC by method and gRPC status code and times it up to
-/// the response headers (for a unary RPC, the whole call). Errors sent in trailers of a
-/// stream that already started are counted as OK.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RpcMetricsLayer;
-
-impl<S> tower_layer::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
-    }
-}
-
-/// The service [`RpcMetricsLayer`] wraps around the server's routes.
-#[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for RpcMetrics<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    R: 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_string();
-        let started = std::time::Instant::now();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = call.await;
-            if let Ok(response) = &result {
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from);
-                let registry = global();
-                registry.count(
-                    "csai_rpc_requests_total",
-                    vec![
-                        ("method", method.clone()),
-                        ("code", code_name(code).to_string()),
-                    ],
-                    1.0,
-                );
-                registry.observe(
-                    "csai_rpc_duration_seconds",
-                    vec![("method", method)],
-                    started.elapsed(),
-                );
-            }
-            result
-        })
-    }
-}
-
-/// The conventional upper-case name of a gRPC status code.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -8,6 +8,7 @@ use crate::grpc::pb::chat_server::ChatServer;
 use crate::grpc::pb::session_store_server::SessionStoreServer;
 use crate::grpc::session_store::{Policy, SessionStoreService};
 use crate::health;
+use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::store::SessionStore;
 use crate::store::dynamo::DynamoStore;
 use crate::store::encrypted::{EncryptedStore, Keyring};
@@ -196,22 +197,19 @@ pub async fn serve(
             let address = listener.local_addr().map_or(address, |bound| bound);
             tracing::info!(%address, "Prometheus metrics on /metrics");
             let store = store.clone();
-            let gauges = Arc::new(move || {
-                let store = store.clone();
-                async move {
-                    match store.stats().await {
-                        Ok(stats) => vec![
-                            ("csai_active_sessions", vec![], stats.active_sessions as f64),
-                            ("csai_stored_bytes", vec![], stats.approximate_bytes as f64),
-                        ],
-                        Err(_) => Vec::new(),
-                    }
-                }
-            });
+            let gauges = Arc::new(move || metrics::store_gauges(store.clone()));
             Some(AbortOnDrop(tokio::spawn(metrics::serve(listener, gauges))))
         }
         None => None,
     };
+    let otlp_gauges = metrics::exporting_over_otlp().then(|| {
+        AbortOnDrop(tokio::spawn(metrics::export_store_gauges(
+            store.clone(),
+            config
+                .health_interval
+                .max(std::time::Duration::from_secs(1)),
+        )))
+    });
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
@@ -234,8 +232,7 @@ pub async fn serve(
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
     let router = tonic::transport::Server::builder()
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
-        .layer(metrics::RpcMetricsLayer)
+        .layer(RpcTelemetryLayer)
         .add_service(health_service)
         .add_optional_service(config.reflection.then_some(reflection_v1))
         .add_optional_service(config.reflection.then_some(reflection_v1alpha))
@@ -271,7 +268,7 @@ pub async fn serve(
             }
         }
     }
-    drop(metrics_endpoint);
+    drop((metrics_endpoint, otlp_gauges));
     tracing::info!("csai-sidecar stopped");
     Ok(())
 }

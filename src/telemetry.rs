@@ -1,10 +1,67 @@
-//! Logging setup: structured tracing output as text or JSON.
+//! Logging and tracing setup: structured logs (text or JSON), OpenTelemetry traces and
+//! metrics over OTLP configured by the standard `OTEL_*` variables, W3C trace context in
+//! and out, and how session ids may appear in spans.
 
 use crate::config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
-pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+/// How a session id appears in span attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionIdInTraces {
+    Plain,
+    /// The first 16 hex digits of its SHA-256: joins the spans of one session without
+    /// showing the id.
+    #[default]
+    Hashed,
+    Omitted,
+}
+
+static SESSION_IDS: OnceLock<SessionIdInTraces> = OnceLock::new();
+
+/// The exporters of this process, flushed by [`Telemetry::shutdown`].
+#[derive(Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+/// The OTLP endpoint variable that turns a signal on, when one is set.
+fn otlp_endpoint(signal: &str) -> Option<String> {
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    [
+        format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+    ]
+    .into_iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// Installs the global subscriber: logs to stderr filtered by `level` (or `RUST_LOG`),
+/// and, when an OTLP endpoint is set, spans and metrics exported over OTLP/gRPC. Must run
+/// inside the Tokio runtime (the exporters' channels live there).
+pub fn init(
+    format: LogFormat,
+    level: &str,
+    session_ids: SessionIdInTraces,
+) -> Result<Telemetry, String> {
+    let _ = SESSION_IDS.set(session_ids);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = match std::env::var("RUST_LOG") {
         Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(&from_env)
             .map_err(|e| format!("invalid RUST_LOG {from_env:?}: {e}"))?,
@@ -12,14 +69,147 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
             format!("invalid value {level:?} for `log_level` (CSAI_LOG_LEVEL): {e}")
         })?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
     };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
+
+    let mut telemetry = Telemetry::default();
+    let resource = || opentelemetry_sdk::Resource::builder().build();
+    let traces = match otlp_endpoint("TRACES") {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| format!("cannot set up the OTLP trace exporter ({endpoint}): {e}"))?;
+            // Exports run as tasks on this runtime (the gRPC channel needs its reactor);
+            // the queue drops spans when full: exporting never blocks or fails an RPC.
+            let processor = BatchSpanProcessor::builder(exporter, Tokio).build();
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(processor)
+                .with_resource(resource())
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("csai-sidecar"))
+                .with_filter(EnvFilter::new("csai_sidecar=info"));
+            telemetry.tracer = Some(provider);
+            Some(layer)
+        }
+        None => None,
+    };
+    if let Some(endpoint) = otlp_endpoint("METRICS") {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("cannot set up the OTLP metric exporter ({endpoint}): {e}"))?;
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter, Tokio).build())
+            .with_resource(resource())
+            .build();
+        crate::metrics::export_over_otlp(&provider);
+        telemetry.meter = Some(provider);
+    }
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init()
+        .map_err(|e| format!("cannot install the logger: {e}"))?;
+    if let Some(endpoint) = otlp_endpoint("TRACES") {
+        tracing::info!(%endpoint, "exporting traces over OTLP");
+    }
+    Ok(telemetry)
+}
+
+impl Telemetry {
+    /// Exports what is still buffered, waiting at most `within`.
+    pub async fn shutdown(self, within: Duration) {
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(tracer) = self.tracer {
+                let _ = tracer.shutdown();
+            }
+            if let Some(meter) = self.meter {
+                let _ = meter.shutdown();
+            }
+        });
+        if tokio::time::timeout(within, flush).await.is_err() {
+            tracing::warn!(
+                ?within,
+                "telemetry not flushed in time; some spans are lost"
+            );
+        }
+    }
+}
+
+/// The session id as span attributes may show it, or `None` when they must not.
+pub fn session_id_for_traces(id: &str) -> Option<String> {
+    SESSION_IDS.get().copied().unwrap_or_default().show(id)
+}
+
+impl SessionIdInTraces {
+    fn show(self, id: &str) -> Option<String> {
+        match self {
+            SessionIdInTraces::Plain => Some(id.to_string()),
+            SessionIdInTraces::Hashed => {
+                let digest = Sha256::digest(id.as_bytes());
+                Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+            }
+            SessionIdInTraces::Omitted => None,
+        }
+    }
+}
+
+/// Records the session id on the current span (the RPC's), as configured.
+pub fn record_session_id(id: &str) {
+    if let Some(value) = session_id_for_traces(id) {
+        tracing::Span::current().record("csai.session_id", value);
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Makes the W3C `traceparent` in `headers` (gRPC metadata) the parent of `span`, and
+/// returns the trace id the span belongs to: the exported trace's when tracing is on, else
+/// the caller's, so logs can still be joined with the bot's trace.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option<String> {
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let _ = span.set_parent(parent.clone());
+    [span.context(), parent]
+        .iter()
+        .map(|cx| cx.span().span_context().clone())
+        .find(|context| context.is_valid())
+        .map(|context| context.trace_id().to_string())
+}
+
+/// Adds the `traceparent` of `span` to an outgoing HTTP request's headers.
+pub fn inject_trace(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    }
 }
 
 /// Replaces every secret in `text` with `<redacted>`.
@@ -53,5 +243,37 @@ mod tests {
             ),
             "password <redacted> and key <redacted>, again <redacted>"
         );
+    }
+
+    #[test]
+    fn session_ids_show_as_configured() {
+        let id = "user-42:chat";
+        assert_eq!(SessionIdInTraces::Plain.show(id).as_deref(), Some(id));
+        // Hashed: 16 hex digits, stable for one id, different for another.
+        let hashed = SessionIdInTraces::Hashed.show(id).unwrap();
+        assert_eq!(hashed.len(), 16);
+        assert!(hashed.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(SessionIdInTraces::Hashed.show(id), Some(hashed.clone()));
+        assert_ne!(SessionIdInTraces::Hashed.show("user-43:chat"), Some(hashed));
+        assert_eq!(SessionIdInTraces::Omitted.show(id), None);
+    }
+
+    #[test]
+    fn the_callers_trace_id_is_kept_without_an_exporter() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let span = tracing::info_span!("test");
+        assert_eq!(
+            continue_trace(&span, &headers).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(continue_trace(&span, &http::HeaderMap::new()), None);
+        headers.insert("traceparent", "00-garbage".parse().unwrap());
+        assert_eq!(continue_trace(&span, &headers), None);
     }
 }

@@ -95,7 +95,7 @@ fn config_redacts_secrets() {
 
 #[test]
 fn invalid_values_exit_non_zero_naming_key_and_accepted_values() {
-    let cases: [(&str, &str, &[&str]); 5] = [
+    let cases: [(&str, &str, &[&str]); 6] = [
         (
             "CSAI_STORAGE_TYPE",
             "cassandra",
@@ -105,6 +105,11 @@ fn invalid_values_exit_non_zero_naming_key_and_accepted_values() {
         ("CSAI_LISTEN", "nowhere", &["`listen`", "host:port"]),
         ("CSAI_LOG_FORMAT", "xml", &["`log_format`", "text or json"]),
         ("CSAI_MAX_RETRIES", "-1", &["`max_retries`", "whole number"]),
+        (
+            "CSAI_TRACE_SESSION_IDS",
+            "sometimes",
+            &["`trace_session_ids`", "plain, hashed or omitted"],
+        ),
     ];
     for (var, value, mentions) in cases {
         let (code, _, stderr) = run(sidecar().env(var, value));

@@ -2,12 +2,16 @@
 
 use crate::chat::sse::{SseDecoder, SseEvent};
 use crate::chat::wire;
+use crate::metrics::{self, Labels};
 use crate::model::{JsonObject, NewMessage, Role};
+use crate::telemetry;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Sampling parameters of a completion. The default is CS-AI's.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +146,18 @@ impl ProviderError {
                 | ProviderError::Timeout { .. }
         )
     }
+
+    /// A short label for metrics and spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Unavailable { .. } => "unavailable",
+            ProviderError::Timeout { .. } => "timeout",
+            ProviderError::Auth { .. } => "auth",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Malformed { .. } => "malformed",
+        }
+    }
 }
 
 /// The API key of a provider. Its Debug form hides it, so it never reaches a log.
@@ -221,13 +237,50 @@ impl Provider {
     pub async fn complete<'a>(
         &self,
         request: &CompletionRequest,
+        on_delta: Option<&mut DeltaSink<'a>>,
+    ) -> Result<Completion, ProviderError> {
+        let result = self.complete_with_retries(request, on_delta).await;
+        if let Err(error) = &result {
+            metrics::global().count(
+                "csai_provider_errors_total",
+                vec![
+                    ("provider", self.name().to_string()),
+                    ("kind", error.kind().to_string()),
+                ],
+                1.0,
+            );
+        }
+        result
+    }
+
+    async fn complete_with_retries<'a>(
+        &self,
+        request: &CompletionRequest,
         mut on_delta: Option<&mut DeltaSink<'a>>,
     ) -> Result<Completion, ProviderError> {
         let mut retry = 0;
         loop {
             let mut streamed_any = false;
+            let span = tracing::info_span!(
+                "provider",
+                otel.name = format!("chat {}", request.model),
+                otel.kind = "client",
+                otel.status_code = Empty,
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = self.name(),
+                gen_ai.request.model = request.model.as_str(),
+                gen_ai.response.model = Empty,
+                gen_ai.response.finish_reasons = Empty,
+                gen_ai.usage.input_tokens = Empty,
+                gen_ai.usage.output_tokens = Empty,
+                http.response.status_code = Empty,
+                error.type = Empty,
+                csai.retry = retry,
+            );
+            let started = Instant::now();
             let attempt = self.attempt(request, on_delta.as_deref_mut(), &mut streamed_any);
             let result = tokio::time::timeout(self.settings.timeout, attempt)
+                .instrument(span.clone())
                 .await
                 .unwrap_or_else(|_| {
                     Err(ProviderError::Timeout {
@@ -235,6 +288,7 @@ impl Provider {
                         after: self.settings.timeout,
                     })
                 });
+            self.observe(&span, request, &result, started.elapsed());
             let error = match result {
                 Ok(completion) => return Ok(completion),
                 Err(error) => error,
@@ -250,8 +304,70 @@ impl Provider {
                 return Err(error);
             }
             tracing::warn!(provider = self.name(), %error, ?delay, retry = retry + 1, "retrying the model call");
+            metrics::global().count(
+                "csai_provider_retries_total",
+                vec![
+                    ("provider", self.name().to_string()),
+                    ("reason", error.kind().to_string()),
+                ],
+                1.0,
+            );
             tokio::time::sleep(delay).await;
             retry += 1;
+        }
+    }
+
+    /// Records one model call on its span and in the metrics.
+    fn observe(
+        &self,
+        span: &tracing::Span,
+        request: &CompletionRequest,
+        result: &Result<Completion, ProviderError>,
+        elapsed: Duration,
+    ) {
+        let labels = |extra: Option<(&'static str, &str)>| -> Labels {
+            let mut labels = vec![
+                ("provider", self.name().to_string()),
+                ("model", request.model.clone()),
+            ];
+            labels.extend(extra.map(|(k, v)| (k, v.to_string())));
+            labels
+        };
+        let registry = metrics::global();
+        registry.observe(
+            "csai_provider_request_duration_seconds",
+            labels(None),
+            elapsed,
+        );
+        let completion = match result {
+            Ok(completion) => completion,
+            Err(error) => {
+                span.record("error.type", error.kind());
+                span.record("otel.status_code", "error");
+                return;
+            }
+        };
+        span.record("gen_ai.response.finish_reasons", &completion.finish_reason);
+        if let Some(model) = &completion.message.model {
+            span.record("gen_ai.response.model", model.as_str());
+        }
+        if let Some(usage) = &completion.message.usage {
+            span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+            span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
+            for (kind, tokens) in [
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
+                ("cached_input", usage.cached_tokens),
+                ("reasoning", usage.reasoning_tokens),
+            ] {
+                if tokens > 0 {
+                    registry.count(
+                        "csai_chat_tokens_total",
+                        labels(Some(("type", kind))),
+                        f64::from(tokens),
+                    );
+                }
+            }
         }
     }
 
@@ -273,8 +389,16 @@ impl Provider {
         if let Some(key) = api_key {
             http = http.bearer_auth(&key.value);
         }
-        let response = http.send().await.map_err(|e| self.unavailable(&e))?;
+        let mut trace_headers = HeaderMap::new();
+        let span = tracing::Span::current();
+        telemetry::inject_trace(&span, &mut trace_headers);
+        let response = http
+            .headers(trace_headers)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(&e))?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
             let body = response.bytes().await.unwrap_or_default();

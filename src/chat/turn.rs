@@ -8,6 +8,7 @@ use crate::chat::provider::{
 };
 use crate::chat::window;
 use crate::chat::{ChatSettings, TurnLimits};
+use crate::metrics;
 use crate::model::{
     Append, Message, NewMessage, Role, SessionId, ToolCall, Usage, Window, WriteOptions,
 };
@@ -217,6 +218,50 @@ impl ChatEngine {
         request: TurnRequest,
         bot: &mut dyn Bot,
     ) -> Result<TurnOutcome, TurnError> {
+        let requested = self
+            .provider(request.provider.as_deref())
+            .map(|p| p.name().to_string())
+            .unwrap_or_default();
+        let result = self.run_turn(store, request, bot).await;
+        let (provider, model, outcome) = match &result {
+            Ok(turn) => (
+                turn.provider.clone(),
+                self.model_of(&turn.provider, &turn.assistant.body),
+                turn.finish_reason.clone(),
+            ),
+            Err(_) => (requested, String::new(), "error".to_string()),
+        };
+        metrics::global().count(
+            "csai_chat_turns_total",
+            vec![
+                ("provider", provider),
+                ("model", model),
+                ("outcome", outcome),
+            ],
+            1.0,
+        );
+        result
+    }
+
+    /// The model that wrote `message`, as the provider reported it, else as configured.
+    fn model_of(&self, provider: &str, message: &NewMessage) -> String {
+        message
+            .model
+            .clone()
+            .or_else(|| {
+                self.providers
+                    .get(provider)
+                    .map(|p| p.settings.model.clone())
+            })
+            .unwrap_or_default()
+    }
+
+    async fn run_turn(
+        &self,
+        store: &dyn SessionStore,
+        request: TurnRequest,
+        bot: &mut dyn Bot,
+    ) -> Result<TurnOutcome, TurnError> {
         let provider = self.provider(request.provider.as_deref())?;
         if let TurnInput::User(user) = &request.input {
             let verdict = self.check_length(user);
@@ -301,6 +346,16 @@ impl ChatEngine {
                 break (finish, Vec::new(), answered_by);
             }
             rounds += 1;
+            if let Some(assistant) = new.last() {
+                metrics::global().count(
+                    "csai_chat_tool_rounds_total",
+                    vec![
+                        ("provider", answered_by.clone()),
+                        ("model", self.model_of(&answered_by, assistant)),
+                    ],
+                    1.0,
+                );
+            }
 
             let mut asked: Vec<ToolCall> = Vec::new();
             for call in &calls {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// The Chat service over a turn engine.
 pub struct ChatService {
@@ -189,7 +190,7 @@ impl Chat for ChatService {
             tool_timeout: engine.limits().tool_timeout,
             policy: self.policy.clone(),
         };
-        tokio::spawn(async move {
+        let turn_task = async move {
             let session = turn.session.clone();
             // When the bot goes away, dropping the turn aborts the model request, and
             // nothing of the turn is stored: its one append comes last.
@@ -204,7 +205,9 @@ impl Chat for ChatService {
                     tracing::info!(%session, "the bot left ExecStream; the turn was dropped and nothing stored");
                 }
             }
-        });
+        };
+        // The turn outlives this call's future: it keeps the RPC's span by hand.
+        tokio::spawn(turn_task.in_current_span());
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
             responses,
         ))))

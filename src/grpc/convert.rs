@@ -32,7 +32,8 @@ fn has_control_chars(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
-/// Checks a session id: 1 to 256 bytes of UTF-8 without control characters.
+/// Checks a session id: 1 to 256 bytes of UTF-8 without control characters. The request's
+/// own `session_id` is recorded on the RPC's span (as `trace_session_ids` allows).
 pub fn session_id(raw: &str, field: &str) -> Result<SessionId, Status> {
     if raw.is_empty() {
         return Err(invalid(field, "is required"));
@@ -48,6 +49,9 @@ pub fn session_id(raw: &str, field: &str) -> Result<SessionId, Status> {
     }
     if has_control_chars(raw) {
         return Err(invalid(field, "must not contain control characters"));
+    }
+    if field == "session_id" {
+        crate::telemetry::record_session_id(raw);
     }
     Ok(SessionId::new(raw))
 }

@@ -12,6 +12,7 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 /// Streams every live session; the export runs in its own task and stops when the
 /// client goes away.
@@ -20,7 +21,7 @@ pub fn export(
     prefix: String,
 ) -> BoxStream<'static, Result<pb::ExportedSession, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
+    let task = async move {
         let sessions = transfer::export(store, prefix);
         futures::pin_mut!(sessions);
         while let Some(item) = sessions.next().await {
@@ -36,7 +37,8 @@ pub fn export(
                 return;
             }
         }
-    });
+    };
+    tokio::spawn(task.in_current_span());
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 

@@ -1,6 +1,6 @@
-//! Backend timing: a store decorator that records every operation's latency and errors,
-//! and warns about operations slower than `slow_op_threshold`, at most once per operation
-//! every 10 seconds.
+//! Backend timing: a store decorator that gives every operation a span, records its
+//! latency and errors, and warns about operations slower than `slow_op_threshold`, at most
+//! once per operation every 10 seconds.
 
 use crate::metrics::{self, Labels};
 use crate::model::{
@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// How often one operation may be warned about.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,10 +44,25 @@ impl MeteredStore {
         operation: &'static str,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        let started = Instant::now();
-        let result = call.await;
-        let elapsed = started.elapsed();
         let backend = self.inner.backend();
+        // Only operations inside a traced request get a span: background health checks
+        // and gauge reads would otherwise start a new trace every few seconds.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "backend",
+                otel.name = format!("{backend} {operation}"),
+                otel.kind = "client",
+                otel.status_code = Empty,
+                db.system.name = backend,
+                db.operation.name = operation,
+                error.type = Empty,
+            )
+        };
+        let started = Instant::now();
+        let result = call.instrument(span.clone()).await;
+        let elapsed = started.elapsed();
         let labels = || -> Labels {
             vec![
                 ("backend", backend.to_string()),
@@ -55,13 +72,21 @@ impl MeteredStore {
         let registry = metrics::global();
         registry.observe("csai_backend_operation_duration_seconds", labels(), elapsed);
         if let Err(error) = &result {
+            span.record("error.type", kind(error));
+            // Not found and version conflicts are answers, not failures of the backend.
+            if !matches!(
+                error,
+                StoreError::NotFound(_) | StoreError::VersionMismatch { .. }
+            ) {
+                span.record("otel.status_code", "error");
+            }
             let mut with_kind = labels();
             with_kind.push(("kind", kind(error).to_string()));
             registry.count("csai_backend_errors_total", with_kind, 1.0);
         }
         if elapsed >= self.slow {
             registry.count("csai_backend_slow_operations_total", labels(), 1.0);
-            self.warn(operation, backend, elapsed);
+            span.in_scope(|| self.warn(operation, backend, elapsed));
         }
         result
     }

@@ -46,6 +46,7 @@ pub fn call(id: &str, name: &str, arguments: Value) -> (String, String, String) 
 pub struct Recorded {
     pub body: Value,
     pub authorization: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 impl Recorded {
@@ -126,12 +127,16 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response(),
     };
     let stream = body["stream"] == json!(true);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
     shared.requests.lock().await.push(Recorded {
         body,
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
+        authorization: header("authorization"),
+        traceparent: header("traceparent"),
     });
     let Some(mut reply) = shared.script.lock().await.pop_front() else {
         return error(500, None, "the test script has no more replies");

@@ -1,0 +1,278 @@
+//! Per-RPC telemetry: a tower layer that opens a span for every gRPC call (continuing the
+//! caller's W3C trace), counts the call by method and status code, and times it to the end
+//! of its response stream.
+
+use crate::{metrics, telemetry};
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tonic::Code;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+/// Wraps the server's routes in [`RpcTelemetry`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcTelemetryLayer;
+
+impl<S> tower_layer::Layer<S> for RpcTelemetryLayer {
+    type Service = RpcTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcTelemetry { inner }
+    }
+}
+
+/// The service [`RpcTelemetryLayer`] wraps around the server's routes.
+#[derive(Clone, Debug)]
+pub struct RpcTelemetry<S> {
+    inner: S,
+}
+
+impl<S, R> tower_service::Service<http::Request<tonic::body::Body>> for RpcTelemetry<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    R: Body + Unpin + Send + 'static,
+{
+    type Response = http::Response<ObservedBody<R>>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let full_method = path.trim_start_matches('/');
+        let (service, method) = full_method.split_once('/').unwrap_or(("", full_method));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = full_method,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = Empty,
+            rpc.request.size = Empty,
+            rpc.response.size = Empty,
+            csai.session_id = Empty,
+            trace_id = Empty,
+        );
+        if let Some(trace_id) = telemetry::continue_trace(&span, request.headers()) {
+            span.record("trace_id", trace_id);
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        let request = request.map(|body| {
+            tonic::body::Body::new(CountedBody {
+                inner: body,
+                count: received.clone(),
+            })
+        });
+        let call = self.inner.call(request).instrument(span.clone());
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = call.await?;
+            let call = Call {
+                span,
+                path,
+                started,
+                received,
+                sent: 0,
+            };
+            // A trailers-only response (every error) carries its status in the headers.
+            let finished = match grpc_status(response.headers()) {
+                Some(code) => {
+                    call.finish(code);
+                    None
+                }
+                None => Some(call),
+            };
+            Ok(response.map(|inner| ObservedBody {
+                inner,
+                call: finished,
+            }))
+        })
+    }
+}
+
+/// One call until its status is known.
+struct Call {
+    span: tracing::Span,
+    path: String,
+    started: Instant,
+    received: Arc<AtomicU64>,
+    sent: u64,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        let elapsed = self.started.elapsed();
+        let span = &self.span;
+        span.record("rpc.grpc.status_code", code as i64);
+        span.record("rpc.request.size", self.received.load(Ordering::Relaxed));
+        span.record("rpc.response.size", self.sent);
+        // The server-side errors of the OpenTelemetry gRPC conventions; the others are
+        // the caller's.
+        if matches!(
+            code,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        ) {
+            span.record("otel.status_code", "error");
+        }
+        span.in_scope(|| {
+            tracing::debug!(
+                method = %self.path,
+                code = code_name(code),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "rpc finished"
+            )
+        });
+        let registry = metrics::global();
+        registry.count(
+            "csai_rpc_requests_total",
+            vec![
+                ("method", self.path.clone()),
+                ("code", code_name(code).to_string()),
+            ],
+            1.0,
+        );
+        registry.observe(
+            "csai_rpc_duration_seconds",
+            vec![("method", self.path)],
+            elapsed,
+        );
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from)
+}
+
+/// A response body that finishes its call's telemetry at the trailers (or, when the
+/// caller goes away first, on drop, as CANCELLED).
+pub struct ObservedBody<B> {
+    inner: B,
+    call: Option<Call>,
+}
+
+impl<B> ObservedBody<B> {
+    fn finish(&mut self, code: Code) {
+        if let Some(call) = self.call.take() {
+            call.finish(code);
+        }
+    }
+}
+
+impl<B> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl<B: Body + Unpin> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(call)) = (frame.data_ref(), this.call.as_mut()) {
+                    call.sent += data.remaining() as u64;
+                }
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Code::Internal),
+            Poll::Ready(None) => this.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that counts the bytes it delivers.
+struct CountedBody<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B: Body + Unpin> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count
+                .fetch_add(data.remaining() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
