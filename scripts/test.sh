@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; cargo fetches the crates;
 # the test servers are installed by their scripts: redis-server from Debian,
-# SecantusDB (MongoDB) and moto (DynamoDB) from PyPI into the ignored venv .venv.
+# SecantusDB (MongoDB) and moto (DynamoDB) from PyPI into the ignored venv .venv; the
+# clients' toolchains by scripts/clients.sh.
 for tool in cargo cargo-fmt cargo-clippy; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         if command -v rustup >/dev/null 2>&1; then
@@ -42,6 +43,15 @@ scripts/document-servers.sh start "$servers/documents"
 source "$servers/redis/env"
 # shellcheck source=/dev/null
 source "$servers/documents/env"
+
+echo "== clients and proto"
+# Python client (PyPI, venv .venv-client), Go with Debian's gRPC libraries, buf (npm).
+scripts/clients.sh install
+scripts/clients.sh lint
+scripts/clients.sh check
+scripts/clients.sh build-go .data/clients/go-bot
+export CSAI_TEST_CLIENT_PYTHON="$PWD/.venv-client/bin/python"
+export CSAI_TEST_GO_BOT="$PWD/.data/clients/go-bot"
 
 echo "== cargo test"
 cargo test --no-fail-fast 2>&1 | tee "$log"

@@ -75,3 +75,28 @@ pub async fn run_checks(
         last = Some(serving);
     }
 }
+
+/// Asks the sidecar listening on `listen` for the status of `service` (e.g. `SERVING`) over
+/// plain-text gRPC, for container health checks; an unspecified address means loopback.
+pub async fn probe(listen: std::net::SocketAddr, service: &str) -> Result<String, String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the sidecar on {address}: {e}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|status| format!("health check of {service:?} failed: {}", status.message()))?;
+    Ok(response.into_inner().status().as_str_name().to_string())
+}

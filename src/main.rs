@@ -29,6 +29,20 @@ fn cli() -> Command {
         )
         .subcommand(Command::new("serve").about("Serve gRPC (the default command)"))
         .subcommand(
+            Command::new("health")
+                .about(
+                    "Check the running sidecar's grpc.health.v1 status on `listen`; exit 0 \
+                     when SERVING (for container health checks)",
+                )
+                .arg(
+                    Arg::new("service")
+                        .long("service")
+                        .value_name("NAME")
+                        .default_value("")
+                        .help("health service name: empty for the server, or csai.v1.SessionStore, csai.v1.Chat"),
+                ),
+        )
+        .subcommand(
             Command::new("config")
                 .about("Validate and print the effective configuration, secrets redacted"),
         )
@@ -145,6 +159,30 @@ fn values_from(matches: &ArgMatches) -> Result<Values, ConfigError> {
         values.set(key.name, value.clone(), source);
     }
     Ok(values)
+}
+
+/// `csai-sidecar health`: prints the status; exit 0 only when SERVING.
+fn health_check(config: &Config, arguments: &ArgMatches) -> ExitCode {
+    let service = arguments
+        .get_one::<String>("service")
+        .map_or("", String::as_str);
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| runtime.block_on(csai_sidecar::health::probe(config.listen, service)));
+    match result {
+        Ok(status) if status == "SERVING" => {
+            println!("{status}");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("{status}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("csai-sidecar: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -359,6 +397,9 @@ fn main() -> ExitCode {
     if matches.subcommand_name() == Some("config") {
         print!("{}", values.render());
         return ExitCode::SUCCESS;
+    }
+    if let Some(("health", arguments)) = matches.subcommand() {
+        return health_check(&config, arguments);
     }
     if let Some((command @ ("migrate" | "backup" | "restore" | "rotate-keys"), arguments)) =
         matches.subcommand()

@@ -221,3 +221,25 @@ async fn the_binary_serves_chat_with_the_echo_provider() {
     );
     assert_eq!(response.provider, "echo");
 }
+
+#[tokio::test]
+async fn the_health_command_probes_a_running_sidecar() {
+    let (process, _channel) = SidecarProcess::spawn(&[]).await;
+    let listen = format!("127.0.0.1:{}", process.port);
+    let probe = |service: &str| {
+        run(sidecar()
+            .env("CSAI_LISTEN", &listen)
+            .args(["health", "--service", service]))
+    };
+    let (code, stdout, stderr) = probe("");
+    assert_eq!((code, stdout.trim()), (0, "SERVING"), "{stderr}");
+    let (code, stdout, _) = probe("csai.v1.SessionStore");
+    assert_eq!((code, stdout.trim()), (0, "SERVING"));
+    // No chat provider is configured: Chat is not serving, and the probe says so.
+    let (code, stdout, _) = probe("csai.v1.Chat");
+    assert_eq!((code, stdout.trim()), (1, "NOT_SERVING"));
+    drop(process);
+    let (code, _, stderr) = probe("");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot reach the sidecar"), "{stderr}");
+}

@@ -1,0 +1,184 @@
+// Command bot is an example bot against csai-sidecar: health and reflection, appends and
+// reads, the NOT_FOUND and ABORTED cases, and a streamed chat turn with one tool.
+//
+//	go run ./examples/bot 127.0.0.1:50051 customer-42
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	csaiv1 "github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1"
+)
+
+func user(text string) *csaiv1.Message {
+	return &csaiv1.Message{Role: csaiv1.Role_ROLE_USER, Content: text}
+}
+
+func assistant(text string) *csaiv1.Message {
+	return &csaiv1.Message{Role: csaiv1.Role_ROLE_ASSISTANT, Content: text}
+}
+
+// lookupOrder is the bot's own function; the model decides when to call it.
+func lookupOrder(orderID float64) map[string]interface{} {
+	return map[string]interface{}{"order_id": orderID, "status": "shipped", "eta": "tomorrow"}
+}
+
+func orderTool() *csaiv1.Tool {
+	schema, err := structpb.NewStruct(map[string]interface{}{
+		"type":       "object",
+		"properties": map[string]interface{}{"order_id": map[string]interface{}{"type": "integer"}},
+		"required":   []interface{}{"order_id"},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return &csaiv1.Tool{Name: "lookup_order", Description: "Status of an order", Parameters: schema}
+}
+
+func main() {
+	if len(os.Args) != 3 {
+		log.Fatal("usage: bot HOST:PORT SESSION_ID")
+	}
+	target, sessionID := os.Args[1], os.Args[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// grpc.DialContext and WithInsecure: the API of grpc-go 1.33 (Debian 12); newer
+	// grpc-go keeps both.
+	conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock())
+	if err != nil {
+		log.Fatalf("connect to %s: %v", target, err)
+	}
+	defer conn.Close()
+
+	health := healthpb.NewHealthClient(conn)
+	server, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+	must(err)
+	store, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: "csai.v1.SessionStore"})
+	must(err)
+	fmt.Println("health", server.Status, store.Status)
+	fmt.Println("services", strings.Join(listServices(ctx, conn), " "))
+
+	sessions := csaiv1.NewSessionStoreClient(conn)
+	appended, err := sessions.AppendMessages(ctx, &csaiv1.AppendMessagesRequest{
+		SessionId: sessionID,
+		Messages:  []*csaiv1.Message{user("Hi"), assistant("Hello! How can I help?")},
+	})
+	must(err)
+	fmt.Printf("appended seqs %d..%d version %d\n", appended.Seqs[0], appended.Seqs[len(appended.Seqs)-1], appended.Version)
+	read, err := sessions.GetSession(ctx, &csaiv1.GetSessionRequest{
+		SessionId: sessionID,
+		Window:    &csaiv1.GetSessionRequest_LastN{LastN: 1},
+	})
+	must(err)
+	session := read.Session
+	fmt.Printf("read %d messages, last: %s\n", session.MessageCount, session.Messages[len(session.Messages)-1].Content)
+
+	absent := sessionID + "-absent"
+	_, err = sessions.GetSession(ctx, &csaiv1.GetSessionRequest{SessionId: absent})
+	if status.Code(err) == codes.NotFound {
+		fmt.Println("not found", absent)
+	} else {
+		log.Fatalf("expected NOT_FOUND for %s, got %v", absent, err)
+	}
+
+	// Optimistic concurrency: an append that expects an old version is refused with
+	// ABORTED; re-read and try again.
+	stale := uint64(0)
+	_, err = sessions.AppendMessages(ctx, &csaiv1.AppendMessagesRequest{
+		SessionId: sessionID, Messages: []*csaiv1.Message{user("stale write")}, ExpectedVersion: &stale,
+	})
+	if status.Code(err) != codes.Aborted {
+		log.Fatalf("expected ABORTED, got %v", err)
+	}
+	reread, err := sessions.GetSession(ctx, &csaiv1.GetSessionRequest{SessionId: sessionID})
+	must(err)
+	current := reread.Session
+	retried, err := sessions.AppendMessages(ctx, &csaiv1.AppendMessagesRequest{
+		SessionId: sessionID, Messages: []*csaiv1.Message{user("Thanks")}, ExpectedVersion: &current.Version,
+	})
+	must(err)
+	fmt.Printf("aborted, retried at version %d -> %d\n", current.Version, retried.Version)
+
+	streamTurn(ctx, csaiv1.NewChatClient(conn), sessionID, "Where is order 7?")
+}
+
+// streamTurn runs a whole chat turn over ExecStream, answering tool calls as they come.
+func streamTurn(ctx context.Context, chat csaiv1.ChatClient, sessionID, text string) {
+	stream, err := chat.ExecStream(ctx)
+	must(err)
+	must(stream.Send(&csaiv1.ExecStreamRequest{Kind: &csaiv1.ExecStreamRequest_Start{Start: &csaiv1.ExecRequest{
+		SessionId:   sessionID,
+		UserMessage: &csaiv1.UserMessage{Content: text},
+		Tools:       []*csaiv1.Tool{orderTool()},
+	}}}))
+	var answer strings.Builder
+	for {
+		response, err := stream.Recv()
+		if err == io.EOF {
+			log.Fatal("ExecStream ended without a result")
+		}
+		must(err)
+		switch kind := response.Kind.(type) {
+		case *csaiv1.ExecStreamResponse_Delta:
+			answer.WriteString(kind.Delta.Content)
+		case *csaiv1.ExecStreamResponse_ToolCall:
+			call := kind.ToolCall
+			var arguments struct {
+				OrderID float64 `json:"order_id"`
+			}
+			must(json.Unmarshal([]byte(call.Function.Arguments), &arguments))
+			fmt.Println("tool", call.Function.Name, call.Function.Arguments)
+			result, err := json.Marshal(lookupOrder(arguments.OrderID))
+			must(err)
+			must(stream.Send(&csaiv1.ExecStreamRequest{Kind: &csaiv1.ExecStreamRequest_ToolResult{
+				ToolResult: &csaiv1.ToolResult{ToolCallId: call.Id, Content: string(result)},
+			}}))
+		case *csaiv1.ExecStreamResponse_Done:
+			done := kind.Done
+			must(stream.CloseSend())
+			fmt.Println("answer", answer.String())
+			fmt.Printf("done finish=%s rounds=%d seqs %d..%d tokens %d\n", done.FinishReason,
+				done.ToolRounds, done.FirstSeq, done.LastSeq, done.Usage.GetTotalTokens())
+			return
+		}
+	}
+}
+
+// listServices asks the server, by reflection, which services it offers.
+func listServices(ctx context.Context, conn *grpc.ClientConn) []string {
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	must(err)
+	must(stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{ListServices: ""},
+	}))
+	response, err := stream.Recv()
+	must(err)
+	must(stream.CloseSend())
+	var names []string
+	for _, service := range response.GetListServicesResponse().Service {
+		names = append(names, service.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}

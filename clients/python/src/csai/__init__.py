@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of the csai proto packages (see scripts/clients.sh)."""
