@@ -331,9 +331,7 @@ where
         };
         let gauges = gauges.clone();
         tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let read = stream.read(&mut request).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&request[..read]);
+            let head = read_head(&mut stream).await;
             let (status, body) = if head.starts_with("GET /metrics ") {
                 ("200 OK", global().render(&gauges().await))
             } else {
@@ -349,6 +347,23 @@ where
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// The request line and headers: read until the blank line (a request may arrive in
+/// several pieces), at most 8 KiB, waiting at most 5 s.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let reading = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => head.extend_from_slice(&buffer[..read]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), reading).await;
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 #[cfg(test)]

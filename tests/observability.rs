@@ -20,7 +20,8 @@ fn free_port() -> u16 {
 fn scrape(port: u16, path: &str) -> String {
     let mut stream =
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
