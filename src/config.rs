@@ -280,6 +280,12 @@ pub const KEYS: &[Key] = &[
         "how long in-flight RPCs may run after SIGTERM/SIGINT",
     ),
     key(
+        "max_concurrent_requests",
+        "CSAI_MAX_CONCURRENT_REQUESTS",
+        "1000",
+        "RPCs in flight at once; more are refused at once with RESOURCE_EXHAUSTED (health checks never are; 0 = no limit)",
+    ),
+    key(
         "max_grpc_message_size",
         "CSAI_MAX_GRPC_MESSAGE_SIZE",
         "4MiB",
@@ -596,6 +602,7 @@ pub struct Config {
     pub health_interval: Duration,
     pub shutdown_grace: Duration,
     pub max_grpc_message_size: usize,
+    pub max_concurrent_requests: usize,
     pub limits: RequestLimits,
     pub record_retention: Duration,
     /// Encryption keys (`id:base64` entries), when encryption at rest is on.
@@ -882,6 +889,11 @@ impl Values {
                 "shutdown_grace",
                 "a duration such as 0s, 10s or 1m",
                 duration,
+            )?,
+            max_concurrent_requests: self.get(
+                "max_concurrent_requests",
+                "a whole number (0 = no limit)",
+                |s| s.parse().ok(),
             )?,
             max_grpc_message_size: self.get(
                 "max_grpc_message_size",

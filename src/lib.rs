@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod grpc;
 pub mod health;
+pub mod load_shed;
 pub mod metrics;
 pub mod migrate;
 pub mod model;

@@ -8,6 +8,7 @@ use crate::grpc::pb::chat_server::ChatServer;
 use crate::grpc::pb::session_store_server::SessionStoreServer;
 use crate::grpc::session_store::{Policy, SessionStoreService};
 use crate::health;
+use crate::load_shed::LoadShedLayer;
 use crate::rpc_telemetry::RpcTelemetryLayer;
 use crate::store::SessionStore;
 use crate::store::dynamo::DynamoStore;
@@ -232,7 +233,9 @@ pub async fn serve(
         .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
     let router = tonic::transport::Server::builder()
+        // Outermost first: shed RPCs are still counted and traced.
         .layer(RpcTelemetryLayer)
+        .layer(LoadShedLayer::new(config.max_concurrent_requests))
         .add_service(health_service)
         .add_optional_service(config.reflection.then_some(reflection_v1))
         .add_optional_service(config.reflection.then_some(reflection_v1alpha))

@@ -1,0 +1,94 @@
+//! Overload: RPCs past `max_concurrent_requests` are refused at once with
+//! RESOURCE_EXHAUSTED (no queueing), health checks never are, and the sidecar serves
+//! again as soon as load drops.
+
+mod common;
+
+use common::model_server::{Reply, ScriptedModel};
+use common::{SidecarProcess, user};
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::chat_client::ChatClient;
+use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
+use std::time::{Duration, Instant};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+fn append(session: &str) -> pb::AppendMessagesRequest {
+    pb::AppendMessagesRequest {
+        session_id: session.into(),
+        messages: vec![user("hi")],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn rpcs_past_the_limit_are_shed_and_health_checks_never_are() {
+    // Two slow model answers keep two Exec calls in flight: the whole limit.
+    let slow = || Reply::Delayed(Duration::from_secs(2), Box::new(Reply::Text("done".into())));
+    let model = ScriptedModel::start(vec![slow(), slow()]).await;
+    let (_sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_MAX_CONCURRENT_REQUESTS", "2".into()),
+        ("CSAI_CHAT_BASE_URL", model.base_url.clone()),
+    ])
+    .await;
+    let turns: Vec<_> = (0..2)
+        .map(|i| {
+            let mut chat = ChatClient::new(channel.clone());
+            tokio::spawn(async move {
+                chat.exec(pb::ExecRequest {
+                    session_id: format!("overload-turn-{i}"),
+                    user_message: Some(pb::UserMessage {
+                        content: "hello".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    let waiting = Instant::now();
+    while model.requests().await.len() < 2 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "the turns never reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut sessions = SessionStoreClient::new(channel.clone());
+    let shed = sessions
+        .append_messages(append("overload-shed"))
+        .await
+        .expect_err("a third RPC is over the limit");
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("max_concurrent_requests"),
+        "{shed:?}"
+    );
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health checks are never shed");
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+
+    for turn in turns {
+        turn.await
+            .unwrap()
+            .expect("the turns in flight finish normally");
+    }
+    sessions
+        .append_messages(append("overload-after"))
+        .await
+        .expect("served again once load dropped");
+    let refused = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: "overload-shed".into(),
+            window: None,
+        })
+        .await
+        .expect_err("the shed append stored nothing");
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+}
