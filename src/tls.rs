@@ -147,6 +147,7 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
+            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
