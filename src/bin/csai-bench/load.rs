@@ -1,0 +1,173 @@
+//! The load loop: closed (N workers back to back) or open (a fixed rate; a request the
+//! loop fell behind on counts from when it was due, so a stall is not hidden: no
+//! coordinated omission), with a progress line.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How much load, and how.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub concurrency: usize,
+    /// Stop after this long...
+    pub duration: Duration,
+    /// ...or after this many requests, whichever comes first.
+    pub requests: Option<u64>,
+    /// Requests per second for the open loop; None for the closed loop.
+    pub rate: Option<f64>,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// Latency of every successful request, in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+}
+
+impl Samples {
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Completed requests per second.
+    pub fn throughput(&self) -> f64 {
+        (self.latencies_us.len() as u64 + self.error_count()) as f64
+            / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.latencies_us.len() as f64).ceil() as usize).max(1);
+        self.latencies_us[rank.min(self.latencies_us.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// Runs `op(i)` for i = 0, 1, 2, ... under `plan`; `label` names the progress line.
+pub async fn run<F, Fut>(label: &str, plan: &Plan, op: F) -> Samples
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + plan.duration;
+    let limit = plan.requests.unwrap_or(u64::MAX);
+    let progress = tokio::spawn(report_progress(label.to_string(), done.clone(), started));
+    let workers: Vec<_> = (0..plan.concurrency.max(1))
+        .map(|_| {
+            let (op, next, done, rate) = (op.clone(), next.clone(), done.clone(), plan.rate);
+            tokio::spawn(async move {
+                let mut samples = Samples::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= limit {
+                        break;
+                    }
+                    let scheduled = match rate {
+                        Some(rate) => started + Duration::from_secs_f64(i as f64 / rate),
+                        None => Instant::now(),
+                    };
+                    if scheduled >= deadline {
+                        break;
+                    }
+                    // A request the loop is behind on counts from when it was due (a stall
+                    // delays every later request); one it waited for counts from when it
+                    // was sent, so the timer's millisecond granularity adds nothing.
+                    let from = if scheduled > Instant::now() {
+                        tokio::time::sleep_until(scheduled.into()).await;
+                        Instant::now()
+                    } else {
+                        scheduled
+                    };
+                    let result = op(i).await;
+                    let latency = from.elapsed();
+                    match result {
+                        Ok(()) => samples.latencies_us.push(latency.as_micros() as u64),
+                        Err(kind) => *samples.errors.entry(kind).or_default() += 1,
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut all = Samples::default();
+    for worker in workers {
+        let samples = worker.await.expect("a bench worker panicked");
+        all.latencies_us.extend(samples.latencies_us);
+        for (kind, count) in samples.errors {
+            *all.errors.entry(kind).or_default() += count;
+        }
+    }
+    all.elapsed = started.elapsed();
+    progress.abort();
+    eprint!("\r\x1b[2K");
+    all.latencies_us.sort_unstable();
+    all
+}
+
+async fn report_progress(label: String, done: Arc<AtomicU64>, started: Instant) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let count = done.load(Ordering::Relaxed);
+        eprint!(
+            "\r\x1b[2K  {label}: {count} requests, {:.0}/s",
+            count as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_take_the_nearest_rank() {
+        let samples = Samples {
+            latencies_us: (1..=100).map(|ms| ms * 1000).collect(),
+            ..Default::default()
+        };
+        assert_eq!(samples.quantile_ms(0.5), 50.0);
+        assert_eq!(samples.quantile_ms(0.99), 99.0);
+        assert_eq!(samples.quantile_ms(0.999), 100.0);
+        assert_eq!(samples.quantile_ms(0.0), 1.0);
+    }
+
+    #[tokio::test]
+    async fn the_open_loop_keeps_its_rate_and_counts_errors() {
+        let plan = Plan {
+            concurrency: 4,
+            duration: Duration::from_secs(10),
+            requests: Some(50),
+            rate: Some(500.0),
+        };
+        let samples = run("test", &plan, |i| async move {
+            if i % 10 == 0 {
+                Err("even tens".to_string())
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(samples.latencies_us.len(), 45);
+        assert_eq!(samples.errors["even tens"], 5);
+        // 50 requests at 500/s are scheduled over 98 ms.
+        assert!(
+            samples.elapsed >= Duration::from_millis(98),
+            "{:?}",
+            samples.elapsed
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! csai-bench: gRPC load for csai-sidecar, printed beside the floors it cannot beat,
+//! measured in the same run: the gRPC round trip alone (`grpc.health.v1` Check) and the
+//! same storage operation issued directly to the backend.
+
+mod load;
+mod report;
+
+use clap::{Parser, ValueEnum};
+use csai_sidecar::config::{Config, StorageType};
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
+use csai_sidecar::model::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
+use csai_sidecar::server;
+use csai_sidecar::store::SessionStore;
+use load::{Plan, Samples};
+use report::Row;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Op {
+    /// AppendMessages of one message.
+    Append,
+    /// GetSession of the last `--window` messages.
+    Get,
+    /// ReplaceMessages with `--window` messages.
+    Replace,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Load csai-sidecar over gRPC and compare with the gRPC and backend floors")]
+struct Args {
+    /// A running sidecar (HOST:PORT); default: one started in this process.
+    #[arg(long)]
+    target: Option<String>,
+    /// Backend of the in-process sidecar and of the direct floor.
+    #[arg(long, default_value = "memory")]
+    backend: String,
+    #[arg(long, env = "CSAI_REDIS_ADDRESS", default_value = "127.0.0.1:6379")]
+    redis_address: String,
+    #[arg(
+        long,
+        env = "CSAI_MONGO_URI",
+        default_value = "mongodb://127.0.0.1:27017"
+    )]
+    mongo_uri: String,
+    #[arg(long, env = "CSAI_DYNAMO_ENDPOINT")]
+    dynamo_endpoint: Option<String>,
+    /// Operations to measure, one row (and one floor row) each.
+    #[arg(long, value_delimiter = ',', default_value = "append")]
+    ops: Vec<Op>,
+    /// Requests in flight at once (workers).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// gRPC connections the workers share.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// How long each row runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop each row after this many requests instead.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Fixed rate in requests per second (open loop); default: as fast as it goes.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Bytes of content per message.
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Sessions the load is spread over.
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Messages read by `get` and written by `replace`.
+    #[arg(long, default_value_t = 20)]
+    window: u32,
+    /// Also measure append on sessions already this long (e.g. 10,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    lengths: Vec<usize>,
+    /// Skip the floor rows.
+    #[arg(long)]
+    no_floors: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(error) = run(args).await {
+        eprintln!("csai-bench: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn config(args: &Args) -> Result<Config, String> {
+    let storage_type = match args.backend.as_str() {
+        "memory" => StorageType::Memory,
+        "redis" => StorageType::Redis,
+        "mongo" => StorageType::Mongo,
+        "dynamo" => StorageType::Dynamo,
+        other => {
+            return Err(format!(
+                "unknown backend {other:?}: memory, redis, mongo or dynamo"
+            ));
+        }
+    };
+    Ok(Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        storage_type,
+        redis_address: args.redis_address.clone(),
+        redis_key_prefix: "csai-bench:".into(),
+        mongo_uri: args.mongo_uri.clone(),
+        dynamo_endpoint: args.dynamo_endpoint.clone(),
+        dynamo_create_table: true,
+        // The bench measures the sidecar, not its load shedding.
+        max_concurrent_requests: 0,
+        ..Config::default()
+    })
+}
+
+struct Bench {
+    args: Args,
+    channels: Vec<Channel>,
+    store: Arc<dyn SessionStore>,
+    run_id: String,
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let config = config(&args)?;
+    let store = server::open_store(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = match &args.target {
+        Some(target) => target.clone(),
+        None => {
+            let listener = server::bind(&config).await.map_err(|e| e.to_string())?;
+            let address = listener.local_addr().map_err(|e| e.to_string())?;
+            let (serving_store, serving_config) = (store.clone(), config.clone());
+            tokio::spawn(async move {
+                server::serve(
+                    &serving_config,
+                    serving_store,
+                    listener,
+                    std::future::pending(),
+                )
+                .await
+            });
+            address.to_string()
+        }
+    };
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            Channel::from_shared(format!("http://{target}"))
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| format!("cannot reach the sidecar at {target}: {e}"))?,
+        );
+    }
+    let run_id = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let bench = Bench {
+        args,
+        channels,
+        store,
+        run_id,
+    };
+    let rows = bench.all_rows().await?;
+    if bench.args.json {
+        let output = serde_json::json!({
+            "backend": bench.args.backend,
+            "concurrency": bench.args.concurrency,
+            "rate": bench.args.rate,
+            "payload_bytes": bench.args.payload,
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "rows": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&output).expect("JSON"));
+    } else {
+        print!("{}", report::table(&rows));
+    }
+    Ok(())
+}
+
+impl Bench {
+    fn plan(&self) -> Plan {
+        Plan {
+            concurrency: self.args.concurrency,
+            duration: self.args.duration,
+            requests: self.args.requests,
+            rate: self.args.rate,
+        }
+    }
+
+    fn channel(&self, i: u64) -> Channel {
+        self.channels[i as usize % self.channels.len()].clone()
+    }
+
+    fn content(&self) -> String {
+        "x".repeat(self.args.payload)
+    }
+
+    fn session(&self, tag: &str, i: u64) -> String {
+        format!(
+            "{}-{tag}-{}",
+            self.run_id,
+            i % self.args.sessions.max(1) as u64
+        )
+    }
+
+    async fn all_rows(&self) -> Result<Vec<Row>, String> {
+        let mut rows = Vec::new();
+        let floor = if self.args.no_floors {
+            None
+        } else {
+            let samples = self.grpc_floor().await;
+            rows.push(Row::new("grpc floor: health Check", &samples));
+            Some(samples)
+        };
+        for op in &self.args.ops {
+            let tag = format!("{op:?}").to_lowercase();
+            self.prefill(&tag, self.args.window as usize).await?;
+            let through_sidecar = self.over_grpc(*op, &tag).await;
+            let mut row = Row::new(format!("{tag} via sidecar"), &through_sidecar);
+            if let Some(floor) = &floor {
+                row.note = format!(
+                    "{:.2}x the gRPC floor's ops/s, p99 {:.2}x its p99",
+                    through_sidecar.throughput() / floor.throughput(),
+                    through_sidecar.quantile_ms(0.99) / floor.quantile_ms(0.99)
+                );
+            }
+            rows.push(row);
+            if !self.args.no_floors {
+                let direct = self.direct(*op, &tag).await;
+                let mut row =
+                    Row::new(format!("{tag} direct to {}", self.store.backend()), &direct);
+                row.note = format!(
+                    "sidecar adds p50 {:+.3} ms, p99 {:+.3} ms",
+                    through_sidecar.quantile_ms(0.5) - direct.quantile_ms(0.5),
+                    through_sidecar.quantile_ms(0.99) - direct.quantile_ms(0.99)
+                );
+                rows.push(row);
+            }
+        }
+        let mut shortest: Option<Samples> = None;
+        for &length in &self.args.lengths {
+            let tag = format!("len{length}");
+            self.prefill(&tag, length).await?;
+            let samples = self.over_grpc(Op::Append, &tag).await;
+            let mut row = Row::new(format!("append at {length} messages"), &samples);
+            if let Some(first) = &shortest {
+                row.note = format!(
+                    "p50 {:.2}x, p99 {:.2}x that at {} messages",
+                    samples.quantile_ms(0.5) / first.quantile_ms(0.5),
+                    samples.quantile_ms(0.99) / first.quantile_ms(0.99),
+                    self.args.lengths[0]
+                );
+            } else {
+                shortest = Some(samples);
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    async fn grpc_floor(&self) -> Samples {
+        let channels = self.channels.clone();
+        load::run("grpc floor", &self.plan(), move |i| {
+            let mut client = HealthClient::new(channels[i as usize % channels.len()].clone());
+            async move {
+                client
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(drop)
+                    .map_err(|s| format!("{:?}", s.code()))
+            }
+        })
+        .await
+    }
+
+    /// Gives every session of `tag` `length` messages, directly in the store.
+    async fn prefill(&self, tag: &str, length: usize) -> Result<(), String> {
+        let content = self.content();
+        for s in 0..self.args.sessions as u64 {
+            let id = SessionId::new(self.session(tag, s));
+            let mut left = length;
+            while left > 0 {
+                let batch = left.min(1000);
+                let messages = (0..batch)
+                    .map(|_| NewMessage::text(Role::User, content.clone()))
+                    .collect();
+                self.store
+                    .append(
+                        &id,
+                        Append {
+                            messages,
+                            request_id: None,
+                            options: WriteOptions::ttl(TTL),
+                        },
+                    )
+                    .await
+                    .map_err(|e| format!("prefill {id}: {e}"))?;
+                left -= batch;
+            }
+        }
+        Ok(())
+    }
+
+    async fn over_grpc(&self, op: Op, tag: &str) -> Samples {
+        let (content, window) = (self.content(), self.args.window);
+        let sessions: Vec<String> = (0..self.args.sessions as u64)
+            .map(|s| self.session(tag, s))
+            .collect();
+        let channels: Vec<Channel> = (0..self.channels.len() as u64)
+            .map(|i| self.channel(i))
+            .collect();
+        let label = format!("{tag} via sidecar");
+        load::run(&label, &self.plan(), move |i| {
+            let mut client = SessionStoreClient::new(channels[i as usize % channels.len()].clone());
+            let session_id = sessions[i as usize % sessions.len()].clone();
+            let message = pb::Message {
+                role: pb::Role::User as i32,
+                content: content.clone(),
+                ..Default::default()
+            };
+            async move {
+                let result = match op {
+                    Op::Append => client
+                        .append_messages(pb::AppendMessagesRequest {
+                            session_id,
+                            messages: vec![message],
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    Op::Get => client
+                        .get_session(pb::GetSessionRequest {
+                            session_id,
+                            window: Some(pb::get_session_request::Window::LastN(window)),
+                        })
+                        .await
+                        .map(drop),
+                    Op::Replace => client
+                        .replace_messages(pb::ReplaceMessagesRequest {
+                            session_id,
+                            messages: vec![message; window as usize],
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                };
+                result.map_err(|s| format!("{:?}", s.code()))
+            }
+        })
+        .await
+    }
+
+    async fn direct(&self, op: Op, tag: &str) -> Samples {
+        let (content, window) = (self.content(), self.args.window);
+        let sessions: Vec<SessionId> = (0..self.args.sessions as u64)
+            .map(|s| SessionId::new(self.session(tag, s)))
+            .collect();
+        let store = self.store.clone();
+        let label = format!("{tag} direct");
+        load::run(&label, &self.plan(), move |i| {
+            let store = store.clone();
+            let id = sessions[i as usize % sessions.len()].clone();
+            let message = NewMessage::text(Role::User, content.clone());
+            async move {
+                let result = match op {
+                    Op::Append => store
+                        .append(
+                            &id,
+                            Append {
+                                messages: vec![message],
+                                request_id: None,
+                                options: WriteOptions::ttl(TTL),
+                            },
+                        )
+                        .await
+                        .map(drop),
+                    Op::Get => store.get(&id, Window::LastN(window)).await.map(drop),
+                    Op::Replace => store
+                        .replace(&id, vec![message; window as usize], WriteOptions::ttl(TTL))
+                        .await
+                        .map(drop),
+                };
+                result.map_err(|e| e.to_string())
+            }
+        })
+        .await
+    }
+}
