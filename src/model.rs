@@ -332,10 +332,10 @@ pub struct StoreStats {
 ///
 /// If the plain window would start with tool results, it grows backwards over them and
 /// takes in the assistant message that called the tools: a provider rejects tool results
-/// whose call is missing.
+/// whose call is missing. `last_n = 0` is the empty window.
 pub fn tool_safe_start(messages: &[Message], last_n: usize) -> usize {
     let mut start = messages.len().saturating_sub(last_n);
-    while start > 0 && messages[start].body.role == Role::Tool {
+    while start > 0 && start < messages.len() && messages[start].body.role == Role::Tool {
         start -= 1;
     }
     start
