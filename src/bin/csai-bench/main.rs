@@ -2,7 +2,9 @@
 //! measured in the same run: the gRPC round trip alone (`grpc.health.v1` Check) and the
 //! same storage operation issued directly to the backend.
 
+mod csai_layout;
 mod load;
+mod memory;
 mod report;
 
 use clap::{Parser, ValueEnum};
@@ -81,6 +83,17 @@ struct Args {
     /// Also measure append on sessions already this long (e.g. 10,1000,10000).
     #[arg(long, value_delimiter = ',')]
     lengths: Vec<usize>,
+    /// With --lengths on Redis: also CS-AI's layout (the whole JSON array read and written
+    /// back per append) at the same lengths.
+    #[arg(long)]
+    cs_ai_layout: bool,
+    /// Instead of load: start a sidecar child process on the in-memory store, store this
+    /// many messages of --payload bytes, and report start time and RSS.
+    #[arg(long)]
+    memory_messages: Option<u64>,
+    /// The csai-sidecar binary for --memory-messages (default: next to csai-bench).
+    #[arg(long)]
+    sidecar_bin: Option<std::path::PathBuf>,
     /// Skip the floor rows.
     #[arg(long)]
     no_floors: bool,
@@ -132,6 +145,19 @@ struct Bench {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(messages) = args.memory_messages {
+        let binary = args
+            .sidecar_bin
+            .clone()
+            .unwrap_or_else(memory::default_binary);
+        let report = memory::measure(&binary, messages, args.payload).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+        } else {
+            print!("{}", memory::text(&report));
+        }
+        return Ok(());
+    }
     let config = config(&args)?;
     let store = server::open_store(&config)
         .await
@@ -268,9 +294,27 @@ impl Bench {
                     self.args.lengths[0]
                 );
             } else {
-                shortest = Some(samples);
+                shortest = Some(samples.clone());
             }
             rows.push(row);
+            if self.args.cs_ai_layout {
+                let cs_ai = csai_layout::append_rows(
+                    &self.args.redis_address,
+                    &self.run_id,
+                    self.args.sessions,
+                    length,
+                    self.args.payload,
+                    &self.plan(),
+                )
+                .await?;
+                let mut row = Row::new(format!("cs-ai layout at {length} messages"), &cs_ai);
+                row.note = format!(
+                    "p50 {:.2}x, p99 {:.2}x the sidecar's append",
+                    cs_ai.quantile_ms(0.5) / samples.quantile_ms(0.5),
+                    cs_ai.quantile_ms(0.99) / samples.quantile_ms(0.99)
+                );
+                rows.push(row);
+            }
         }
         Ok(rows)
     }
