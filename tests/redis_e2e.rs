@@ -11,7 +11,6 @@ use common::{
 use csai_sidecar::config::Config;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::store::redis::{RedisOptions, RedisStore};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -173,47 +172,6 @@ async fn a_session_larger_than_a_mongodb_document_round_trips() {
     large_session_round_trips(&server, 20 << 20).await;
 }
 
-/// A redis-server of this test's own, so that stopping it disturbs no other test.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new(required_env("CSAI_TEST_REDIS_SERVER"))
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let started = Self {
-            port,
-            child: Some(child),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return started;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 async fn append_one(server: &TestServer, n: usize) -> Result<(), tonic::Status> {
     let mut client = server.sessions().await;
     client
@@ -235,7 +193,7 @@ async fn redis_outage_under_load_and_recovery() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut redis = OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start(port, None);
     let interval = Duration::from_secs(1);
     let config = Config {
         health_interval: interval,
@@ -279,7 +237,7 @@ async fn redis_outage_under_load_and_recovery() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let restarted_at = Instant::now();
-    let _redis_again = OwnRedis::start(port);
+    let _redis_again = common::OwnRedis::start(port, None);
     wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
     let to_serving = restarted_at.elapsed();
     assert_eq!(health_status(&mut health, "").await, SERVING);

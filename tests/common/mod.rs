@@ -303,6 +303,64 @@ pub fn required_env(name: &str) -> String {
     }
 }
 
+/// A redis-server of this test's own, so that stopping it disturbs no other test.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts redis-server on `port`. With `persist_in`, every write is in the
+    /// append-only file of that folder, fsynced before it is acknowledged, and a restart
+    /// in the same folder finds it again; without, nothing is persisted.
+    pub fn start(port: u16, persist_in: Option<&std::path::Path>) -> Self {
+        let mut command = std::process::Command::new(required_env("CSAI_TEST_REDIS_SERVER"));
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match persist_in {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let started = Self {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return started;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    /// Kills it (SIGKILL): a crash, not a shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The `csai-sidecar` binary running as a child process on a free port.
 pub struct SidecarProcess {
     pub child: std::process::Child,
