@@ -75,17 +75,20 @@ where
                 count: received.clone(),
             })
         });
-        let call = self.inner.call(request).instrument(span.clone());
-        let started = Instant::now();
-        Box::pin(async move {
-            let response = call.await?;
-            let call = Call {
-                span,
+        let mut unanswered = Unanswered {
+            deadline: grpc_timeout(request.headers()),
+            call: Some(Call {
+                span: span.clone(),
                 path,
-                started,
+                started: Instant::now(),
                 received,
                 sent: 0,
-            };
+            }),
+        };
+        let call = self.inner.call(request).instrument(span);
+        Box::pin(async move {
+            let response = call.await?;
+            let call = unanswered.call.take().expect("answered once");
             // A trailers-only response (every error) carries its status in the headers.
             let finished = match grpc_status(response.headers()) {
                 Some(code) => {
@@ -154,6 +157,46 @@ impl Call {
             elapsed,
         );
     }
+}
+
+/// A call whose handler has not answered yet. Dropped unanswered, it was cut off: by its
+/// deadline (tonic then answers CANCELLED "Timeout expired"; it is counted as the
+/// DEADLINE_EXCEEDED it is), or by the caller going away (CANCELLED).
+struct Unanswered {
+    deadline: Option<std::time::Duration>,
+    call: Option<Call>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let expired = self
+                .deadline
+                .is_some_and(|deadline| call.started.elapsed() >= deadline);
+            call.finish(if expired {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            });
+        }
+    }
+}
+
+/// The `grpc-timeout` of a request: digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
@@ -274,5 +317,30 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let timeout = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(timeout("5"), None);
+        assert_eq!(timeout("S"), None);
+        assert_eq!(timeout("1x"), None);
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

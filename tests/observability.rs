@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{SidecarProcess, message, required_env, user};
+use common::{SidecarProcess, logged_metrics_port, message, required_env, scrape, user};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,40 +15,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
-}
-
-fn scrape(port: u16, path: &str) -> String {
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// Reads the sidecar's log until it names the metrics address, then keeps draining the
-/// log in the background so the sidecar never blocks on a full pipe.
-fn logged_metrics_port(sidecar: &mut SidecarProcess) -> u16 {
-    use std::io::BufRead;
-    let stderr = sidecar.child.stderr.take().expect("stderr");
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("the sidecar logs the metrics address")
-            .unwrap();
-        if line.contains("Prometheus metrics") {
-            let address = line
-                .split("\"address\":\"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .expect("an address field");
-            break address.rsplit(':').next().unwrap().parse().expect("a port");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    port
 }
 
 fn append(session: &str, text: &str) -> pb::AppendMessagesRequest {

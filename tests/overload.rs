@@ -1,11 +1,11 @@
 //! Overload: RPCs past `max_concurrent_requests` are refused at once with
 //! RESOURCE_EXHAUSTED (no queueing), health checks never are, and the sidecar serves
-//! again as soon as load drops.
+//! again as soon as load drops; a request's deadline stops its work in the sidecar.
 
 mod common;
 
 use common::model_server::{Reply, ScriptedModel};
-use common::{SidecarProcess, user};
+use common::{SidecarProcess, logged_metrics_port, scrape, user};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
@@ -91,4 +91,68 @@ async fn rpcs_past_the_limit_are_shed_and_health_checks_never_are() {
         .await
         .expect_err("the shed append stored nothing");
     assert_eq!(refused.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_requests_deadline_stops_its_work_and_counts_as_deadline_exceeded() {
+    let model = ScriptedModel::start(vec![Reply::Delayed(
+        Duration::from_secs(1),
+        Box::new(Reply::Text("too late".into())),
+    )])
+    .await;
+    let (mut sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_CHAT_BASE_URL", model.base_url.clone()),
+        ("CSAI_METRICS_LISTEN", "127.0.0.1:0".into()),
+    ])
+    .await;
+    let metrics_port = logged_metrics_port(&mut sidecar);
+    let mut request = tonic::Request::new(pb::ExecRequest {
+        session_id: "deadline-turn".into(),
+        user_message: Some(pb::UserMessage {
+            content: "hello".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = ChatClient::new(channel.clone())
+        .exec(request)
+        .await
+        .expect_err("the model answers after the deadline");
+    // tonic's client reports its own deadline as CANCELLED "Timeout expired" (grpc-go
+    // and grpcio say DEADLINE_EXCEEDED).
+    assert!(
+        status.code() == tonic::Code::DeadlineExceeded
+            || (status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired"),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The sidecar dropped the turn at the deadline: well after the model's answer would
+    // have come, nothing is stored, and the call is counted as DEADLINE_EXCEEDED.
+    tokio::time::sleep_until((started + Duration::from_millis(1500)).into()).await;
+    let stored = SessionStoreClient::new(channel)
+        .get_session(pb::GetSessionRequest {
+            session_id: "deadline-turn".into(),
+            window: None,
+        })
+        .await
+        .expect_err("nothing of the turn is stored");
+    assert_eq!(stored.code(), tonic::Code::NotFound);
+    let series =
+        "csai_rpc_requests_total{method=\"/csai.v1.Chat/Exec\",code=\"DEADLINE_EXCEEDED\"} 1";
+    let waiting = Instant::now();
+    while !scrape(metrics_port, "/metrics").contains(series) {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "{}",
+            scrape(metrics_port, "/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

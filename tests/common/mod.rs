@@ -407,6 +407,42 @@ impl SidecarProcess {
     }
 }
 
+/// `GET path` on the metrics port; the whole HTTP response.
+pub fn scrape(port: u16, path: &str) -> String {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Reads the sidecar's log until it names the metrics address, then keeps draining the
+/// log in the background so the sidecar never blocks on a full pipe.
+pub fn logged_metrics_port(sidecar: &mut SidecarProcess) -> u16 {
+    use std::io::BufRead;
+    let stderr = sidecar.child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("the sidecar logs the metrics address")
+            .unwrap();
+        if line.contains("Prometheus metrics") {
+            let address = line
+                .split("\"address\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .expect("an address field");
+            break address.rsplit(':').next().unwrap().parse().expect("a port");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    port
+}
+
 impl Drop for SidecarProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
