@@ -58,3 +58,6 @@ cargo test --no-fail-fast 2>&1 | tee "$log"
 # One closing line over every test binary, so the total is plain to read.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+
+echo "== fuzz"
+scripts/fuzz.sh 60

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Fuzzes request decoding and validation (fuzz/fuzz_targets/requests.rs) for a bounded
+# time, after replaying every input that ever crashed it (fuzz/regressions/requests/).
+#
+#   scripts/fuzz.sh [SECONDS]     default 60
+#
+# cargo-fuzz comes from crates.io (installed if missing). libFuzzer needs the nightly
+# -Z flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. No sanitizer: the
+# crate has no unsafe code of its own, and a panic is the failure looked for.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+cargo_fuzz_version=0.13.2
+
+if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+    echo "installing cargo-fuzz $cargo_fuzz_version" >&2
+    cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
+fi
+export RUSTC_BOOTSTRAP=1
+cargo fuzz build -s none requests
+binary=fuzz/target/x86_64-unknown-linux-gnu/release/requests
+regressions=(fuzz/regressions/requests/*)
+if [ -e "${regressions[0]}" ]; then
+    echo "replaying ${#regressions[@]} saved crash input(s)"
+    "$binary" "${regressions[@]}"
+fi
+mkdir -p fuzz/corpus/requests fuzz/artifacts
+echo "fuzzing for ${seconds}s"
+if ! "$binary" -max_total_time="$seconds" -print_final_stats=1 fuzz/corpus/requests \
+    -artifact_prefix=fuzz/artifacts/; then
+    echo "scripts/fuzz.sh: a crash; its input is in fuzz/artifacts/. Fix it, then move the" \
+        "input to fuzz/regressions/requests/ so it is replayed on every run." >&2
+    exit 1
+fi
