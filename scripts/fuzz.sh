@@ -25,10 +25,14 @@ if [ -e "${regressions[0]}" ]; then
     "$binary" "${regressions[@]}"
 fi
 mkdir -p fuzz/corpus/requests fuzz/artifacts
-echo "fuzzing for ${seconds}s"
+echo "fuzzing for ${seconds}s (libFuzzer's log: fuzz/artifacts/last-run.log)"
+# libFuzzer prints a line per new input; the log keeps them, the console gets the summary.
 if ! "$binary" -max_total_time="$seconds" -print_final_stats=1 fuzz/corpus/requests \
-    -artifact_prefix=fuzz/artifacts/; then
+    -artifact_prefix=fuzz/artifacts/ >fuzz/artifacts/last-run.log 2>&1; then
+    tail -n 60 fuzz/artifacts/last-run.log >&2
     echo "scripts/fuzz.sh: a crash; its input is in fuzz/artifacts/. Fix it, then move the" \
         "input to fuzz/regressions/requests/ so it is replayed on every run." >&2
     exit 1
 fi
+grep -E "^Done|^stat::(number_of_executed_units|new_units_added|peak_rss_mb)" \
+    fuzz/artifacts/last-run.log

@@ -230,10 +230,6 @@ impl Bench {
         }
     }
 
-    fn channel(&self, i: u64) -> Channel {
-        self.channels[i as usize % self.channels.len()].clone()
-    }
-
     fn content(&self) -> String {
         "x".repeat(self.args.payload)
     }
@@ -367,9 +363,7 @@ impl Bench {
         let sessions: Vec<String> = (0..self.args.sessions as u64)
             .map(|s| self.session(tag, s))
             .collect();
-        let channels: Vec<Channel> = (0..self.channels.len() as u64)
-            .map(|i| self.channel(i))
-            .collect();
+        let channels = self.channels.clone();
         let label = format!("{tag} via sidecar");
         load::run(&label, &self.plan(), move |i| {
             let mut client = SessionStoreClient::new(channels[i as usize % channels.len()].clone());
