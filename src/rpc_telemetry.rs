@@ -161,7 +161,12 @@ impl Call {
 
 /// A call whose handler has not answered yet. Dropped unanswered, it was cut off: by its
 /// deadline (tonic then answers CANCELLED "Timeout expired"; it is counted as the
-/// DEADLINE_EXCEEDED it is), or by the caller going away (CANCELLED).
+/// DEADLINE_EXCEEDED it is), or by the caller going away (CANCELLED). The caller's clock
+/// starts before ours, so its own deadline often cancels the call just before ours
+/// fires: a cut-off within [`DEADLINE_SLACK`] (or a tenth of the deadline, if longer) of
+/// the deadline counts as the deadline.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct Unanswered {
     deadline: Option<std::time::Duration>,
     call: Option<Call>,
@@ -170,9 +175,9 @@ struct Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
-            let expired = self
-                .deadline
-                .is_some_and(|deadline| call.started.elapsed() >= deadline);
+            let expired = self.deadline.is_some_and(|deadline| {
+                call.started.elapsed() + DEADLINE_SLACK.max(deadline / 10) >= deadline
+            });
             call.finish(if expired {
                 Code::DeadlineExceeded
             } else {
