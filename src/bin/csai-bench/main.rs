@@ -5,11 +5,14 @@
 mod csai_layout;
 mod load;
 mod memory;
+mod model;
 mod report;
 
 use clap::{Parser, ValueEnum};
+use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
 use csai_sidecar::config::{Config, StorageType};
 use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::chat_client::ChatClient;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use csai_sidecar::model::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::server;
@@ -32,6 +35,9 @@ enum Op {
     Get,
     /// ReplaceMessages with `--window` messages.
     Replace,
+    /// A chat turn (Exec) over the last `--window` messages, against a local model that
+    /// answers at once; its direct row is the same HTTP request sent by the bench.
+    Chat,
 }
 
 #[derive(Parser, Debug)]
@@ -141,7 +147,24 @@ struct Bench {
     args: Args,
     channels: Vec<Channel>,
     store: Arc<dyn SessionStore>,
+    /// The local model's base URL, when a chat row runs.
+    model_url: Option<String>,
     run_id: String,
+}
+
+/// The in-process sidecar's chat provider: the bench's local model.
+fn model_provider(base_url: &str) -> ProviderSettings {
+    ProviderSettings {
+        name: "default".into(),
+        endpoint: Endpoint::OpenAi {
+            base_url: base_url.to_string(),
+            api_key: None,
+        },
+        model: "bench-model".into(),
+        defaults: Sampling::default(),
+        timeout: Duration::from_secs(10),
+        max_retries: 0,
+    }
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -158,7 +181,20 @@ async fn run(args: Args) -> Result<(), String> {
         }
         return Ok(());
     }
-    let config = config(&args)?;
+    let mut config = config(&args)?;
+    let model_url = if args.ops.contains(&Op::Chat) {
+        if args.target.is_some() {
+            return Err("the chat row needs the in-process sidecar (no --target): \
+                        the bench points its provider at the bench's own model"
+                .into());
+        }
+        let url = model::start().await?;
+        config.chat.providers = vec![model_provider(&url)];
+        config.chat.default_provider = Some("default".into());
+        Some(url)
+    } else {
+        None
+    };
     let store = server::open_store(&config)
         .await
         .map_err(|e| e.to_string())?;
@@ -201,6 +237,7 @@ async fn run(args: Args) -> Result<(), String> {
         args,
         channels,
         store,
+        model_url,
         run_id,
     };
     let rows = bench.all_rows().await?;
@@ -266,8 +303,12 @@ impl Bench {
             rows.push(row);
             if !self.args.no_floors {
                 let direct = self.direct(*op, &tag).await;
-                let mut row =
-                    Row::new(format!("{tag} direct to {}", self.store.backend()), &direct);
+                let floor_name = if *op == Op::Chat {
+                    "model"
+                } else {
+                    self.store.backend()
+                };
+                let mut row = Row::new(format!("{tag} direct to {floor_name}"), &direct);
                 row.note = format!(
                     "sidecar adds p50 {:+.3} ms, p99 {:+.3} ms",
                     through_sidecar.quantile_ms(0.5) - direct.quantile_ms(0.5),
@@ -366,7 +407,8 @@ impl Bench {
         let channels = self.channels.clone();
         let label = format!("{tag} via sidecar");
         load::run(&label, &self.plan(), move |i| {
-            let mut client = SessionStoreClient::new(channels[i as usize % channels.len()].clone());
+            let channel = channels[i as usize % channels.len()].clone();
+            let mut client = SessionStoreClient::new(channel.clone());
             let session_id = sessions[i as usize % sessions.len()].clone();
             let message = pb::Message {
                 role: pb::Role::User as i32,
@@ -398,6 +440,18 @@ impl Bench {
                         })
                         .await
                         .map(drop),
+                    Op::Chat => ChatClient::new(channel)
+                        .exec(pb::ExecRequest {
+                            session_id,
+                            user_message: Some(pb::UserMessage {
+                                content: message.content,
+                                participant_name: String::new(),
+                            }),
+                            history_window: window,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
                 };
                 result.map_err(|s| format!("{:?}", s.code()))
             }
@@ -406,6 +460,9 @@ impl Bench {
     }
 
     async fn direct(&self, op: Op, tag: &str) -> Samples {
+        if op == Op::Chat {
+            return self.model_directly().await;
+        }
         let (content, window) = (self.content(), self.args.window);
         let sessions: Vec<SessionId> = (0..self.args.sessions as u64)
             .map(|s| SessionId::new(self.session(tag, s)))
@@ -434,8 +491,42 @@ impl Bench {
                         .replace(&id, vec![message; window as usize], WriteOptions::ttl(TTL))
                         .await
                         .map(drop),
+                    Op::Chat => unreachable!("chat's direct row is the model's"),
                 };
                 result.map_err(|e| e.to_string())
+            }
+        })
+        .await
+    }
+
+    /// The request a chat turn makes, sent by the bench itself: the history window and the
+    /// user's message, one POST, the answer parsed.
+    async fn model_directly(&self) -> Samples {
+        let url = format!(
+            "{}/chat/completions",
+            self.model_url.as_deref().expect("the model runs for chat")
+        );
+        let message = serde_json::json!({"role": "user", "content": self.content()});
+        let body = serde_json::json!({
+            "model": "bench-model",
+            "messages": vec![message; self.args.window as usize + 1],
+        });
+        let client = reqwest::Client::new();
+        load::run("chat direct", &self.plan(), move |_| {
+            let request = client.post(&url).json(&body);
+            async move {
+                let answer: serde_json::Value = request
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match answer["choices"][0]["message"]["content"].as_str() {
+                    Some(model::ANSWER) => Ok(()),
+                    _ => Err("unexpected answer".to_string()),
+                }
             }
         })
         .await
