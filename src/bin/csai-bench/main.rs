@@ -6,6 +6,7 @@ mod csai_layout;
 mod load;
 mod memory;
 mod model;
+mod overload;
 mod report;
 
 use clap::{Parser, ValueEnum};
@@ -97,7 +98,13 @@ struct Args {
     /// many messages of --payload bytes, and report start time and RSS.
     #[arg(long)]
     memory_messages: Option<u64>,
-    /// The csai-sidecar binary for --memory-messages (default: next to csai-bench).
+    /// Instead of load on one sidecar: offer --concurrency streams of ReplaceMessages to a
+    /// sidecar child process whose max_concurrent_requests is this, then to one without a
+    /// limit, and report throughput, shed requests and peak RSS of each.
+    #[arg(long)]
+    overload_limit: Option<usize>,
+    /// The csai-sidecar binary for --memory-messages and --overload-limit (default: next
+    /// to csai-bench).
     #[arg(long)]
     sidecar_bin: Option<std::path::PathBuf>,
     /// Skip the floor rows.
@@ -143,6 +150,15 @@ fn config(args: &Args) -> Result<Config, String> {
     })
 }
 
+fn plan(args: &Args) -> Plan {
+    Plan {
+        concurrency: args.concurrency,
+        duration: args.duration,
+        requests: args.requests,
+        rate: args.rate,
+    }
+}
+
 struct Bench {
     args: Args,
     channels: Vec<Channel>,
@@ -168,11 +184,33 @@ fn model_provider(base_url: &str) -> ProviderSettings {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let binary = args
+        .sidecar_bin
+        .clone()
+        .unwrap_or_else(memory::default_binary);
+    if let Some(limit) = args.overload_limit {
+        let mut rows = Vec::new();
+        for limit in [limit, 0] {
+            let run = overload::run(
+                &binary,
+                limit,
+                &plan(&args),
+                args.payload,
+                args.window,
+                args.sessions,
+                args.connections,
+            )
+            .await?;
+            rows.push(run.row());
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+        } else {
+            print!("{}", report::table(&rows));
+        }
+        return Ok(());
+    }
     if let Some(messages) = args.memory_messages {
-        let binary = args
-            .sidecar_bin
-            .clone()
-            .unwrap_or_else(memory::default_binary);
         let report = memory::measure(&binary, messages, args.payload).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
@@ -259,12 +297,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 impl Bench {
     fn plan(&self) -> Plan {
-        Plan {
-            concurrency: self.args.concurrency,
-            duration: self.args.duration,
-            requests: self.args.requests,
-            rate: self.args.rate,
-        }
+        plan(&self.args)
     }
 
     fn content(&self) -> String {

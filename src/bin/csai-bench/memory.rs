@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -25,17 +25,22 @@ pub struct MemoryReport {
     pub store_approximate_bytes: u64,
 }
 
-/// Kills the child when dropped.
-struct Sidecar(Child);
+/// A sidecar child process on the in-memory store, killed when dropped.
+pub struct Sidecar {
+    child: Child,
+    pub endpoint: Endpoint,
+    pub channel: Channel,
+    pub start_to_serving: Duration,
+}
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn rss_bytes(pid: u32) -> Result<u64, String> {
+pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read the sidecar's memory: {e}"))?;
     status
@@ -54,6 +59,57 @@ pub fn default_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("csai-sidecar"))
 }
 
+impl Sidecar {
+    /// Starts `binary` on the in-memory store with these extra variables and waits until
+    /// it is SERVING.
+    pub async fn start(binary: &PathBuf, vars: &[(&str, String)]) -> Result<Self, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CSAI_STORAGE_TYPE", "memory")
+            .env("CSAI_LOG_LEVEL", "warn")
+            .envs(vars.iter().map(|(name, value)| (name, value)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let endpoint =
+            Channel::from_shared(format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+        let channel = loop {
+            if let Ok(channel) = endpoint.connect().await {
+                let serving = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == 1);
+                if serving {
+                    break channel;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the sidecar was not SERVING within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        Ok(Self {
+            child,
+            endpoint,
+            channel,
+            start_to_serving: started.elapsed(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// Starts `binary` on the in-memory store, then fills it with `messages` messages of
 /// `payload` bytes over 1,000 sessions.
 pub async fn measure(
@@ -61,44 +117,13 @@ pub async fn measure(
     messages: u64,
     payload: usize,
 ) -> Result<MemoryReport, String> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let started = Instant::now();
-    let child = Command::new(binary)
-        .arg("serve")
-        .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CSAI_STORAGE_TYPE", "memory")
-        .env("CSAI_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-    let sidecar = Sidecar(child);
-    let pid = sidecar.0.id();
-    let endpoint =
-        Channel::from_shared(format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
-    let channel = loop {
-        if let Ok(channel) = endpoint.connect().await {
-            let serving = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1);
-            if serving {
-                break channel;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            return Err("the sidecar was not SERVING within 10 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
-    let start_to_serving_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let sidecar = Sidecar::start(binary, &[]).await?;
+    let pid = sidecar.pid();
+    let start_to_serving_ms = sidecar.start_to_serving.as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss_bytes = rss_bytes(pid)?;
 
-    let mut client = SessionStoreClient::new(channel);
+    let mut client = SessionStoreClient::new(sidecar.channel.clone());
     let content = "x".repeat(payload);
     let sessions = 1000u64;
     let per_request = 100u64;
