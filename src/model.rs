@@ -334,8 +334,13 @@ pub struct StoreStats {
 /// takes in the assistant message that called the tools: a provider rejects tool results
 /// whose call is missing. `last_n = 0` is the empty window.
 pub fn tool_safe_start(messages: &[Message], last_n: usize) -> usize {
-    let mut start = messages.len().saturating_sub(last_n);
-    while start > 0 && start < messages.len() && messages[start].body.role == Role::Tool {
+    tool_safe_start_by(messages.len(), last_n, |i| messages[i].body.role)
+}
+
+/// [`tool_safe_start`] over `len` messages whose roles `role_at` gives by index.
+pub fn tool_safe_start_by(len: usize, last_n: usize, role_at: impl Fn(usize) -> Role) -> usize {
+    let mut start = len.saturating_sub(last_n);
+    while start > 0 && start < len && role_at(start) == Role::Tool {
         start -= 1;
     }
     start

@@ -12,6 +12,7 @@ use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use sha2::{Digest, Sha256};
+use std::fmt::Write;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -152,7 +153,11 @@ impl SessionIdInTraces {
             SessionIdInTraces::Plain => Some(id.to_string()),
             SessionIdInTraces::Hashed => {
                 let digest = Sha256::digest(id.as_bytes());
-                Some(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+                let mut hex = String::with_capacity(16);
+                for byte in &digest[..8] {
+                    let _ = write!(hex, "{byte:02x}");
+                }
+                Some(hex)
             }
             SessionIdInTraces::Omitted => None,
         }
@@ -161,8 +166,13 @@ impl SessionIdInTraces {
 
 /// Records the session id on the current span (the RPC's), as configured.
 pub fn record_session_id(id: &str) {
+    let span = tracing::Span::current();
+    // Nothing records spans (no logs at this level, no export): skip the hash.
+    if span.is_disabled() {
+        return;
+    }
     if let Some(value) = session_id_for_traces(id) {
-        tracing::Span::current().record("csai.session_id", value);
+        span.record("csai.session_id", value);
     }
 }
 

@@ -4,16 +4,18 @@
 //! rarely wait for each other. Each shard keeps its sessions ordered by expiry in a
 //! `BTreeSet`, so the sweeper frees expired sessions by looking only at the ones due.
 //! Messages sit in a `Vec` per session: an append pushes the new messages (amortised
-//! O(1)) and never copies or re-serialises the existing ones.
+//! O(1)) and never copies or re-serialises the existing ones. Each is kept compact
+//! ([`Compact`]): its seq is its index, and only messages with more than a role and text
+//! pay for the full structure.
 //!
 //! When `max_sessions` or `max_bytes` would be exceeded, expired sessions are swept first;
 //! if that does not free enough, the write is refused with
 //! [`StoreError::LimitExceeded`] (RESOURCE_EXHAUSTED). Nothing is ever evicted early.
 
 use crate::model::{
-    Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
+    Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
-    WriteOutcome, json_bytes, tool_safe_start,
+    WriteOutcome, json_bytes, tool_safe_start_by,
 };
 use crate::records::{Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError, StoreResult, check_version, page_token};
@@ -62,8 +64,43 @@ struct Shard {
     by_expiry: BTreeSet<(SystemTime, SessionId)>,
 }
 
+/// A message as this store keeps it. Most messages are a role and text, and this struct
+/// is paid once per message: 48 bytes instead of the ~270 of [`Message`], so at
+/// 200-byte messages RSS stays near the content's size. The seq is the index + 1.
+#[derive(Clone, Debug)]
+struct Compact {
+    create_time: SystemTime,
+    content: Box<str>,
+    /// Everything else, with empty content, when the message has more than role and text.
+    rest: Option<Box<NewMessage>>,
+    role: Role,
+}
+
+impl Compact {
+    fn new(mut message: NewMessage, now: SystemTime) -> Self {
+        let content = std::mem::take(&mut message.content).into_boxed_str();
+        let role = message.role;
+        let rest = (message != NewMessage::text(role, String::new())).then(|| Box::new(message));
+        Self {
+            create_time: now,
+            content,
+            rest,
+            role,
+        }
+    }
+
+    fn message(&self, seq: u64) -> Message {
+        let mut body = match &self.rest {
+            Some(rest) => NewMessage::clone(rest),
+            None => NewMessage::text(self.role, String::new()),
+        };
+        body.content = self.content.to_string();
+        body.stored(seq, self.create_time)
+    }
+}
+
 struct Entry {
-    messages: Vec<Message>,
+    messages: Vec<Compact>,
     system_messages: Vec<Message>,
     state: JsonObject,
     version: u64,
@@ -121,6 +158,13 @@ impl Entry {
 
 fn messages_bytes(messages: &[NewMessage]) -> u64 {
     messages.iter().map(NewMessage::approx_bytes).sum()
+}
+
+fn compact(messages: Vec<NewMessage>, now: SystemTime) -> Vec<Compact> {
+    messages
+        .into_iter()
+        .map(|message| Compact::new(message, now))
+        .collect()
 }
 
 fn numbered(messages: Vec<NewMessage>, first_seq: u64, now: SystemTime) -> Vec<Message> {
@@ -335,9 +379,7 @@ impl MemoryStore {
         let first_seq = entry.messages.len() as u64 + 1;
         let new_messages = std::mem::take(&mut append.messages);
         let count = new_messages.len() as u64;
-        entry
-            .messages
-            .extend(numbered(new_messages, first_seq, now));
+        entry.messages.extend(compact(new_messages, now));
         entry.message_bytes += added_bytes;
         self.messages.fetch_add(count, Ordering::Relaxed);
         let old_expiry = entry.expire_time;
@@ -386,12 +428,12 @@ impl MemoryStore {
                 (new_bytes as i64 - old as i64, ())
             },
             |entry, (), now| {
-                let stored = numbered(std::mem::take(messages), 1, now);
                 if system {
-                    entry.system_messages = stored;
+                    entry.system_messages = numbered(std::mem::take(messages), 1, now);
                     entry.system_bytes = new_bytes;
                     0
                 } else {
+                    let stored = compact(std::mem::take(messages), now);
                     let delta = stored.len() as i64 - entry.messages.len() as i64;
                     entry.messages = stored;
                     entry.message_bytes = new_bytes;
@@ -426,13 +468,17 @@ impl SessionStore for MemoryStore {
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let start = match window {
             Window::All => 0,
-            Window::LastN(n) => tool_safe_start(&entry.messages, n as usize),
+            Window::LastN(n) => {
+                tool_safe_start_by(entry.messages.len(), n as usize, |i| entry.messages[i].role)
+            }
             // Seqs are 1..=len, so the message after `seq` sits at index `seq`.
             Window::AfterSeq(seq) => (seq.min(entry.messages.len() as u64)) as usize,
         };
         Ok(Session {
             id: id.clone(),
-            messages: entry.messages[start..].to_vec(),
+            messages: (start..entry.messages.len())
+                .map(|i| entry.messages[i].message(i as u64 + 1))
+                .collect(),
             system_messages: entry.system_messages.clone(),
             state: entry.state.clone(),
             version: entry.version,
@@ -607,10 +653,25 @@ fn decode_token(token: &str) -> StoreResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Role;
     use serde_json::json;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_stored_message_is_compact_and_reads_back_whole() {
+        assert_eq!(std::mem::size_of::<Compact>(), 48);
+        let now = SystemTime::now();
+        let plain = NewMessage::text(Role::User, "hello");
+        let compact = Compact::new(plain.clone(), now);
+        assert!(compact.rest.is_none());
+        assert_eq!(compact.message(3), plain.stored(3, now));
+        let mut rich = NewMessage::text(Role::Assistant, "with a model");
+        rich.model = Some("m".into());
+        rich.metadata.insert("k".into(), json!(1));
+        let compact = Compact::new(rich.clone(), now);
+        assert!(compact.rest.is_some());
+        assert_eq!(compact.message(7), rich.stored(7, now));
+    }
 
     fn append(content: &str, ttl: Duration) -> Append {
         Append {
