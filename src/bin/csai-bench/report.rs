@@ -2,6 +2,7 @@
 
 use crate::load::Samples;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// One line of the results table.
 #[derive(Clone, Debug, Serialize)]
@@ -14,6 +15,8 @@ pub struct Row {
     pub p999_ms: f64,
     pub requests: u64,
     pub errors: u64,
+    /// The failed requests by gRPC code (or error text).
+    pub errors_by_kind: BTreeMap<String, u64>,
     /// A note on what the row compares with (e.g. "0.82x the gRPC floor").
     pub note: String,
 }
@@ -29,6 +32,7 @@ impl Row {
             p999_ms: samples.quantile_ms(0.999),
             requests: samples.latencies_us.len() as u64 + samples.error_count(),
             errors: samples.error_count(),
+            errors_by_kind: samples.errors.clone(),
             note: String::new(),
         }
     }
@@ -42,6 +46,15 @@ pub fn table(rows: &[Row]) -> String {
         "operation", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "requests", "errors"
     );
     for row in rows {
+        let errors: Vec<String> = row
+            .errors_by_kind
+            .iter()
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        let note = match errors.is_empty() {
+            true => row.note.clone(),
+            false => format!("{} (errors: {})", row.note, errors.join(", ")),
+        };
         out.push_str(&format!(
             "{:<name_width$} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6}  {}\n",
             row.name,
@@ -52,7 +65,7 @@ pub fn table(rows: &[Row]) -> String {
             row.p999_ms,
             row.requests,
             row.errors,
-            row.note
+            note
         ));
     }
     out

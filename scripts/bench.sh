@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Every table of BENCHMARKS.md, in order: builds csai-bench and csai-sidecar (release),
+# starts fresh test servers under .data/bench (Redis, the MongoDB- and DynamoDB-compatible
+# servers, by the project's own scripts), runs each command and prints it with its
+# table. About 10 minutes after the build. Benchmarks print figures; they assert nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data=.data/bench
+cleanup() {
+    scripts/redis-servers.sh stop "$data/redis" >/dev/null 2>&1 || true
+    scripts/document-servers.sh stop "$data/documents" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+rm -rf "$data"
+scripts/redis-servers.sh start "$data/redis" >/dev/null
+scripts/document-servers.sh start "$data/documents" >/dev/null
+# shellcheck disable=SC1091
+source "$data/redis/env"
+# shellcheck disable=SC1091
+source "$data/documents/env"
+redis=${CSAI_TEST_REDIS_URL#redis://}
+mongo=$CSAI_TEST_MONGO_URI
+dynamo=$CSAI_TEST_DYNAMO_ENDPOINT
+
+cargo build --release --quiet --bin csai-bench --bin csai-sidecar
+bench=target/release/csai-bench
+
+run() {
+    echo
+    echo "\$ csai-bench $*"
+    "$bench" "$@" 2>/dev/null
+}
+
+echo "# in-memory, 64 concurrent streams"
+run --ops append,get,replace,chat --concurrency 64 --duration 5s
+
+echo "# Redis at 1,000/s: sidecar in the bench's process, then in its own process"
+run --backend redis --redis-address "$redis" --ops append,get --concurrency 16 --rate 1000 \
+    --duration 5s --sessions 20
+CSAI_STORAGE_TYPE=redis CSAI_REDIS_ADDRESS=$redis CSAI_REDIS_KEY_PREFIX=csai-bench: \
+    CSAI_LISTEN=127.0.0.1:7719 \
+    CSAI_LOG_LEVEL=warn target/release/csai-sidecar &
+sidecar=$!
+sleep 1
+run --target 127.0.0.1:7719 --backend redis --redis-address "$redis" --ops append,get \
+    --concurrency 16 --rate 1000 --duration 5s --sessions 20
+kill "$sidecar"
+wait "$sidecar" || true
+
+echo "# MongoDB and DynamoDB (Python test servers: far slower than the real ones)"
+run --backend mongo --mongo-uri "$mongo" --ops append,get --concurrency 16 --rate 100 \
+    --duration 5s --sessions 20
+run --backend dynamo --dynamo-endpoint "$dynamo" --ops append,get --concurrency 16 --rate 40 \
+    --duration 5s --sessions 20
+
+echo "# append cost against session length (the last row repeats the first)"
+run --backend redis --redis-address "$redis" --ops append --concurrency 16 --rate 1000 \
+    --duration 5s --sessions 20 --lengths 10,1000,10000 --cs-ai-layout --no-floors
+run --backend mongo --mongo-uri "$mongo" --ops append --concurrency 16 --rate 100 \
+    --duration 5s --sessions 5 --lengths 10,1000,10000,10 --no-floors
+run --backend dynamo --dynamo-endpoint "$dynamo" --ops append --concurrency 16 --rate 20 \
+    --duration 5s --sessions 5 --lengths 10,1000,10000,10 --no-floors
+
+echo "# chat turn at 500/s"
+run --ops chat --concurrency 16 --rate 500 --duration 5s --sessions 20
+
+echo "# memory of the in-memory backend"
+run --memory-messages 100000 --payload 200
+run --memory-messages 100000 --payload 1000
+
+echo "# 10x overload: 640 streams against a limit of 64, then against no limit"
+run --overload-limit 64 --concurrency 640 --connections 4 --payload 16384 --window 20 \
+    --sessions 100 --duration 5s
