@@ -62,6 +62,10 @@ run --backend mongo --mongo-uri "$mongo" --ops append --concurrency 16 --rate 10
 run --backend dynamo --dynamo-endpoint "$dynamo" --ops append --concurrency 16 --rate 20 \
     --duration 5s --sessions 5 --lengths 10,1000,10000,10 --no-floors
 
+echo "# a bot's mix on Redis: per turn a read of the window and two appends, one replace in 20"
+run --backend redis --redis-address "$redis" --mix append:20,get:10,replace:1 \
+    --concurrency 16 --rate 1000 --duration 5s --sessions 20
+
 echo "# chat turn at 500/s"
 run --ops chat --concurrency 16 --rate 500 --duration 5s --sessions 20
 

@@ -34,6 +34,8 @@ fn every_operation_runs_beside_its_floors_without_errors() {
     let report = bench(&[
         "--ops",
         "append,get,replace,chat",
+        "--mix",
+        "append:3,get:1,chat:1",
         "--concurrency",
         "4",
         "--requests",
@@ -46,6 +48,10 @@ fn every_operation_runs_beside_its_floors_without_errors() {
         names.push(format!("{op} direct to memory"));
     }
     names.extend(["chat via sidecar".into(), "chat direct to model".into()]);
+    names.extend([
+        "mix via sidecar".into(),
+        "mix direct to store and model".into(),
+    ]);
     for name in &names {
         let row = row(rows, name);
         assert_eq!(row["requests"], 200, "{name}");

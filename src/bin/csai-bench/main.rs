@@ -61,6 +61,9 @@ struct Args {
     /// Operations to measure, one row (and one floor row) each.
     #[arg(long, value_delimiter = ',', default_value = "append")]
     ops: Vec<Op>,
+    /// Also one row of these operations interleaved by weight, e.g. append:7,get:2,replace:1.
+    #[arg(long, value_delimiter = ',', value_parser = weighted_op)]
+    mix: Vec<(Op, u32)>,
     /// Requests in flight at once (workers).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -112,6 +115,23 @@ struct Args {
     #[arg(long)]
     json: bool,
 }
+
+fn weighted_op(text: &str) -> Result<(Op, u32), String> {
+    let (name, weight) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected OPERATION:WEIGHT, e.g. append:7"))?;
+    let op = Op::from_str(name, true)
+        .map_err(|_| format!("{name:?}: the operations are append, get, replace and chat"))?;
+    let weight = weight
+        .parse()
+        .ok()
+        .filter(|&w: &u32| w > 0)
+        .ok_or_else(|| format!("{text:?}: the weight must be a whole number above 0"))?;
+    Ok((op, weight))
+}
+
+/// Which operation each request runs: request i runs `schedule[i % len]`.
+type Schedule = Arc<Vec<Op>>;
 
 #[tokio::main]
 async fn main() {
@@ -222,19 +242,20 @@ async fn run(args: Args) -> Result<(), String> {
         return Ok(());
     }
     let mut config = config(&args)?;
-    let model_url = if args.ops.contains(&Op::Chat) {
-        if args.target.is_some() {
-            return Err("the chat row needs the in-process sidecar (no --target): \
+    let model_url =
+        if args.ops.contains(&Op::Chat) || args.mix.iter().any(|(op, _)| *op == Op::Chat) {
+            if args.target.is_some() {
+                return Err("the chat row needs the in-process sidecar (no --target): \
                         the bench points its provider at the bench's own model"
-                .into());
-        }
-        let url = model::start().await?;
-        config.chat.providers = vec![model_provider(&url)];
-        config.chat.default_provider = Some("default".into());
-        Some(url)
-    } else {
-        None
-    };
+                    .into());
+            }
+            let url = model::start().await?;
+            config.chat.providers = vec![model_provider(&url)];
+            config.chat.default_provider = Some("default".into());
+            Some(url)
+        } else {
+            None
+        };
     let store = server::open_store(&config)
         .await
         .map_err(|e| e.to_string())?;
@@ -324,10 +345,25 @@ impl Bench {
             rows.push(Row::new("grpc floor: health Check", &samples));
             Some(samples)
         };
-        for op in &self.args.ops {
-            let tag = format!("{op:?}").to_lowercase();
+        let mut workloads: Vec<(String, Vec<Op>)> = self
+            .args
+            .ops
+            .iter()
+            .map(|op| (format!("{op:?}").to_lowercase(), vec![*op]))
+            .collect();
+        if !self.args.mix.is_empty() {
+            let schedule = self
+                .args
+                .mix
+                .iter()
+                .flat_map(|&(op, weight)| std::iter::repeat_n(op, weight as usize))
+                .collect();
+            workloads.push(("mix".to_string(), schedule));
+        }
+        for (tag, schedule) in workloads {
+            let schedule: Schedule = Arc::new(schedule);
             self.prefill(&tag, self.args.window as usize).await?;
-            let through_sidecar = self.over_grpc(*op, &tag).await;
+            let through_sidecar = self.over_grpc(schedule.clone(), &tag).await;
             let mut row = Row::new(format!("{tag} via sidecar"), &through_sidecar);
             if let Some(floor) = &floor {
                 row.note = format!(
@@ -338,11 +374,11 @@ impl Bench {
             }
             rows.push(row);
             if let Some(floor) = &floor {
-                let direct = self.direct(*op, &tag).await;
-                let floor_name = if *op == Op::Chat {
-                    "model"
-                } else {
-                    self.store.backend()
+                let direct = self.direct(schedule.clone(), &tag).await;
+                let floor_name = match schedule.as_slice() {
+                    [Op::Chat] => "model",
+                    ops if ops.contains(&Op::Chat) => "store and model",
+                    _ => self.store.backend(),
                 };
                 let mut row = Row::new(format!("{tag} direct to {floor_name}"), &direct);
                 let added_p50 = through_sidecar.quantile_ms(0.5) - direct.quantile_ms(0.5);
@@ -360,7 +396,7 @@ impl Bench {
             // A length may come twice (to see whether the backend itself slowed down).
             let tag = format!("len{length}-{index}");
             self.prefill(&tag, length).await?;
-            let samples = self.over_grpc(Op::Append, &tag).await;
+            let samples = self.over_grpc(Arc::new(vec![Op::Append]), &tag).await;
             let mut row = Row::new(format!("append at {length} messages"), &samples);
             if let Some(first) = &shortest {
                 row.note = format!(
@@ -438,7 +474,7 @@ impl Bench {
         Ok(())
     }
 
-    async fn over_grpc(&self, op: Op, tag: &str) -> Samples {
+    async fn over_grpc(&self, schedule: Schedule, tag: &str) -> Samples {
         let (content, window) = (self.content(), self.args.window);
         let sessions: Vec<String> = (0..self.args.sessions as u64)
             .map(|s| self.session(tag, s))
@@ -446,6 +482,7 @@ impl Bench {
         let channels = self.channels.clone();
         let label = format!("{tag} via sidecar");
         load::run(&label, &self.plan(), move |i| {
+            let op = schedule[i as usize % schedule.len()];
             let channel = channels[i as usize % channels.len()].clone();
             let mut client = SessionStoreClient::new(channel.clone());
             let session_id = sessions[i as usize % sessions.len()].clone();
@@ -498,18 +535,23 @@ impl Bench {
         .await
     }
 
-    async fn direct(&self, op: Op, tag: &str) -> Samples {
-        if op == Op::Chat {
-            return self.model_directly().await;
-        }
+    /// The same requests as [`Self::over_grpc`], to the store (the sidecar's own store
+    /// object) and, for chat, to the model, from the bench itself.
+    async fn direct(&self, schedule: Schedule, tag: &str) -> Samples {
         let (content, window, ttl) = (self.content(), self.args.window, self.ttl);
         let sessions: Vec<SessionId> = (0..self.args.sessions as u64)
             .map(|s| SessionId::new(self.session(tag, s)))
             .collect();
         let store = self.store.clone();
+        let model = self
+            .model_url
+            .as_ref()
+            .map(|url| DirectModel::new(url, self));
         let label = format!("{tag} direct");
         load::run(&label, &self.plan(), move |i| {
+            let op = schedule[i as usize % schedule.len()];
             let store = store.clone();
+            let model = model.clone();
             let id = sessions[i as usize % sessions.len()].clone();
             let message = NewMessage::text(Role::User, content.clone());
             async move {
@@ -530,44 +572,54 @@ impl Bench {
                         .replace(&id, vec![message; window as usize], WriteOptions::ttl(ttl))
                         .await
                         .map(drop),
-                    Op::Chat => unreachable!("chat's direct row is the model's"),
+                    Op::Chat => {
+                        return model.expect("the model runs for chat").complete().await;
+                    }
                 };
                 result.map_err(|e| e.to_string())
             }
         })
         .await
     }
+}
 
-    /// The request a chat turn makes, sent by the bench itself: the history window and the
-    /// user's message, one POST, the answer parsed.
-    async fn model_directly(&self) -> Samples {
-        let url = format!(
-            "{}/chat/completions",
-            self.model_url.as_deref().expect("the model runs for chat")
-        );
-        let message = serde_json::json!({"role": "user", "content": self.content()});
-        let body = serde_json::json!({
-            "model": "bench-model",
-            "messages": vec![message; self.args.window as usize + 1],
-        });
-        let client = reqwest::Client::new();
-        load::run("chat direct", &self.plan(), move |_| {
-            let request = client.post(&url).json(&body);
-            async move {
-                let answer: serde_json::Value = request
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| e.to_string())?
-                    .json()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match answer["choices"][0]["message"]["content"].as_str() {
-                    Some(model::ANSWER) => Ok(()),
-                    _ => Err("unexpected answer".to_string()),
-                }
-            }
-        })
-        .await
+/// The request a chat turn makes, sent by the bench itself: the history window and the
+/// user's message, one POST, the answer parsed.
+#[derive(Clone)]
+struct DirectModel {
+    client: reqwest::Client,
+    url: Arc<str>,
+    body: Arc<serde_json::Value>,
+}
+
+impl DirectModel {
+    fn new(base_url: &str, bench: &Bench) -> Self {
+        let message = serde_json::json!({"role": "user", "content": bench.content()});
+        Self {
+            client: reqwest::Client::new(),
+            url: format!("{base_url}/chat/completions").into(),
+            body: Arc::new(serde_json::json!({
+                "model": "bench-model",
+                "messages": vec![message; bench.args.window as usize + 1],
+            })),
+        }
+    }
+
+    async fn complete(self) -> Result<(), String> {
+        let answer: serde_json::Value = self
+            .client
+            .post(&*self.url)
+            .json(&*self.body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match answer["choices"][0]["message"]["content"].as_str() {
+            Some(model::ANSWER) => Ok(()),
+            _ => Err("unexpected answer".to_string()),
+        }
     }
 }
