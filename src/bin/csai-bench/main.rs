@@ -1,6 +1,7 @@
 //! csai-bench: gRPC load for csai-sidecar, printed beside the floors it cannot beat,
 //! measured in the same run: the gRPC round trip alone (`grpc.health.v1` Check) and the
-//! same storage operation issued directly to the backend.
+//! same storage operation issued directly to the backend (for a chat turn, the same
+//! request sent to the model); also memory and overload runs on a sidecar child process.
 
 mod csai_layout;
 mod load;
