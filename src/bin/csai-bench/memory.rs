@@ -40,15 +40,25 @@ impl Drop for Sidecar {
     }
 }
 
+/// The process's resident memory now.
 pub fn rss_bytes(pid: u32) -> Result<u64, String> {
+    proc_status_bytes(pid, "VmRSS")
+}
+
+/// The most resident memory the process ever had, as the kernel counts it.
+pub fn peak_rss_bytes(pid: u32) -> Result<u64, String> {
+    proc_status_bytes(pid, "VmHWM")
+}
+
+fn proc_status_bytes(pid: u32, field: &str) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read the sidecar's memory: {e}"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS in /proc status".to_string())
+        .ok_or_else(|| format!("no {field} in /proc status"))
 }
 
 /// The `csai-sidecar` binary next to this one.

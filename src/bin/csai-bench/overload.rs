@@ -1,15 +1,13 @@
 //! Overload: a sidecar child process offered far more concurrent requests than its
-//! `max_concurrent_requests`, with its RSS sampled throughout, beside the same load on a
-//! sidecar without the limit.
+//! `max_concurrent_requests`, with its peak RSS, beside the same load on a sidecar without
+//! the limit.
 
 use crate::load::{self, Plan, Samples};
-use crate::memory::{Sidecar, rss_bytes};
+use crate::memory::{Sidecar, peak_rss_bytes, rss_bytes};
 use crate::report::Row;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long a shed caller waits before its next request: the initial backoff of the
@@ -43,7 +41,7 @@ impl Overload {
 
 /// Runs `plan` (ReplaceMessages of `window` messages of `payload` bytes over `sessions`
 /// sessions, so the stored data stays the same size) against a fresh sidecar whose
-/// `max_concurrent_requests` is `limit` (0: none), sampling its RSS every 10 ms.
+/// `max_concurrent_requests` is `limit` (0: none); its peak RSS is the kernel's count.
 pub async fn run(
     binary: &PathBuf,
     limit: usize,
@@ -61,19 +59,6 @@ pub async fn run(
     let pid = sidecar.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_bytes = rss_bytes(pid)?;
-    let peak = Arc::new(AtomicU64::new(idle_rss_bytes));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(rss) = rss_bytes(pid) {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
     let message = pb::Message {
         role: pb::Role::User as i32,
         content: "x".repeat(payload),
@@ -108,12 +93,10 @@ pub async fn run(
         }
     })
     .await;
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.await;
     Ok(Overload {
         limit,
         samples,
         idle_rss_bytes,
-        peak_rss_bytes: peak.load(Ordering::Relaxed),
+        peak_rss_bytes: peak_rss_bytes(pid)?,
     })
 }
