@@ -53,7 +53,14 @@ impl Tokens {
                     "tenant {tenant}: a token needs at least 16 characters"
                 ));
             }
-            entries.push((tenant.to_string(), digest(token)));
+            let digest = digest(token);
+            // One token for two tenants would silently belong to the last of them.
+            if let Some((other, _)) = entries.iter().find(|(_, d)| *d == digest) {
+                return Err(format!(
+                    "tenant {tenant}: its token is also the token of tenant {other}; give each tenant its own"
+                ));
+            }
+            entries.push((tenant.to_string(), digest));
         }
         if entries.is_empty() {
             return Err("no token is given".into());
@@ -115,6 +122,13 @@ mod tests {
         );
         assert_eq!(tokens.tenant_of("aaaaaaaaaaaaaaaa"), None);
         assert!(!format!("{tokens:?}").contains("aaaa"));
+        let shared =
+            Tokens::parse("shop-a:same-token-0123456789,shop-b:same-token-0123456789").unwrap_err();
+        assert!(
+            shared.contains("shop-a") && shared.contains("shop-b"),
+            "{shared}"
+        );
+        assert!(!shared.contains("same-token"), "{shared}");
         for bad in ["", "notenant", "a b:0123456789abcdef", "x:short"] {
             let error = Tokens::parse(bad).unwrap_err();
             assert!(!error.contains("0123456789abcdef"), "{error}");

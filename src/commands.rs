@@ -1,5 +1,6 @@
 //! The operations commands of the binary: backup, restore and store-to-store migrate.
 
+use crate::dial::{Authorize, DialOptions};
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_client::SessionStoreClient;
 use crate::grpc::session_store::Policy;
@@ -14,28 +15,27 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
+/// A SessionStore client of a running sidecar, sending the token if one is configured.
+type SidecarClient = SessionStoreClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
+>;
+
 /// Where sessions are read from or written to: a backend, or a running sidecar.
 pub enum Endpoint {
     Store(Arc<dyn SessionStore>),
-    /// `grpc://host:port`: the only way to reach a sidecar's in-memory store.
-    Sidecar(SessionStoreClient<tonic::transport::Channel>),
+    /// `grpc://` or `grpcs://host:port`: the only way to reach a sidecar's in-memory store.
+    Sidecar(SidecarClient),
 }
 
 type Sessions<'a> = Pin<Box<dyn Stream<Item = Result<Session, String>> + Send + 'a>>;
 
 impl Endpoint {
-    /// Connects to `grpc://host:port`.
-    pub async fn sidecar(url: &str) -> Result<Self, String> {
-        let address = url
-            .strip_prefix("grpc://")
-            .ok_or_else(|| format!("{url:?} is not a grpc://host:port address"))?;
-        let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("{url}: {e}"))?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to the sidecar at {url}: {e}"))?;
+    /// Connects to `grpc://host:port` (or `grpcs://` for TLS) with `dial`'s token and TLS.
+    pub async fn sidecar(url: &str, dial: &DialOptions) -> Result<Self, String> {
+        let channel = dial.connect(url).await?;
         Ok(Endpoint::Sidecar(
-            SessionStoreClient::new(channel).max_decoding_message_size(usize::MAX),
+            SessionStoreClient::with_interceptor(channel, dial.authorize()?)
+                .max_decoding_message_size(usize::MAX),
         ))
     }
 
@@ -215,18 +215,20 @@ impl Progress {
 }
 
 /// Writes every live session of `source` to a backup file (JSON Lines, a header first;
-/// zstd-compressed when the name ends in `.zst`).
+/// zstd-compressed when the name ends in `.zst`). The file is written under a temporary
+/// name beside `path`, readable by this user only, and renamed over `path` only when
+/// complete: a backup that fails halfway leaves the previous one as it was.
 pub async fn backup(source: &mut Endpoint, policy: &Policy, path: &Path) -> Result<Report, String> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = crate::files::AtomicFile::create(path).map_err(write_error)?;
     // A name ending in .zst asks for zstd compression.
-    let mut out: Box<dyn Write> = if path.extension().is_some_and(|e| e == "zst") {
-        let encoder = zstd::Encoder::new(file, 3).map_err(|e| format!("zstd: {e}"))?;
+    let compressed = path.extension().is_some_and(|e| e == "zst");
+    let mut out: Box<dyn Write + '_> = if compressed {
+        let encoder = zstd::Encoder::new(file.file(), 3).map_err(|e| format!("zstd: {e}"))?;
         Box::new(std::io::BufWriter::new(encoder.auto_finish()))
     } else {
-        Box::new(std::io::BufWriter::new(file))
+        Box::new(std::io::BufWriter::new(file.file()))
     };
-    let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let header = serde_json::to_string(&BackupHeader::now()).map_err(|e| e.to_string())?;
     writeln!(out, "{header}").map_err(write_error)?;
     let mut report = Report::default();
@@ -240,8 +242,11 @@ pub async fn backup(source: &mut Endpoint, policy: &Policy, path: &Path) -> Resu
         report.count(&session, Imported::Written, line.len() as u64 + 1);
         progress.tick();
     }
+    drop(sessions);
     out.flush().map_err(write_error)?;
+    // Dropping the encoder writes the end of the zstd frame.
     drop(out);
+    file.commit().map_err(write_error)?;
     progress.finish();
     Ok(report)
 }
@@ -267,12 +272,12 @@ pub async fn restore(
     } else {
         Box::new(std::io::BufReader::new(open()?))
     };
-    let mut lines = reader.lines();
+    let mut lines = RawLines(reader);
     let header = lines
         .next()
         .ok_or("the file is empty: not a csai-sidecar backup")?
         .map_err(|e| e.to_string())?;
-    let header: BackupHeader = serde_json::from_str(&header)
+    let header: BackupHeader = serde_json::from_slice(&header)
         .map_err(|_| "line 1 is not a csai-sidecar backup header".to_string())?;
     if header.format != transfer::BACKUP_FORMAT || header.version != transfer::BACKUP_VERSION {
         return Err(format!(
@@ -287,12 +292,23 @@ pub async fn restore(
     let mut progress = Progress::new();
     for (index, line) in lines.enumerate() {
         let number = index + 2;
-        let line = line.map_err(|e| format!("line {number}: {e}"))?;
-        if line.trim().is_empty() {
+        // A read error (a truncated zstd frame) ends the file: nothing after it can be
+        // read, but everything before it is restored and the report says where it broke.
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                report.failures.push(format!(
+                    "line {number}: {error} (the rest of the file cannot be read)"
+                ));
+                break;
+            }
+        };
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let session = serde_json::from_str::<BackupSession>(&line)
-            .map_err(|e| e.to_string())
+        let session = std::str::from_utf8(&line)
+            .map_err(|e| format!("not UTF-8 ({e})"))
+            .and_then(|line| serde_json::from_str::<BackupSession>(line).map_err(|e| e.to_string()))
             .and_then(BackupSession::into_session);
         match session {
             Ok(session) => {
@@ -309,9 +325,32 @@ pub async fn restore(
     Ok(report)
 }
 
+/// The lines of a reader as bytes, without their line feed: a line that is not UTF-8
+/// is one bad line, not the end of the file (as with `BufRead::lines`).
+struct RawLines(Box<dyn BufRead>);
+
+impl Iterator for RawLines {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Vec::new();
+        match self.0.read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                Some(Ok(line))
+            }
+            Err(error) => Some(Err(error)),
+        }
+    }
+}
+
 /// Copies every live session from `source` to `target`. With a checkpoint file, sessions
 /// copied by an earlier, interrupted run are skipped, and each copied session is added to
-/// it, so a re-run resumes. Then every copied session is compared by checksum.
+/// it, so a re-run resumes. Each copy is read back and compared by checksum as soon as it
+/// is written, so memory stays bounded by one session however many are copied.
 pub async fn migrate(
     source: &mut Endpoint,
     target: &mut Endpoint,
@@ -339,7 +378,6 @@ pub async fn migrate(
     };
     let mut report = Report::default();
     let mut progress = Progress::new();
-    let mut copied = Vec::new();
     let mut sessions = source.sessions(policy).await?;
     while let Some(session) = sessions.next().await {
         let session = session?;
@@ -356,24 +394,20 @@ pub async fn migrate(
             target.import(&session, Existing::Overwrite).await
         };
         if outcome == Imported::Written && !dry_run {
-            if let Some(file) = &mut checkpoint_file {
-                writeln!(file, "{}", session.id.as_str())
-                    .map_err(|e| format!("checkpoint: {e}"))?;
+            let id = session.id.as_str();
+            match target.get(&session, policy).await {
+                Ok(Some(copy)) if transfer::checksum(&copy) == transfer::checksum(&session) => {}
+                Ok(Some(_)) => report.mismatches.push(format!("{id:?}: contents differ")),
+                Ok(None) => report.mismatches.push(format!("{id:?}: missing")),
+                Err(problem) => report.mismatches.push(format!("{id:?}: {problem}")),
             }
-            copied.push(session.clone());
+            if let Some(file) = &mut checkpoint_file {
+                writeln!(file, "{id}").map_err(|e| format!("checkpoint: {e}"))?;
+            }
         }
         report.count(&session, outcome, bytes);
     }
     drop(sessions);
     progress.finish();
-    for session in &copied {
-        let id = session.id.as_str();
-        match target.get(session, policy).await {
-            Ok(Some(copy)) if transfer::checksum(&copy) == transfer::checksum(session) => {}
-            Ok(Some(_)) => report.mismatches.push(format!("{id:?}: contents differ")),
-            Ok(None) => report.mismatches.push(format!("{id:?}: missing")),
-            Err(problem) => report.mismatches.push(format!("{id:?}: {problem}")),
-        }
-    }
     Ok(report)
 }

@@ -620,6 +620,13 @@ impl Config {
     /// tokens and encryption keys.
     pub fn secrets(&self) -> Vec<String> {
         let mut secrets: Vec<String> = self.redis_password.iter().cloned().collect();
+        for url in self
+            .redis_address
+            .split(',')
+            .chain(self.redis_cluster_nodes.iter().map(String::as_str))
+        {
+            secrets.extend(url_password(url.trim()).map(String::from));
+        }
         if let Some((_, rest)) = self.mongo_uri.split_once("://")
             && let Some((userinfo, _)) = rest.split_once('@')
             && let Some((_, password)) = userinfo.split_once(':')
@@ -1029,7 +1036,15 @@ impl Values {
             let shown = if key.secret && !value.is_empty() {
                 redact(key.name, value)
             } else {
-                value.to_string()
+                // A password inside a URL (`redis://:pw@host`) is a secret wherever it is.
+                value
+                    .split(',')
+                    .map(|item| match url_password(item) {
+                        Some(password) => item.replacen(password, "<redacted>", 1),
+                        None => item.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             out.push_str(&format!("{} = {:?}  # {source}\n", key.name, shown));
         }
@@ -1045,6 +1060,14 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// The password of a `scheme://user:password@host...` URL, if it has one.
+fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let (userinfo, _) = rest.split_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
 }
 
 /// Hides a secret: a URI keeps everything but its password, anything else is replaced.
@@ -1179,11 +1202,23 @@ mod tests {
             "mongodb://app:s3cret@db:27017/?tls=true".into(),
             Source::Default,
         );
+        // Regression: a password inside the Redis URL was printed as it was.
+        values.set(
+            "redis_address",
+            "redis://:pw-in-url@cache:6379/0".into(),
+            Source::Default,
+        );
         let shown = values.render();
         assert!(
-            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            !shown.contains("hunter2") && !shown.contains("s3cret") && !shown.contains("pw-in-url"),
             "{shown}"
         );
+        assert!(
+            shown.contains("redis://:<redacted>@cache:6379/0"),
+            "{shown}"
+        );
+        let config = values.parse().expect("a valid configuration");
+        assert!(config.secrets().contains(&"pw-in-url".to_string()));
         assert!(
             shown.contains("mongodb://app:<redacted>@db:27017/?tls=true"),
             "{shown}"

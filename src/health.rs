@@ -76,26 +76,34 @@ pub async fn run_checks(
     }
 }
 
-/// Asks the sidecar listening on `listen` for the status of `service` (e.g. `SERVING`) over
-/// plain-text gRPC, for container health checks; an unspecified address means loopback.
-pub async fn probe(listen: std::net::SocketAddr, service: &str) -> Result<String, String> {
+/// Asks the sidecar listening on `listen` for the status of `service` (e.g. `SERVING`),
+/// for container health checks; an unspecified address means loopback. Over TLS when
+/// `tls` (the sidecar's own TLS settings) is set, with `dial`'s CA and client certificate.
+pub async fn probe(
+    listen: std::net::SocketAddr,
+    service: &str,
+    tls: bool,
+    dial: &crate::dial::DialOptions,
+) -> Result<String, String> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let mut address = listen;
     if address.ip().is_unspecified() {
         address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(3))
-        .connect()
+    let scheme = if tls { "grpcs" } else { "grpc" };
+    let url = format!("{scheme}://{address}");
+    let channel = tokio::time::timeout(Duration::from_secs(3), dial.connect(&url))
         .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|connected| connected)
         .map_err(|e| format!("cannot reach the sidecar on {address}: {e}"))?;
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_string(),
+    });
+    request.set_timeout(Duration::from_secs(3));
     let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_string(),
-        })
+        .check(request)
         .await
         .map_err(|status| format!("health check of {service:?} failed: {}", status.message()))?;
     Ok(response.into_inner().status().as_str_name().to_string())

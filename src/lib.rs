@@ -1,9 +1,12 @@
 //! csai-sidecar: a gRPC sidecar that keeps the chat sessions of AI customer-service bots.
 
+pub mod accept;
 pub mod auth;
 pub mod chat;
 pub mod commands;
 pub mod config;
+pub mod dial;
+pub mod files;
 pub mod grpc;
 pub mod health;
 pub mod load_shed;

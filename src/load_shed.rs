@@ -1,24 +1,67 @@
 //! Load shedding: at most `max_concurrent_requests` RPCs in flight; the next ones are
-//! refused at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+//! refused at once with RESOURCE_EXHAUSTED instead of queueing without bound. Health
+//! `Watch` and reflection streams have small pools of their own, so neither can take
+//! capacity from the csai services (nor starve each other).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Open health `Watch` streams at most; a probe's `Check` is never limited.
+pub const MAX_HEALTH_WATCHES: usize = 64;
+/// Open reflection streams at most (tools such as grpcurl hold one per command).
+pub const MAX_REFLECTION_STREAMS: usize = 8;
+
+/// One limited pool of in-flight calls.
+#[derive(Clone, Debug)]
+struct Pool {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    /// What the limit is called in the refusal, so the operator knows what to change.
+    name: &'static str,
+}
+
+impl Pool {
+    fn new(limit: usize, name: &'static str) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            name,
+        }
+    }
+}
+
 /// Wraps the server's routes in [`LoadShed`].
 #[derive(Clone, Debug)]
 pub struct LoadShedLayer {
-    permits: Option<Arc<Semaphore>>,
-    limit: usize,
+    requests: Option<Pool>,
+    health_watches: Pool,
+    reflection: Pool,
 }
 
 impl LoadShedLayer {
-    /// At most `limit` RPCs at once; 0 means no limit.
+    /// At most `limit` csai RPCs at once (0 means no limit), beside the fixed pools of
+    /// health watches and reflection streams.
     pub fn new(limit: usize) -> Self {
         Self {
-            permits: (limit > 0).then(|| Arc::new(Semaphore::new(limit))),
-            limit,
+            requests: (limit > 0).then(|| Pool::new(limit, "max_concurrent_requests")),
+            health_watches: Pool::new(MAX_HEALTH_WATCHES, "open health Watch streams"),
+            reflection: Pool::new(MAX_REFLECTION_STREAMS, "open reflection streams"),
+        }
+    }
+
+    /// The pool a call draws from; `None` for the unlimited health `Check`, because a
+    /// shed probe would restart the Pod.
+    fn pool_of(&self, path: &str) -> Option<&Pool> {
+        if path == "/grpc.health.v1.Health/Watch" {
+            Some(&self.health_watches)
+        } else if path.starts_with("/grpc.health.v1.") {
+            None
+        } else if path.starts_with("/grpc.reflection.") {
+            Some(&self.reflection)
+        } else {
+            self.requests.as_ref()
         }
     }
 }
@@ -29,8 +72,7 @@ impl<S> tower_layer::Layer<S> for LoadShedLayer {
     fn layer(&self, inner: S) -> Self::Service {
         LoadShed {
             inner,
-            permits: self.permits.clone(),
-            limit: self.limit,
+            pools: self.clone(),
         }
     }
 }
@@ -39,8 +81,7 @@ impl<S> tower_layer::Layer<S> for LoadShedLayer {
 #[derive(Clone, Debug)]
 pub struct LoadShed<S> {
     inner: S,
-    permits: Option<Arc<Semaphore>>,
-    limit: usize,
+    pools: LoadShedLayer,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for LoadShed<S>
@@ -57,21 +98,18 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // Probes must answer under overload: a shed health check would restart the Pod.
-        let exempt = request.uri().path().starts_with("/grpc.health.v1.");
-        let permit = match &self.permits {
-            Some(permits) if !exempt => match permits.clone().try_acquire_owned() {
+        let permit = match self.pools.pool_of(request.uri().path()) {
+            Some(pool) => match pool.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     let status = tonic::Status::resource_exhausted(format!(
-                        "overloaded: {} RPCs are in flight (max_concurrent_requests); retry \
-                         with backoff",
-                        self.limit
+                        "overloaded: {} calls are in flight ({}); retry with backoff",
+                        pool.limit, pool.name
                     ));
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
             },
-            _ => None,
+            None => None,
         };
         let call = self.inner.call(request);
         Box::pin(async move {

@@ -4,6 +4,7 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use csai_sidecar::commands::{self, Endpoint};
 use csai_sidecar::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
+use csai_sidecar::dial::DialOptions;
 use csai_sidecar::grpc::session_store::Policy;
 use csai_sidecar::transfer::Existing;
 use csai_sidecar::{server, telemetry};
@@ -40,7 +41,8 @@ fn cli() -> Command {
                         .value_name("NAME")
                         .default_value("")
                         .help("health service name: empty for the server, or csai.v1.SessionStore, csai.v1.Chat"),
-                ),
+                )
+                .args(dial_args()),
         )
         .subcommand(
             Command::new("config")
@@ -73,7 +75,8 @@ fn cli() -> Command {
                         .long("dry-run")
                         .action(ArgAction::SetTrue)
                         .help("read and convert everything, write nothing"),
-                ),
+                )
+                .args(dial_args()),
         )
         .subcommand(Command::new("rotate-keys").about(
             "Re-encrypt every session under the primary encryption key (the first of encryption_keys)",
@@ -86,8 +89,9 @@ fn cli() -> Command {
                     Arg::new("from")
                         .long("from")
                         .value_name("URL")
-                        .help("grpc://host:port: back up a running sidecar (its in-memory store too)"),
-                ),
+                        .help("grpc://host:port (grpcs:// for TLS): back up a running sidecar (its in-memory store too)"),
+                )
+                .args(dial_args()),
         )
         .subcommand(
             Command::new("restore")
@@ -101,7 +105,8 @@ fn cli() -> Command {
                         .value_parser(["skip", "overwrite", "fail"])
                         .default_value("fail")
                         .help("what to do with sessions that already exist"),
-                ),
+                )
+                .args(dial_args()),
         );
     for key in KEYS {
         let Some(flag) = key.flag() else {
@@ -120,6 +125,61 @@ fn cli() -> Command {
     command
 }
 
+/// How a command reaches a protected sidecar. The token comes from a file or the
+/// environment (`CSAI_SIDECAR_TOKEN`), never from a flag: flags are visible in `ps`.
+fn dial_args() -> [Arg; 5] {
+    let file = |name: &'static str, env: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .env(env)
+            .value_name("FILE")
+            .help(help)
+    };
+    [
+        file(
+            "sidecar-token-file",
+            "CSAI_SIDECAR_TOKEN_FILE",
+            "the bearer token for the sidecar (else CSAI_SIDECAR_TOKEN)",
+        ),
+        file(
+            "sidecar-ca-file",
+            "CSAI_SIDECAR_CA_FILE",
+            "CA certificate of the sidecar's TLS certificate; dials TLS",
+        ),
+        file(
+            "sidecar-cert-file",
+            "CSAI_SIDECAR_CERT_FILE",
+            "client certificate for a sidecar that requires mTLS",
+        ),
+        file(
+            "sidecar-key-file",
+            "CSAI_SIDECAR_KEY_FILE",
+            "key of --sidecar-cert-file",
+        ),
+        Arg::new("sidecar-server-name")
+            .long("sidecar-server-name")
+            .env("CSAI_SIDECAR_SERVER_NAME")
+            .value_name("NAME")
+            .help("name the sidecar's certificate must carry (default: the URL's host)"),
+    ]
+}
+
+/// The token and TLS settings of `dial_args`.
+fn dial_options(arguments: &ArgMatches) -> Result<DialOptions, String> {
+    let text = |name: &str| arguments.try_get_one::<String>(name).ok().flatten();
+    let client_cert = match (text("sidecar-cert-file"), text("sidecar-key-file")) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        _ => return Err("--sidecar-cert-file and --sidecar-key-file go together".into()),
+    };
+    Ok(DialOptions {
+        token: DialOptions::read_token(text("sidecar-token-file").map(String::as_str))?,
+        ca_file: text("sidecar-ca-file").map(PathBuf::from),
+        client_cert,
+        server_name: text("sidecar-server-name").cloned(),
+    })
+}
+
 fn file_arg() -> Arg {
     Arg::new("file")
         .long("file")
@@ -132,7 +192,7 @@ fn to_arg() -> Arg {
     Arg::new("to")
         .long("to")
         .value_name("URL")
-        .help("grpc://host:port: write into a running sidecar instead of the configured store")
+        .help("grpc://host:port (grpcs:// for TLS): write into a running sidecar instead of the configured store")
 }
 
 /// Gathers values: defaults, then the file, then environment and flags (clap resolves
@@ -166,9 +226,24 @@ fn health_check(config: &Config, arguments: &ArgMatches) -> ExitCode {
     let service = arguments
         .get_one::<String>("service")
         .map_or("", String::as_str);
-    let result = tokio::runtime::Runtime::new()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| runtime.block_on(csai_sidecar::health::probe(config.listen, service)));
+    // With TLS on, the probe trusts the CA given, else the sidecar's own certificate (a
+    // self-signed one), and checks the name `localhost` unless told another.
+    let result = dial_options(arguments).and_then(|mut dial| {
+        if let Some(tls) = &config.tls {
+            dial.ca_file.get_or_insert_with(|| tls.cert.clone());
+            dial.server_name.get_or_insert_with(|| "localhost".into());
+        }
+        tokio::runtime::Runtime::new()
+            .map_err(|e| e.to_string())
+            .and_then(|runtime| {
+                runtime.block_on(csai_sidecar::health::probe(
+                    config.listen,
+                    service,
+                    config.tls.is_some(),
+                    &dial,
+                ))
+            })
+    });
     match result {
         Ok(status) if status == "SERVING" => {
             println!("{status}");
@@ -217,9 +292,14 @@ async fn configured_store(config: &Config, role: &str) -> Result<Endpoint, Strin
     Ok(Endpoint::Store(store))
 }
 
-async fn endpoint(config: &Config, url: Option<&String>, role: &str) -> Result<Endpoint, String> {
+async fn endpoint(
+    config: &Config,
+    url: Option<&String>,
+    role: &str,
+    arguments: &ArgMatches,
+) -> Result<Endpoint, String> {
     match url {
-        Some(url) => Endpoint::sidecar(url).await,
+        Some(url) => Endpoint::sidecar(url, &dial_options(arguments)?).await,
         None => configured_store(config, role).await,
     }
 }
@@ -240,7 +320,7 @@ fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCod
         let usage = |e: String| (2u8, e);
         match command {
             "backup" => {
-                let mut source = endpoint(config, text("from"), "source")
+                let mut source = endpoint(config, text("from"), "source", arguments)
                     .await
                     .map_err(usage)?;
                 let path = PathBuf::from(text("file").expect("required"));
@@ -250,7 +330,7 @@ fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCod
                 Ok(format!("backed up to {}\n{report}", path.display()))
             }
             "restore" => {
-                let mut target = endpoint(config, text("to"), "target")
+                let mut target = endpoint(config, text("to"), "target", arguments)
                     .await
                     .map_err(usage)?;
                 let existing = match text("existing").map(String::as_str) {
@@ -305,7 +385,7 @@ async fn migrate(
     let text = |name: &str| arguments.try_get_one::<String>(name).ok().flatten();
     let usage = |e: String| (2u8, e);
     let dry_run = arguments.get_flag("dry-run");
-    let mut target = endpoint(config, text("to"), "target")
+    let mut target = endpoint(config, text("to"), "target", arguments)
         .await
         .map_err(usage)?;
     if let Some(from) = text("from")
@@ -343,8 +423,10 @@ async fn migrate(
         };
     }
     let mut source = match (text("from"), text("from-config")) {
-        (Some(url), None) if url.starts_with("grpc://") => {
-            Endpoint::sidecar(url).await.map_err(usage)?
+        (Some(url), None) if url.starts_with("grpc://") || url.starts_with("grpcs://") => {
+            Endpoint::sidecar(url, &dial_options(arguments).map_err(usage)?)
+                .await
+                .map_err(usage)?
         }
         (None, Some(file)) => {
             let source_config = Values::defaults()

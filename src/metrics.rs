@@ -279,10 +279,25 @@ impl Metrics {
     }
 }
 
+/// A label value escaped as the text exposition format requires: backslash, double quote
+/// and line feed (a raw line feed would end the sample line and break the whole page).
+fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str(r"\\"),
+            '"' => escaped.push_str(r#"\""#),
+            '\n' => escaped.push_str(r"\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 fn label_text(labels: &Labels, le: Option<&str>) -> String {
     let mut parts: Vec<String> = labels
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .map(|(k, v)| format!("{k}=\"{}\"", escape_label_value(v)))
         .collect();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));
@@ -326,27 +341,151 @@ where
     Fut: std::future::Future<Output = Vec<(&'static str, Labels, f64)>> + Send,
 {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (mut stream, _) = crate::accept::accept(&listener, "metrics").await;
         let gauges = gauges.clone();
         tokio::spawn(async move {
             let head = read_head(&mut stream).await;
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", global().render(&gauges().await))
-            } else {
-                (
+            let (status, body, send_body) = match Request::parse(&head) {
+                Request::Metrics { head_only } => (
+                    "200 OK",
+                    global().render(&gauges().await) + &process_metrics(),
+                    !head_only,
+                ),
+                Request::OtherMethod => (
+                    "405 Method Not Allowed",
+                    "only GET and HEAD are served here\n".to_string(),
+                    true,
+                ),
+                Request::OtherPath => (
                     "404 Not Found",
                     "only /metrics is served here\n".to_string(),
-                )
+                    true,
+                ),
             };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            let mut response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
+            if send_body {
+                response.push_str(&body);
+            }
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// What an HTTP request to the metrics port asks for.
+#[derive(Debug, PartialEq)]
+enum Request {
+    Metrics { head_only: bool },
+    OtherMethod,
+    OtherPath,
+}
+
+impl Request {
+    /// Reads the request line; a query string (`/metrics?name[]=...`, as some scrapers
+    /// send) does not change the answer.
+    fn parse(head: &str) -> Self {
+        let mut words = head.lines().next().unwrap_or("").split(' ');
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        match (method, path) {
+            (_, path) if path != "/metrics" => Self::OtherPath,
+            ("GET", _) => Self::Metrics { head_only: false },
+            ("HEAD", _) => Self::Metrics { head_only: true },
+            _ => Self::OtherMethod,
+        }
+    }
+}
+
+/// The standard `process_*` series of the Prometheus client libraries, read from
+/// `/proc/self` at scrape time (empty where there is no `/proc`).
+fn process_metrics() -> String {
+    // USER_HZ: the unit of /proc's CPU times, 100 on every Linux ABI.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let mut out = String::new();
+    let mut gauge = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+    if let (Some(user), Some(system)) = (field(14), field(15)) {
+        gauge(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            (user + system) / TICKS_PER_SECOND,
+        );
+    }
+    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|line| line.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+    });
+    if let (Some(boot), Some(start)) = (boot_time, field(22)) {
+        gauge(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            boot + start / TICKS_PER_SECOND,
+        );
+    }
+    if let Some(bytes) = field(23) {
+        gauge(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            bytes,
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let resident_kib = status.lines().find_map(|line| {
+        line.strip_prefix("VmRSS:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    if let Some(kib) = resident_kib {
+        gauge(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            kib * 1024.0,
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            entries.count() as f64,
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let max_fds = limits.lines().find_map(|line| {
+        line.strip_prefix("Max open files")?
+            .split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+    });
+    if let Some(max) = max_fds {
+        gauge(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max,
+        );
+    }
+    out
 }
 
 /// The request line and headers: read until the blank line (a request may arrive in
@@ -405,5 +544,65 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("csai_active_sessions 4"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped_so_the_page_stays_parsable() {
+        let metrics = Metrics::default();
+        metrics.count(
+            "csai_chat_turns_total",
+            vec![("model", "a\nb\"c\\d".to_string())],
+            1.0,
+        );
+        let text = metrics.render(&[]);
+        assert!(
+            text.contains(r#"csai_chat_turns_total{model="a\nb\"c\\d"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .all(|line| line.starts_with('#') || line.starts_with("csai_"))
+        );
+    }
+
+    #[test]
+    fn metrics_requests_are_read_by_method_and_path() {
+        let metrics = |head_only| Request::Metrics { head_only };
+        assert_eq!(Request::parse("GET /metrics HTTP/1.1\r\n"), metrics(false));
+        assert_eq!(
+            Request::parse("GET /metrics?x=1 HTTP/1.1\r\n"),
+            metrics(false)
+        );
+        assert_eq!(Request::parse("HEAD /metrics HTTP/1.1\r\n"), metrics(true));
+        assert_eq!(
+            Request::parse("POST /metrics HTTP/1.1\r\n"),
+            Request::OtherMethod
+        );
+        assert_eq!(
+            Request::parse("GET /metricsx HTTP/1.1\r\n"),
+            Request::OtherPath
+        );
+        assert_eq!(Request::parse(""), Request::OtherPath);
+    }
+
+    #[test]
+    fn process_series_are_read_from_proc() {
+        let text = process_metrics();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+                .parse()
+                .unwrap();
+            assert!(value >= 0.0, "{name} {value}");
+        }
     }
 }

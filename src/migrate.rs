@@ -86,16 +86,16 @@ pub async fn from_cs_ai_redis(
         .map_err(source_error)?;
     let mut summary = Summary::default();
 
-    let mut ids = Vec::new();
+    // Sorted and each id once, however many of its three keys exist.
+    let mut ids = std::collections::BTreeSet::new();
     for pattern in ["ai:session:*", "ai:system:*", "ai:state:*"] {
         for key in scan(&mut redis, pattern).await.map_err(source_error)? {
             let id = key.splitn(3, ':').nth(2).unwrap_or_default().to_string();
-            if !id.is_empty() && !ids.contains(&id) {
-                ids.push(id);
+            if !id.is_empty() {
+                ids.insert(id);
             }
         }
     }
-    ids.sort();
     for id in ids {
         match copy_session(&mut redis, target, &id, options).await {
             Ok(Some(messages)) => {
@@ -351,13 +351,15 @@ fn timestamp(value: &Value, key: &str) -> Result<SystemTime, String> {
 
 /// Go writes fractional seconds and zone offsets (`2025-04-17T10:00:00.123456789+07:00`);
 /// humantime reads the time as UTC (its lenient parser even skips the offset), so the
-/// offset is split off and applied here.
+/// offset is split off and applied here. Corrupt input (an offset of a million hours, a
+/// time past what the clock can hold) is an error, never a panic.
 fn parse_go_time(raw: &str) -> Result<SystemTime, ()> {
     let (base, offset_seconds) = match raw.rfind(['+', '-']).filter(|&at| at > 18) {
         Some(at) => {
             let (hours, minutes) = raw[at + 1..].split_once(':').ok_or(())?;
-            let seconds = hours.parse::<i64>().map_err(|_| ())? * 3600
-                + minutes.parse::<i64>().map_err(|_| ())? * 60;
+            let hours = hours.parse::<i64>().ok().filter(|h| (0..=99).contains(h));
+            let minutes = minutes.parse::<i64>().ok().filter(|m| (0..60).contains(m));
+            let seconds = hours.ok_or(())? * 3600 + minutes.ok_or(())? * 60;
             let sign = if raw[at..].starts_with('-') { -1 } else { 1 };
             (&raw[..at], sign * seconds)
         }
@@ -365,11 +367,12 @@ fn parse_go_time(raw: &str) -> Result<SystemTime, ()> {
     };
     let local = humantime::parse_rfc3339_weak(base).map_err(|_| ())?;
     let shift = Duration::from_secs(offset_seconds.unsigned_abs());
-    Ok(if offset_seconds >= 0 {
-        local - shift
+    if offset_seconds >= 0 {
+        local.checked_sub(shift)
     } else {
-        local + shift
-    })
+        local.checked_add(shift)
+    }
+    .ok_or(())
 }
 
 /// A salt from a record's bytes (FNV-1a), so a re-run writes the same id.
@@ -462,7 +465,9 @@ async fn put<T: serde::Serialize>(
     time: SystemTime,
     options: &Options,
 ) -> Result<Copied, String> {
-    let expire_time = time + options.record_retention;
+    let expire_time = time
+        .checked_add(options.record_retention)
+        .ok_or_else(|| "the timestamp is too far in the future".to_string())?;
     if expire_time <= SystemTime::now() {
         return Ok(Copied::Expired);
     }
@@ -528,5 +533,19 @@ mod tests {
         let fractional = timestamp(&json!({"t": "2025-04-16T22:00:00.5-05:00"}), "t").unwrap();
         assert_eq!(fractional, utc + Duration::from_millis(500));
         assert!(timestamp(&json!({"t": "yesterday"}), "t").is_err());
+    }
+
+    /// Regression: an offset past i64 seconds panicked (overflow) instead of being a
+    /// counted, reported skip.
+    #[test]
+    fn corrupt_go_times_are_errors_not_panics() {
+        for corrupt in [
+            "2025-04-17T10:00:00+9999999999999999:00",
+            "2025-04-17T10:00:00-99999999999:99",
+            "2025-04-17T10:00:00+07:75",
+            "1970-01-01T00:00:00+",
+        ] {
+            assert!(timestamp(&json!({"t": corrupt}), "t").is_err(), "{corrupt}");
+        }
     }
 }

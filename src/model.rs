@@ -337,10 +337,27 @@ pub fn tool_safe_start(messages: &[Message], last_n: usize) -> usize {
     tool_safe_start_by(messages.len(), last_n, |i| messages[i].body.role)
 }
 
-/// [`tool_safe_start`] over `len` messages whose roles `role_at` gives by index.
+/// How far a tool result may be from the assistant message whose call it answers, in
+/// messages: the service refuses results further away, and a window grows backwards by at
+/// most this much. A read never does work proportional to the session's length, whatever
+/// an older writer stored.
+pub const MAX_WINDOW_GROWTH: usize = 128;
+
+/// [`tool_safe_start`] over `len` messages whose roles `role_at` gives by index. Tool
+/// results whose call is more than [`MAX_WINDOW_GROWTH`] messages back (only data written
+/// around the service's validation has them) are left out instead: the window starts
+/// after them.
 pub fn tool_safe_start_by(len: usize, last_n: usize, role_at: impl Fn(usize) -> Role) -> usize {
-    let mut start = len.saturating_sub(last_n);
+    let plain = len.saturating_sub(last_n);
+    let mut start = plain;
     while start > 0 && start < len && role_at(start) == Role::Tool {
+        if plain - start >= MAX_WINDOW_GROWTH {
+            let mut after = plain;
+            while after < len && role_at(after) == Role::Tool {
+                after += 1;
+            }
+            return after;
+        }
         start -= 1;
     }
     start

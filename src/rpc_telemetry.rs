@@ -48,7 +48,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let path = request.uri().path().to_string();
+        let path = method_label(request.uri().path()).to_string();
         let full_method = path.trim_start_matches('/');
         let (service, method) = full_method.split_once('/').unwrap_or(("", full_method));
         let span = tracing::info_span!(
@@ -104,6 +104,45 @@ where
         })
     }
 }
+
+/// What a path's calls are counted and traced as: the path of a method this server
+/// serves, else [`UNKNOWN_METHOD`]. The path is the caller's to choose, so using it as it
+/// came would let anyone grow /metrics without bound.
+pub fn method_label(path: &str) -> &str {
+    static KNOWN: std::sync::LazyLock<std::collections::HashSet<String>> =
+        std::sync::LazyLock::new(|| {
+            [
+                crate::grpc::pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ]
+            .into_iter()
+            .filter_map(|bytes| {
+                <prost_types::FileDescriptorSet as prost::Message>::decode(bytes).ok()
+            })
+            .flat_map(|set| set.file)
+            .flat_map(|file| {
+                let package = file.package().to_string();
+                file.service.into_iter().flat_map(move |service| {
+                    let prefix = format!("/{package}.{}/", service.name());
+                    service
+                        .method
+                        .into_iter()
+                        .map(move |method| format!("{prefix}{}", method.name()))
+                })
+            })
+            .collect()
+        });
+    if KNOWN.contains(path) {
+        path
+    } else {
+        UNKNOWN_METHOD
+    }
+}
+
+/// The method label of every path this server does not serve.
+pub const UNKNOWN_METHOD: &str = "unknown";
 
 /// One call until its status is known.
 struct Call {
@@ -347,5 +386,21 @@ mod tests {
         assert_eq!(timeout("S"), None);
         assert_eq!(timeout("1x"), None);
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_served_methods_are_labels() {
+        for served in [
+            "/csai.v1.SessionStore/AppendMessages",
+            "/csai.v1.Chat/ExecStream",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(method_label(served), served);
+        }
+        for unknown in ["/csai.v1.SessionStore/Nope", "/x/y", "", &"a".repeat(2048)] {
+            assert_eq!(method_label(unknown), UNKNOWN_METHOD);
+        }
     }
 }

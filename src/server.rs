@@ -22,8 +22,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
@@ -161,8 +159,8 @@ pub async fn serve(
         Some(text) => Some(Arc::new(Tokens::parse(&text.0).map_err(ServeError::Auth)?)),
         None => None,
     };
-    // Health stays open (probes cannot send tokens); the csai services need a token when
-    // tokens are configured.
+    // Health stays open (probes cannot send tokens); the csai services and reflection
+    // need a token when tokens are configured (reflection describes the whole API).
     let authenticate = move |request: tonic::Request<()>| match &tokens {
         Some(tokens) => tokens.authenticate(request),
         None => Ok(request),
@@ -184,8 +182,10 @@ pub async fn serve(
         ))
         .max_decoding_message_size(size)
         .max_encoding_message_size(size),
-        authenticate,
+        authenticate.clone(),
     );
+    let reflection_v1 = InterceptedService::new(reflection_v1, authenticate.clone());
+    let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, authenticate);
 
     let metrics_endpoint = match config.metrics_listen {
         Some(address) => {
@@ -254,17 +254,9 @@ pub async fn serve(
                     router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor), signal),
                 )
             }
-            None => {
-                // Without TCP_NODELAY, Nagle's algorithm holds a response's last small
-                // segment until the previous one is acknowledged: about a millisecond
-                // on loopback, on most RPCs.
-                let incoming = TcpListenerStream::new(listener).map(|stream| {
-                    stream.inspect(|stream| {
-                        let _ = stream.set_nodelay(true);
-                    })
-                });
-                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-            }
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(crate::accept::incoming(listener), signal),
+            ),
         };
     tokio::pin!(server);
 

@@ -137,13 +137,7 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
-            };
+            let (stream, peer) = crate::accept::accept(&listener, "grpc-tls").await;
             if tx.is_closed() {
                 return;
             }

@@ -1,5 +1,6 @@
 //! Bearer tokens and tenants: no token, no access; one tenant never sees, lists, deletes
-//! or overwrites another's sessions; health stays open; reflection can be turned off.
+//! or overwrites another's sessions; health stays open; reflection needs a token, has its
+//! own small limit and can be turned off.
 
 mod common;
 
@@ -263,4 +264,108 @@ async fn reflection_can_be_turned_off() {
         }
     };
     assert_eq!(code, Code::Unimplemented);
+}
+
+type ReflectionClient<T> =
+    tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<T>;
+
+fn list_services() -> tonic_reflection::pb::v1::ServerReflectionRequest {
+    tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    }
+}
+
+/// The first answer of a reflection stream: its status code, or OK with an answer.
+async fn first_reflection_answer<T>(mut client: ReflectionClient<T>) -> Code
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    use futures::StreamExt;
+    match client
+        .server_reflection_info(futures::stream::iter([list_services()]))
+        .await
+    {
+        Err(status) => status.code(),
+        Ok(response) => match response.into_inner().next().await {
+            Some(Ok(_)) => Code::Ok,
+            Some(Err(status)) => status.code(),
+            None => Code::Unknown,
+        },
+    }
+}
+
+#[tokio::test]
+async fn reflection_needs_a_token_when_tokens_are_configured() {
+    let server = TestServer::start_serving(config(), common::memory_store()).await;
+    let anonymous = ReflectionClient::new(server.channel().await);
+    assert_eq!(
+        first_reflection_answer(anonymous).await,
+        Code::Unauthenticated
+    );
+    let authenticated = ReflectionClient::new(with_token(server.channel().await, TOKEN_A));
+    assert_eq!(first_reflection_answer(authenticated).await, Code::Ok);
+}
+
+/// Regression: eight idle reflection streams used to take the whole
+/// `max_concurrent_requests = 8`, and a tenant's RPCs were shed while health said SERVING.
+#[tokio::test]
+async fn idle_reflection_and_health_watch_streams_never_take_the_rpc_capacity() {
+    use csai_sidecar::load_shed::{MAX_HEALTH_WATCHES, MAX_REFLECTION_STREAMS};
+    let mut config = test_config();
+    config.max_concurrent_requests = 8;
+    let server = TestServer::start_serving(config, common::memory_store()).await;
+    let channel = server.channel().await;
+
+    // Streams that send nothing and never end, held open for the whole test.
+    let mut held = Vec::new();
+    for _ in 0..MAX_REFLECTION_STREAMS {
+        let stream = ReflectionClient::new(channel.clone())
+            .server_reflection_info(futures::stream::pending())
+            .await
+            .expect("a reflection stream within its own limit opens");
+        held.push(stream);
+    }
+    let over = ReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::pending())
+        .await
+        .expect_err("one reflection stream past its limit is shed");
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+
+    let mut watches = Vec::new();
+    for _ in 0..MAX_HEALTH_WATCHES {
+        let watch = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("a watch within its limit opens");
+        watches.push(watch);
+    }
+    let over = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("one watch past its limit is shed");
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+
+    // The csai services keep their whole capacity, and probes still answer.
+    let mut sessions = SessionStoreClient::new(channel.clone());
+    for _ in 0..16 {
+        sessions
+            .get_stats(pb::GetStatsRequest::default())
+            .await
+            .expect("GetStats is not shed by other streams");
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    common::wait_for_status(&mut health, "", SERVING).await;
+    drop((held, watches));
 }

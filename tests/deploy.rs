@@ -128,6 +128,69 @@ fn the_kubernetes_pod_probes_the_servers_health_services() {
     assert!(listen.ends_with(&format!(":{metrics_port}")), "{listen}");
 }
 
+/// Regression: the manifests listened on every address with no token and no
+/// NetworkPolicy, so any Pod could export or delete every session.
+#[test]
+fn the_kubernetes_pod_needs_a_token_and_admits_only_the_scraper() {
+    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .and_then(|c| c.iter().find(|c| c["name"] == "csai-sidecar"))
+        .unwrap();
+    let env = |container: &Value, name: &str| -> Value {
+        container["env"]
+            .as_sequence()
+            .and_then(|vars| vars.iter().find(|v| v["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is not set"))
+    };
+    let token_secret = yaml("deploy/kubernetes/bot-token-secret.yaml");
+    let secret_name = token_secret["metadata"]["name"].as_str().unwrap();
+    let token = token_secret["stringData"]["token"].as_str().unwrap();
+    let from_secret = |var: &Value| {
+        let source = &var["valueFrom"]["secretKeyRef"];
+        assert_eq!(source["name"], secret_name, "{var:?}");
+        assert_eq!(source["key"], "token", "{var:?}");
+    };
+    from_secret(&env(sidecar, "BOT_TOKEN"));
+    let tokens = env(sidecar, "CSAI_AUTH_TOKENS")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(tokens, "support-bot:$(BOT_TOKEN)");
+    let bot = &pod["containers"][0];
+    from_secret(&env(bot, "CSAI_SIDECAR_TOKEN"));
+    // As Kubernetes expands it, the sidecar accepts it (16 characters at least).
+    csai_sidecar::auth::Tokens::parse(&tokens.replace("$(BOT_TOKEN)", token))
+        .expect("the expanded tokens parse");
+
+    let policy = yaml("deploy/kubernetes/networkpolicy.yaml");
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"][0], "Ingress");
+    let metrics_port = sidecar["ports"][1]["containerPort"].as_u64().unwrap();
+    let rules = policy["spec"]["ingress"].as_sequence().unwrap();
+    let mut admitted = Vec::new();
+    for rule in rules {
+        assert!(
+            !rule["from"].as_sequence().unwrap().is_empty(),
+            "every rule names who may connect"
+        );
+        for port in rule["ports"].as_sequence().unwrap() {
+            admitted.push(port["port"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        admitted,
+        [metrics_port],
+        "only the metrics port is admitted"
+    );
+}
+
 #[test]
 fn the_configmap_and_secret_are_a_configuration_the_sidecar_accepts() {
     let config = variables(&yaml("deploy/kubernetes/configmap.yaml"), "data");
@@ -177,11 +240,23 @@ fn compose_runs_the_image_on_redis_with_its_health_check() {
     for name in sidecar["environment"].as_mapping().unwrap().keys() {
         assert!(known.contains(&name.as_str().unwrap()), "{name:?}");
     }
+    // Published on the host's loopback only, and tokens on.
+    let ports: Vec<&str> = sidecar["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(ports.contains(&format!("127.0.0.1:{0}:{0}", dockerfile_port()).as_str()));
     assert!(
-        sidecar["ports"]
-            .as_sequence()
+        ports.iter().all(|p| p.starts_with("127.0.0.1:")),
+        "{ports:?}"
+    );
+    assert!(
+        sidecar["environment"]["CSAI_AUTH_TOKENS"]
+            .as_str()
             .unwrap()
-            .contains(&Value::from(format!("{0}:{0}", dockerfile_port())))
+            .contains("${CSAI_DEV_TOKEN:?")
     );
     assert_eq!(
         sidecar["healthcheck"]["test"][1],

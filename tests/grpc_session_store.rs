@@ -740,3 +740,71 @@ async fn records_round_trip_on_the_memory_store() {
     let server = TestServer::start().await;
     common::exercise_records(&mut server.sessions().await, "memory-records").await;
 }
+
+/// Regression: a tool result that answered no call was accepted, and a session of them
+/// made every tool-safe read walk back through all of them.
+#[tokio::test]
+async fn tool_results_must_answer_a_call_before_them() {
+    let server = TestServer::start().await;
+    let mut client = server.sessions().await;
+    let calling = |id: &str| pb::Message {
+        tool_calls: vec![pb::ToolCall {
+            id: id.into(),
+            r#type: "function".into(),
+            function: Some(pb::FunctionCall {
+                name: "lookup".into(),
+                arguments: "{}".into(),
+            }),
+            index: 0,
+        }],
+        ..message(pb::Role::Assistant, "")
+    };
+    let result = |id: &str| pb::Message {
+        tool_call_id: id.into(),
+        ..message(pb::Role::Tool, "ok")
+    };
+    expect_code(
+        client
+            .append_messages(append("orphans", vec![user("hi"), result("call_x")]))
+            .await,
+        Code::FailedPrecondition,
+        "messages[1].tool_call_id",
+    )
+    .await;
+    // The call in the same request, or earlier in the session, is what a result answers.
+    client
+        .append_messages(append(
+            "answered",
+            vec![calling("call_1"), result("call_1")],
+        ))
+        .await
+        .expect("call and result together");
+    client
+        .append_messages(append("answered", vec![calling("call_2")]))
+        .await
+        .expect("a call");
+    client
+        .append_messages(append("answered", vec![result("call_2")]))
+        .await
+        .expect("its result in a later append");
+    expect_code(
+        client
+            .append_messages(append("answered", vec![result("call_9")]))
+            .await,
+        Code::FailedPrecondition,
+        "call_9",
+    )
+    .await;
+    expect_code(
+        client
+            .replace_messages(pb::ReplaceMessagesRequest {
+                session_id: "answered".into(),
+                messages: vec![result("call_1"), calling("call_1")],
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "messages[0].tool_call_id",
+    )
+    .await;
+}

@@ -93,6 +93,131 @@ async fn metrics_endpoint_serves_backend_series_after_traffic() {
     assert!(scrape(metrics_port, "/other").starts_with("HTTP/1.1 404"));
 }
 
+/// Every line of a scraped page is a comment or `name{label="value",...} number`, with
+/// label values escaped as the text format requires: what Prometheus' parser accepts.
+fn assert_parsable(page: &str) {
+    for line in page.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line:?}");
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "name of {line:?}"
+        );
+        let mut rest = labels
+            .strip_suffix('}')
+            .unwrap_or_else(|| panic!("{line:?}"));
+        while !rest.is_empty() {
+            let (label, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+            assert!(label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next() {
+                    Some((_, '\\')) => {
+                        let escaped = chars.next().map(|(_, c)| c);
+                        assert!(matches!(escaped, Some('\\' | '"' | 'n')), "{line:?}");
+                    }
+                    Some((i, '"')) => break i,
+                    Some(_) => {}
+                    None => panic!("unterminated label value in {line:?}"),
+                }
+            };
+            rest = after[end + 1..]
+                .strip_prefix(',')
+                .unwrap_or(&after[end + 1..]);
+        }
+    }
+}
+
+/// Regression: the `method` label was the raw request path (1,000 calls to random 2 KB
+/// paths grew the page from 150 KB to 33 MB) and a newline in a requested model name made
+/// the page unparsable until restart.
+#[tokio::test]
+async fn request_values_never_grow_or_break_the_metrics_page() {
+    let (mut sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_METRICS_LISTEN", "127.0.0.1:0".into()),
+        ("CSAI_CHAT_ECHO", "true".into()),
+    ])
+    .await;
+    let metrics_port = logged_metrics_port(&mut sidecar);
+    let mut chat = csai_sidecar::grpc::pb::chat_client::ChatClient::new(channel.clone());
+    let turn = |session: &str, model: &str| pb::ExecRequest {
+        session_id: session.into(),
+        user_message: Some(pb::UserMessage {
+            content: "hello".into(),
+            ..Default::default()
+        }),
+        parameters: Some(pb::ModelParameters {
+            model: Some(model.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    chat.exec(turn("metrics-0", "echo")).await.expect("a turn");
+    let before = scrape(metrics_port, "/metrics");
+
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for i in 0..200 {
+        grpc.ready().await.expect("ready");
+        let path = format!("/csai.v1.SessionStore/{}{i}", "x".repeat(2048));
+        let status = grpc
+            .unary(
+                tonic::Request::new(pb::GetStatsRequest::default()),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::<pb::GetStatsRequest, pb::GetStatsResponse>::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+    for i in 0..50 {
+        let model = format!("evil\nmodel\"{i}\\ {}", "y".repeat(200));
+        chat.exec(turn(&format!("metrics-{i}"), &model))
+            .await
+            .expect("the echo provider answers any model");
+    }
+
+    let after = scrape(metrics_port, "/metrics");
+    assert!(after.starts_with("HTTP/1.1 200 OK"), "{after}");
+    let page = after.split_once("\r\n\r\n").unwrap().1;
+    assert_parsable(page);
+    assert!(!page.contains("xxxx") && !page.contains("evil"), "{page}");
+    assert!(
+        page.contains(r#"csai_rpc_requests_total{method="unknown",code="UNIMPLEMENTED"} 200"#),
+        "{page}"
+    );
+    assert!(page.contains(r#"model="other""#), "{page}");
+    // 250 hostile calls added a handful of series, not 250.
+    assert!(
+        after.len() < before.len() + 8 * 1024,
+        "the page grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(page.contains(&format!("\n{name} ")), "{name} missing");
+    }
+
+    // Scrapers that add a query string, and HEAD, get the page too.
+    assert!(scrape(metrics_port, "/metrics?name[]=up").starts_with("HTTP/1.1 200 OK"));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    use std::io::Write;
+    stream
+        .write_all(b"HEAD /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    stream.read_to_string(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+}
+
 #[tokio::test]
 async fn a_paused_redis_server_shows_up_as_slow_operations() {
     let redis_port = free_port();

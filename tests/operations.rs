@@ -206,6 +206,76 @@ async fn backup_restore_between_every_pair_of_backends() {
     }
 }
 
+/// Regression: the backup file was truncated before the source was read, so a backup
+/// whose source was down destroyed the previous backup; files were created 0644.
+#[tokio::test]
+async fn a_failed_backup_leaves_the_previous_one_untouched() {
+    let memory = Arc::new(MemoryStore::new(MemoryLimits::default()));
+    seed(memory.as_ref()).await;
+    let faulty = Arc::new(common::FaultyStore::new(memory));
+    let file = scratch("kept.jsonl.zst");
+    commands::backup(&mut Endpoint::Store(faulty.clone()), &policy(), &file)
+        .await
+        .expect("first backup");
+    let first = std::fs::read(&file).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a backup is readable by its owner only");
+    }
+    faulty.set_down(true);
+    let error = commands::backup(&mut Endpoint::Store(faulty), &policy(), &file)
+        .await
+        .expect_err("the source is down");
+    assert!(error.contains("injected"), "{error}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        first,
+        "the previous backup is intact"
+    );
+    let folder = file.parent().unwrap();
+    let temporary = format!(".{}.", file.file_name().unwrap().to_string_lossy());
+    let leftovers: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&temporary))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary file is left: {leftovers:?}"
+    );
+}
+
+/// Regression: one line that was not UTF-8 ended the restore there (501 of 1,004
+/// sessions restored).
+#[tokio::test]
+async fn a_line_that_is_not_utf8_is_one_failure_and_the_rest_is_restored() {
+    let source = store("memory").await;
+    let sessions = seed(source.as_ref()).await;
+    let file = scratch("not-utf8.jsonl");
+    commands::backup(&mut Endpoint::Store(source), &policy(), &file)
+        .await
+        .expect("backup");
+    let text = std::fs::read(&file).unwrap();
+    let mut lines: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    // Line 3 (the second session) gets bytes that are not UTF-8 in its middle.
+    let middle = lines[2].len() / 2;
+    lines[2].splice(middle..middle, [0xff, 0xfe, 0x80]);
+    std::fs::write(&file, lines.join(&b'\n')).unwrap();
+    let target = store("memory").await;
+    let report = commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Fail)
+        .await
+        .expect("restore");
+    assert_eq!(report.sessions, 2, "{report}");
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert!(
+        report.failures[0].starts_with("line 3: not UTF-8"),
+        "{report}"
+    );
+    assert_same(target.as_ref(), &[sessions[0].clone(), sessions[2].clone()]).await;
+}
+
 #[tokio::test]
 async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines() {
     let source = store("memory").await;
@@ -481,10 +551,10 @@ async fn migrate_between_two_running_sidecars_verifies_over_grpc() {
     let sessions = seed(memory.as_ref()).await;
     let source = TestServer::start_serving(test_config(), memory).await;
     let target = TestServer::start().await;
-    let mut from = Endpoint::sidecar(&format!("grpc://{}", source.addr))
+    let mut from = Endpoint::sidecar(&format!("grpc://{}", source.addr), &Default::default())
         .await
         .expect("source");
-    let mut to = Endpoint::sidecar(&format!("grpc://{}", target.addr))
+    let mut to = Endpoint::sidecar(&format!("grpc://{}", target.addr), &Default::default())
         .await
         .expect("target");
     let report = commands::migrate(&mut from, &mut to, &policy(), None, false)

@@ -156,3 +156,70 @@ async fn a_requests_deadline_stops_its_work_and_counts_as_deadline_exceeded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Regression: with every file descriptor in use, the accept loops retried at once
+/// forever (2.2 CPU-seconds in 2 s) and a health call on an open connection took 2.7 s.
+#[tokio::test]
+async fn accept_loops_pause_when_file_descriptors_run_out() {
+    let (mut sidecar, channel) = SidecarProcess::spawn_with_open_file_limit(
+        &[("CSAI_METRICS_LISTEN", "127.0.0.1:0".into())],
+        128,
+    )
+    .await;
+    let metrics_port = logged_metrics_port(&mut sidecar);
+    let mut health = HealthClient::new(channel);
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check.clone()).await.expect("health answers");
+
+    // Idle connections until the sidecar cannot accept any more; then one more on each
+    // listener, left waiting in its backlog, so both accept loops meet EMFILE.
+    let mut hogs = Vec::new();
+    for _ in 0..160 {
+        hogs.push(std::net::TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap());
+    }
+    hogs.push(std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = cpu_seconds(sidecar.child.id());
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(sidecar.child.id()) - before;
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        used < 0.25 * wall,
+        "the sidecar used {used:.2} CPU-seconds in {wall:.2} s with no descriptor left"
+    );
+    health
+        .check(check.clone())
+        .await
+        .expect("an open connection is still served");
+
+    drop(hogs);
+    let waiting = Instant::now();
+    loop {
+        let response = std::panic::catch_unwind(|| scrape(metrics_port, "/metrics"));
+        if response.is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "metrics never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

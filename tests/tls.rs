@@ -175,3 +175,133 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         "the old certificate is gone"
     );
 }
+
+/// Runs the `csai-sidecar` binary with these arguments and variables (and no CSAI_* of
+/// the caller's); its exit status and output.
+fn command(args: &[&str], vars: &[(&str, String)]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CSAI_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .args(args)
+        .envs(vars.iter().cloned())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Regression: backup, restore and migrate sent no token and spoke no TLS, and `health`
+/// was plaintext only (the Docker HEALTHCHECK failed once TLS was on).
+// The commands run as child processes and are waited for on a test thread, so the
+// server needs worker threads of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_reach_a_sidecar_that_needs_mtls_and_a_token() {
+    let ca = Authority::new("server CA");
+    let clients = Authority::new("client CA");
+    let dir = scratch("commands");
+    let token = "token-of-the-operator-0123";
+    let config = csai_sidecar::config::Config {
+        tls: Some(files(
+            &dir,
+            &ca.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth),
+            Some(&clients),
+        )),
+        auth_tokens: Some(csai_sidecar::config::Secret(format!("ops:{token}"))),
+        ..test_config()
+    };
+    let server = TestServer::start_serving(config, common::memory_store()).await;
+    let operator = clients.issue("operator", ExtendedKeyUsagePurpose::ClientAuth);
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("operator.pem"), &operator.0).unwrap();
+    std::fs::write(path("operator.key"), &operator.1).unwrap();
+    std::fs::write(path("token"), format!("{token}\n")).unwrap();
+    let url = format!("grpcs://{}", server.addr);
+    let tls_args = |file: &str| -> Vec<String> {
+        [
+            "--file",
+            file,
+            "--sidecar-ca-file",
+            &path("ca.pem"),
+            "--sidecar-server-name",
+            "localhost",
+            "--sidecar-cert-file",
+            &path("operator.pem"),
+            "--sidecar-key-file",
+            &path("operator.key"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+
+    // A session to carry over, written by a tenant... of the operator's token.
+    let backup_file = path("backup.jsonl");
+    let restore_file = path("restore.jsonl");
+    std::fs::write(
+        &restore_file,
+        concat!(
+            r#"{"format":"csai-sidecar-backup","version":1,"created_ms":0}"#,
+            "\n",
+            r#"{"session_id":"carried","messages":[{"seq":1,"time_ms":1700000000000,"message":{"role":"user","content":"hi"}}],"system_messages":[],"state":{},"expire_time_ms":4102444800000}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let mut restore: Vec<String> = vec!["restore".into(), "--to".into(), url.clone()];
+    restore.extend(tls_args(&restore_file));
+    let restore: Vec<&str> = restore.iter().map(String::as_str).collect();
+    let (ok, text) = command(&restore, &[]);
+    assert!(!ok, "without a token the sidecar refuses: {text}");
+    assert!(
+        text.contains("token") || text.contains("authorization"),
+        "{text}"
+    );
+    let (ok, text) = command(&restore, &[("CSAI_SIDECAR_TOKEN", token.to_string())]);
+    assert!(ok, "{text}");
+    assert!(text.contains("sessions  1"), "{text}");
+
+    let mut backup: Vec<String> = vec!["backup".into(), "--from".into(), url.clone()];
+    backup.extend(tls_args(&backup_file));
+    backup.extend(["--sidecar-token-file".into(), path("token")]);
+    let backup: Vec<&str> = backup.iter().map(String::as_str).collect();
+    let (ok, text) = command(&backup, &[]);
+    assert!(ok, "{text}");
+    let written = std::fs::read_to_string(&backup_file).unwrap();
+    assert!(written.contains("\"carried\""), "{written}");
+
+    // `health` dials the sidecar's own listen address over TLS, with a client certificate.
+    let listen = [
+        ("CSAI_LISTEN", server.addr.to_string()),
+        ("CSAI_TLS_CERT_FILE", path("cert.pem")),
+        ("CSAI_TLS_KEY_FILE", path("key.pem")),
+        ("CSAI_TLS_CLIENT_CA_FILE", path("client-ca.pem")),
+    ];
+    let health = [
+        "health",
+        "--sidecar-ca-file",
+        &path("ca.pem"),
+        "--sidecar-cert-file",
+        &path("operator.pem"),
+        "--sidecar-key-file",
+        &path("operator.key"),
+    ];
+    let mut answered = String::new();
+    for _ in 0..50 {
+        let (ok, text) = command(&health, &listen);
+        if ok {
+            answered = text;
+            break;
+        }
+        answered = text;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.trim(), "SERVING");
+}

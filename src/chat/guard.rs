@@ -1,9 +1,12 @@
 //! CS-AI's SecurityOptions: per-participant rate limits, and the per-session transcript log.
+//! Both are kept per tenant: two tenants' participants or sessions of the same name never
+//! share a counter or a file.
 
 use crate::model::{Message, SessionId};
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Most turns one participant may start per minute, hour and day (0 = no limit).
@@ -53,17 +56,24 @@ impl RateLimiter {
         }
     }
 
-    /// Records a turn start of `participant`, or says which limit forbids it.
-    pub fn check(&self, participant: &str) -> Result<(), Limited> {
-        self.check_at(participant, Instant::now())
+    /// Records a turn start of `participant` of `tenant`, or says which limit forbids it.
+    pub fn check(&self, tenant: Option<&str>, participant: &str) -> Result<(), Limited> {
+        self.check_at(tenant, participant, Instant::now())
     }
 
-    fn check_at(&self, participant: &str, now: Instant) -> Result<(), Limited> {
+    fn check_at(
+        &self,
+        tenant: Option<&str>,
+        participant: &str,
+        now: Instant,
+    ) -> Result<(), Limited> {
         let mut starts = self.starts.lock();
         if starts.len() > 10_000 {
             starts.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < DAY));
         }
-        let times = starts.entry(participant.to_string()).or_default();
+        // Tenants are letters, digits, '_' and '-': the separator cannot occur in one.
+        let key = format!("{}\u{1f}{participant}", tenant.unwrap_or_default());
+        let times = starts.entry(key).or_default();
         while times.front().is_some_and(|t| now.duration_since(*t) >= DAY) {
             times.pop_front();
         }
@@ -113,9 +123,12 @@ impl TranscriptLog {
         }
     }
 
-    /// The file of a session: its id with every byte outside `[A-Za-z0-9_-]` as `%XX`,
-    /// so no id can leave the folder.
-    pub fn path(&self, session: &SessionId) -> PathBuf {
+    /// The file of a session: under a folder of its tenant (if any), its id with every
+    /// byte outside `[A-Za-z0-9_-]` as `%XX`, so no id can leave the folder and distinct
+    /// ids never share a name. An encoded id longer than [`MAX_NAME`] is cut and followed
+    /// by `~` and a hash of the whole id: file names stay within every file system's limit
+    /// (255 bytes), and `~` never occurs in a whole encoded id.
+    pub fn path(&self, tenant: Option<&str>, session: &SessionId) -> PathBuf {
         let mut name = String::new();
         for byte in session.as_str().bytes() {
             if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
@@ -124,13 +137,32 @@ impl TranscriptLog {
                 name.push_str(&format!("%{byte:02X}"));
             }
         }
-        self.dir.join(format!("{name}.json"))
+        if name.len() > MAX_NAME {
+            let mut cut = MAX_NAME - HASH_SUFFIX;
+            // Never inside a %XX.
+            while name[..cut].rfind('%').is_some_and(|i| i + 3 > cut) {
+                cut -= 1;
+            }
+            let digest = Sha256::digest(session.as_str().as_bytes());
+            let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            name = format!("{}~{hash}", &name[..cut]);
+        }
+        let dir = match tenant {
+            Some(tenant) => self.dir.join(tenant),
+            None => self.dir.clone(),
+        };
+        dir.join(format!("{name}.json"))
     }
 
     /// Adds the messages of a turn to the session's file.
-    pub async fn record(&self, session: &SessionId, messages: &[Message]) -> std::io::Result<()> {
+    pub async fn record(
+        &self,
+        tenant: Option<&str>,
+        session: &SessionId,
+        messages: &[Message],
+    ) -> std::io::Result<()> {
         let _one_writer = self.lock.lock().await;
-        let path = self.path(session);
+        let path = self.path(tenant, session);
         let mut entries: Vec<serde_json::Value> = match tokio::fs::read(&path).await {
             Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
@@ -147,16 +179,26 @@ impl TranscriptLog {
                 .into();
             entries.push(entry);
         }
-        let document = serde_json::json!({"session_id": session.as_str(), "messages": entries});
-        write_atomically(&self.dir, &path, &serde_json::to_vec_pretty(&document)?).await
+        let mut document = serde_json::json!({"session_id": session.as_str(), "messages": entries});
+        if let Some(tenant) = tenant {
+            document["tenant"] = tenant.into();
+        }
+        write_private_file(&path, serde_json::to_vec_pretty(&document)?).await
     }
 }
 
-async fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let temporary = path.with_extension("json.tmp");
-    tokio::fs::write(&temporary, bytes).await?;
-    tokio::fs::rename(&temporary, path).await
+/// The longest transcript file name before `.json`.
+const MAX_NAME: usize = 200;
+/// `~` and 32 hex digits.
+const HASH_SUFFIX: usize = 33;
+
+/// Writes `bytes` to `path` readable by this user only (0600, folders 0700), through a
+/// temporary file renamed over it, so a reader never sees half a transcript.
+async fn write_private_file(path: &std::path::Path, bytes: Vec<u8>) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::files::write_private_atomically(&path, &bytes))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]
@@ -171,30 +213,30 @@ mod tests {
             per_day: 0,
         });
         let start = Instant::now();
-        assert!(limiter.check_at("ana", start).is_ok());
+        assert!(limiter.check_at(None, "ana", start).is_ok());
         assert!(
             limiter
-                .check_at("ana", start + Duration::from_secs(10))
+                .check_at(None, "ana", start + Duration::from_secs(10))
                 .is_ok()
         );
         let limited = limiter
-            .check_at("ana", start + Duration::from_secs(20))
+            .check_at(None, "ana", start + Duration::from_secs(20))
             .unwrap_err();
         assert_eq!(limited.window, "minute");
         assert_eq!(limited.retry_after, Duration::from_secs(40));
         assert!(
             limiter
-                .check_at("budi", start + Duration::from_secs(20))
+                .check_at(None, "budi", start + Duration::from_secs(20))
                 .is_ok(),
             "per participant"
         );
         assert!(
             limiter
-                .check_at("ana", start + Duration::from_secs(61))
+                .check_at(None, "ana", start + Duration::from_secs(61))
                 .is_ok()
         );
         let limited = limiter
-            .check_at("ana", start + Duration::from_secs(200))
+            .check_at(None, "ana", start + Duration::from_secs(200))
             .unwrap_err();
         assert_eq!((limited.window, limited.limit), ("hour", 3));
         assert_eq!(limited.retry_after, Duration::from_secs(3400));
@@ -205,14 +247,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("csai-transcripts-{}", std::process::id()));
         let log = TranscriptLog::new(dir.clone());
         let id = SessionId::new("../escape/ü");
-        let path = log.path(&id);
+        let path = log.path(None, &id);
         assert_eq!(path.parent(), Some(dir.as_path()));
         let first = crate::model::NewMessage::text(crate::model::Role::User, "hi")
             .stored(1, std::time::SystemTime::now());
         let second = crate::model::NewMessage::text(crate::model::Role::Assistant, "hello")
             .stored(2, std::time::SystemTime::now());
-        log.record(&id, &[first]).await.unwrap();
-        log.record(&id, &[second]).await.unwrap();
+        log.record(None, &id, &[first]).await.unwrap();
+        log.record(None, &id, &[second]).await.unwrap();
         let document: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(document["session_id"], "../escape/ü");
@@ -222,6 +264,54 @@ mod tests {
             (messages[1]["seq"].as_u64(), messages[1]["content"].as_str()),
             (Some(2), Some("hello"))
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Regression: one file held two tenants' conversations, files were 0644, and a
+    /// 256-byte non-ASCII id made a name too long to create (no transcript at all).
+    #[tokio::test]
+    async fn transcripts_are_private_per_tenant_and_never_too_long() {
+        let dir = std::env::temp_dir().join(format!("csai-transcripts-t-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = TranscriptLog::new(dir.clone());
+        let id = SessionId::new("chat-1");
+        assert_ne!(log.path(Some("shop-a"), &id), log.path(Some("shop-b"), &id));
+        assert_ne!(log.path(Some("shop-a"), &id), log.path(None, &id));
+        let message = |text: &str| {
+            crate::model::NewMessage::text(crate::model::Role::User, text)
+                .stored(1, std::time::SystemTime::now())
+        };
+        log.record(Some("shop-a"), &id, &[message("from a")])
+            .await
+            .unwrap();
+        log.record(Some("shop-b"), &id, &[message("from b")])
+            .await
+            .unwrap();
+        let read = |path: PathBuf| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        };
+        let a = read(log.path(Some("shop-a"), &id));
+        assert_eq!(a["tenant"], "shop-a");
+        assert_eq!(a["messages"].as_array().unwrap().len(), 1);
+        assert_eq!(a["messages"][0]["content"], "from a");
+
+        // 256 bytes of 'ü' (2 bytes each) encode to 768 characters; two such ids that
+        // differ only at the end still get distinct names.
+        let long_a = SessionId::new("ü".repeat(127) + "a0");
+        let long_b = SessionId::new("ü".repeat(127) + "b0");
+        let (path_a, path_b) = (log.path(None, &long_a), log.path(None, &long_b));
+        assert_ne!(path_a, path_b);
+        for path in [&path_a, &path_b] {
+            assert!(path.file_name().unwrap().len() <= 255, "{path:?}");
+        }
+        log.record(None, &long_a, &[message("long")]).await.unwrap();
+        assert_eq!(read(path_a.clone())["session_id"], long_a.as_str());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path_a).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -204,6 +204,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// First backoff delay; doubled for each retry.
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The `model` label of calls to a model other than the provider's configured one.
+pub const OTHER_MODEL: &str = "other";
+
 /// A provider ready to call.
 #[derive(Clone, Debug)]
 pub struct Provider {
@@ -317,6 +320,18 @@ impl Provider {
         }
     }
 
+    /// The `model` label of this provider's metrics: its configured model, else
+    /// [`OTHER_MODEL`]. A request may name any model (and a provider may answer with a
+    /// dated variant of it); a label taken from either as it came would let any caller
+    /// grow /metrics without bound.
+    pub fn model_label<'m>(&'m self, model: &'m str) -> &'m str {
+        if model == self.settings.model {
+            model
+        } else {
+            OTHER_MODEL
+        }
+    }
+
     /// Records one model call on its span and in the metrics.
     fn observe(
         &self,
@@ -328,7 +343,7 @@ impl Provider {
         let labels = |extra: Option<(&'static str, &str)>| -> Labels {
             let mut labels = vec![
                 ("provider", self.name().to_string()),
-                ("model", request.model.clone()),
+                ("model", self.model_label(&request.model).to_string()),
             ];
             labels.extend(extra.map(|(k, v)| (k, v.to_string())));
             labels

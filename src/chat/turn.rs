@@ -79,6 +79,9 @@ impl Overrides {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TurnRequest {
     pub session: SessionId,
+    /// The authenticated tenant, if tokens are on: part of every key the turn keeps
+    /// outside the (already tenant-scoped) store, so tenants never share one.
+    pub tenant: Option<String>,
     pub input: TurnInput,
     pub tools: Vec<ToolSpec>,
     pub tool_choice: ToolChoice,
@@ -157,6 +160,16 @@ pub trait Bot: Send {
     -> Result<Option<Vec<ToolResult>>, TurnError>;
 }
 
+/// The `outcome` label of a turn: its finish reason when it is one of OpenAI's or the
+/// sidecar's own, else `other` (a provider may send any text there).
+fn outcome_label(finish_reason: &str) -> &str {
+    match finish_reason {
+        "stop" | "tool_calls" | "length" | "content_filter" | "function_call"
+        | "max_tool_rounds" => finish_reason,
+        _ => "other",
+    }
+}
+
 /// Runs chat turns over one store and the configured providers.
 pub struct ChatEngine {
     providers: BTreeMap<String, Provider>,
@@ -226,8 +239,8 @@ impl ChatEngine {
         let (provider, model, outcome) = match &result {
             Ok(turn) => (
                 turn.provider.clone(),
-                self.model_of(&turn.provider, &turn.assistant.body),
-                turn.finish_reason.clone(),
+                self.model_label(&turn.provider, &turn.assistant.body),
+                outcome_label(&turn.finish_reason).to_string(),
             ),
             Err(_) => (requested, String::new(), "error".to_string()),
         };
@@ -243,17 +256,13 @@ impl ChatEngine {
         result
     }
 
-    /// The model that wrote `message`, as the provider reported it, else as configured.
-    fn model_of(&self, provider: &str, message: &NewMessage) -> String {
-        message
-            .model
-            .clone()
-            .or_else(|| {
-                self.providers
-                    .get(provider)
-                    .map(|p| p.settings.model.clone())
-            })
+    /// The `model` label of a turn's metrics: see [`Provider::model_label`].
+    fn model_label(&self, provider: &str, message: &NewMessage) -> String {
+        self.providers
+            .get(provider)
+            .map(|p| p.model_label(message.model.as_deref().unwrap_or(&p.settings.model)))
             .unwrap_or_default()
+            .to_string()
     }
 
     async fn run_turn(
@@ -283,7 +292,7 @@ impl ChatEngine {
         }
         if let TurnInput::User(user) = &request.input {
             // After the replay check: a retried turn is not a new one.
-            let verdict = self.check_rate(&request.session, user);
+            let verdict = self.check_rate(request.tenant.as_deref(), &request.session, user);
             self.log_security(store, &request.session, user, &verdict)
                 .await;
             verdict?;
@@ -351,7 +360,7 @@ impl ChatEngine {
                     "csai_chat_tool_rounds_total",
                     vec![
                         ("provider", answered_by.clone()),
-                        ("model", self.model_of(&answered_by, assistant)),
+                        ("model", self.model_label(&answered_by, assistant)),
                     ],
                     1.0,
                 );
@@ -461,11 +470,16 @@ impl ChatEngine {
         }
     }
 
-    fn check_rate(&self, session: &SessionId, user: &NewMessage) -> Result<(), TurnError> {
+    fn check_rate(
+        &self,
+        tenant: Option<&str>,
+        session: &SessionId,
+        user: &NewMessage,
+    ) -> Result<(), TurnError> {
         if let Some(limiter) = &self.rate_limiter {
             let participant = participant(session, user);
             limiter
-                .check(&participant)
+                .check(tenant, &participant)
                 .map_err(|limited| TurnError::RateLimited {
                     participant,
                     limited,
@@ -689,7 +703,9 @@ impl ChatEngine {
             });
         }
         if let Some(transcripts) = &self.transcripts
-            && let Err(error) = transcripts.record(&request.session, &stored).await
+            && let Err(error) = transcripts
+                .record(request.tenant.as_deref(), &request.session, &stored)
+                .await
         {
             tracing::warn!(session = %request.session, %error, "cannot write the transcript log");
         }

@@ -145,11 +145,21 @@ impl Bot for StreamBot {
     }
 }
 
+/// The tenant an authenticated request belongs to.
+fn tenant_of<T>(request: &Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<crate::auth::Tenant>()
+        .map(|tenant| tenant.0.clone())
+}
+
 #[tonic::async_trait]
 impl Chat for ChatService {
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         let store = scoped_store(&self.store, &request);
-        let turn = chat_convert::turn_request(request.into_inner(), &self.policy, Form::Unary)?;
+        let tenant = tenant_of(&request);
+        let mut turn = chat_convert::turn_request(request.into_inner(), &self.policy, Form::Unary)?;
+        turn.tenant = tenant;
         let outcome = self
             .engine
             .run(store.as_ref(), turn, &mut UnaryBot)
@@ -165,6 +175,7 @@ impl Chat for ChatService {
         request: Request<Streaming<ExecStreamRequest>>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
         let store = scoped_store(&self.store, &request);
+        let tenant = tenant_of(&request);
         let mut inbound = request.into_inner();
         let start = match inbound.message().await? {
             Some(ExecStreamRequest {
@@ -181,7 +192,8 @@ impl Chat for ChatService {
                 ));
             }
         };
-        let turn = chat_convert::turn_request(start, &self.policy, Form::Streaming)?;
+        let mut turn = chat_convert::turn_request(start, &self.policy, Form::Streaming)?;
+        turn.tenant = tenant;
         let (outbound, responses) = tokio::sync::mpsc::unbounded_channel();
         let engine = self.engine.clone();
         let mut bot = StreamBot {

@@ -100,6 +100,7 @@ pub fn turn_request(
         .collect::<Result<_, _>>()?;
     Ok(TurnRequest {
         session,
+        tenant: None,
         input,
         tools,
         tool_choice,

@@ -252,6 +252,39 @@ pub fn new_messages(
         .collect()
 }
 
+/// The tool results in `messages` (named `field[i]`) whose call is neither among
+/// `earlier_calls` nor in a message before them in the list, within
+/// [`MAX_WINDOW_GROWTH`](crate::model::MAX_WINDOW_GROWTH) messages: each as its index and
+/// `tool_call_id`.
+pub fn unanswered_tool_results<'m>(
+    messages: &'m [NewMessage],
+    earlier_calls: &[(usize, String)],
+) -> Vec<(usize, &'m str)> {
+    use crate::model::MAX_WINDOW_GROWTH;
+    // (position counted from the start of `messages`; earlier ones are negative)
+    let mut calls: std::collections::HashMap<&str, isize> = earlier_calls
+        .iter()
+        .map(|(back, id)| (id.as_str(), -(*back as isize)))
+        .collect();
+    let mut unanswered = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        for call in &message.tool_calls {
+            calls.insert(call.id.as_str(), i as isize);
+        }
+        if message.role == Role::Tool
+            && let Some(id) = message.tool_call_id.as_deref()
+        {
+            let near = calls
+                .get(id)
+                .is_some_and(|&at| (i as isize - at) as usize <= MAX_WINDOW_GROWTH);
+            if !near {
+                unanswered.push((i, id));
+            }
+        }
+    }
+    unanswered
+}
+
 /// A stored message as proto.
 pub fn message_to_proto(message: Message) -> pb::Message {
     let body = message.body;

@@ -7,9 +7,9 @@ use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{records, transfer};
-use crate::model::{Append, ListQuery, SessionId, StateUpdate, Window, WriteOptions};
-use crate::store::SessionStore;
+use crate::model::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
 use crate::store::tenant::TenantStore;
+use crate::store::{SessionStore, StoreError};
 use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -94,6 +94,44 @@ pub fn scoped_store<T>(
     }
 }
 
+/// Refuses tool results that answer no call of an assistant message before them, in the
+/// request or among the session's last messages: the tool-safe window grows back from a
+/// result to its call, so a run of results without one would make every read walk it.
+async fn check_tool_results_answer_calls(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    messages: &[NewMessage],
+) -> Result<(), Status> {
+    use crate::model::MAX_WINDOW_GROWTH;
+    if convert::unanswered_tool_results(messages, &[]).is_empty() {
+        return Ok(());
+    }
+    let recent = match store.get(id, Window::LastN(MAX_WINDOW_GROWTH as u32)).await {
+        Ok(session) => session.messages,
+        Err(StoreError::NotFound(_)) => Vec::new(),
+        Err(error) => return Err(status_of(error)),
+    };
+    let earlier: Vec<(usize, String)> = recent
+        .iter()
+        .rev()
+        .enumerate()
+        .flat_map(|(back, m)| {
+            m.body
+                .tool_calls
+                .iter()
+                .map(move |c| (back + 1, c.id.clone()))
+        })
+        .collect();
+    match convert::unanswered_tool_results(messages, &earlier).first() {
+        None => Ok(()),
+        Some((i, call)) => Err(Status::failed_precondition(format!(
+            "messages[{i}].tool_call_id: {call:?} answers no tool call of the session's last \
+             {MAX_WINDOW_GROWTH} messages or of this request; append the assistant message \
+             with the call first"
+        ))),
+    }
+}
+
 fn session_id(raw: &str) -> Result<SessionId, Status> {
     convert::session_id(raw, "session_id")
 }
@@ -151,8 +189,10 @@ impl SessionStoreRpc for SessionStoreService {
                 "messages: at least one message is required",
             ));
         }
+        let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
+        check_tool_results_answer_calls(store.as_ref(), &id, &messages).await?;
         let append = Append {
-            messages: convert::new_messages(request.messages, &self.policy.limits, "messages")?,
+            messages,
             request_id: convert::request_id(request.request_id, "request_id")?,
             options: self
                 .policy
@@ -175,6 +215,13 @@ impl SessionStoreRpc for SessionStoreService {
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
+        if let Some((i, call)) = convert::unanswered_tool_results(&messages, &[]).first() {
+            return Err(Status::invalid_argument(format!(
+                "messages[{i}].tool_call_id: {call:?} answers no tool call of an assistant \
+                 message before it (at most {} messages before)",
+                crate::model::MAX_WINDOW_GROWTH
+            )));
+        }
         let options = self
             .policy
             .write_options(request.expected_version, request.ttl)?;

@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
             ttl_expires_sessions_and_touch_extends,
             windows_select_messages,
             last_n_window_is_tool_safe,
+            window_growth_is_bounded,
             replace_renumbers_messages,
             system_messages_are_kept_apart,
             state_replace_and_merge,
@@ -529,6 +530,40 @@ pub async fn last_n_window_is_tool_safe(store: TestStore) {
     assert_eq!(seqs(&one.messages), vec![6]);
     let five = store.get(&id, Window::LastN(5)).await.expect("get");
     assert_eq!(seqs(&five.messages), vec![2, 3, 4, 5, 6]);
+}
+
+/// Regression: on a session of 400,000 tool results, `last_n = 1` walked back through all
+/// of them (1.96 s inside one Redis script). A window grows back at most
+/// `MAX_WINDOW_GROWTH` messages; results further from their call are left out.
+pub async fn window_growth_is_bounded(store: TestStore) {
+    use crate::model::MAX_WINDOW_GROWTH;
+    let id = unique_id("growth");
+    let run = MAX_WINDOW_GROWTH + 40;
+    let mut messages = vec![user("hi"), assistant_calling(&["call_a"])]; // 1, 2
+    messages.extend((0..run).map(|_| tool_result("call_a"))); // 3 ..= run + 2
+    // Written in pieces, as no backend takes 170 messages in one write everywhere.
+    for piece in messages.chunks(50) {
+        store
+            .append(&id, append_of(piece.to_vec()))
+            .await
+            .expect("append");
+    }
+    let last = run as u64 + 2;
+    let one = store.get(&id, Window::LastN(1)).await.expect("get");
+    assert!(
+        one.messages.is_empty(),
+        "results {} back from their call are left out: {:?}",
+        run,
+        seqs(&one.messages)
+    );
+    // A window whose start is within the bound still grows back to the call.
+    let near = store
+        .get(&id, Window::LastN(run as u32 - 20))
+        .await
+        .expect("get");
+    assert_eq!(seqs(&near.messages), (2..=last).collect::<Vec<_>>());
+    let all = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(all.messages.len() as u64, last);
 }
 
 /// Replace swaps all messages and restarts seqs at 1; later appends continue from there.

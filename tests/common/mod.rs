@@ -371,18 +371,39 @@ impl SidecarProcess {
     /// Starts `csai-sidecar serve` with these variables (and no CSAI_* of the caller's),
     /// and waits until it accepts connections.
     pub async fn spawn(vars: &[(&str, String)]) -> (Self, Channel) {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"));
+        command.arg("serve");
+        Self::spawn_command(command, vars).await
+    }
+
+    /// Like [`spawn`](Self::spawn), with at most `limit` open file descriptors
+    /// (`RLIMIT_NOFILE`, set by the shell's `ulimit -n`).
+    pub async fn spawn_with_open_file_limit(
+        vars: &[(&str, String)],
+        limit: u32,
+    ) -> (Self, Channel) {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" serve"))
+            .arg(env!("CARGO_BIN_EXE_csai-sidecar"));
+        Self::spawn_command(command, vars).await
+    }
+
+    async fn spawn_command(
+        mut command: std::process::Command,
+        vars: &[(&str, String)],
+    ) -> (Self, Channel) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"));
         for (name, _) in std::env::vars() {
             if name.starts_with("CSAI_") {
                 command.env_remove(name);
             }
         }
         command
-            .arg("serve")
             .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
             .env("CSAI_HEALTH_INTERVAL", "100ms")
             .env("CSAI_LOG_FORMAT", "json")

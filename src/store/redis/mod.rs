@@ -300,7 +300,11 @@ impl SessionStore for RedisStore {
     async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
         let args = match window {
             Window::All => vec!["all".to_string(), "0".to_string()],
-            Window::LastN(n) => vec!["last".to_string(), n.to_string()],
+            Window::LastN(n) => vec![
+                "last".to_string(),
+                n.to_string(),
+                crate::model::MAX_WINDOW_GROWTH.to_string(),
+            ],
             Window::AfterSeq(seq) => vec!["after".to_string(), seq.to_string()],
         };
         let value = self

@@ -183,7 +183,7 @@ return {'OK', 1}
     )
 });
 
-/// ARGV: 'all' | 'last' N | 'after' SEQ.
+/// ARGV: 'all' | 'last' N MAX_GROWTH | 'after' SEQ.
 /// Reply: OK, version, created, updated, expire, system, message_count, state, messages.
 pub static GET: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -194,10 +194,21 @@ if not m[1] or tonumber(m[2]) <= now then return {'NOTFOUND'} end
 local len = redis.call('LLEN', msgs)
 local start = 0
 if ARGV[1] == 'last' then
-  start = math.max(len - tonumber(ARGV[2]), 0)
+  local plain = math.max(len - tonumber(ARGV[2]), 0)
+  local is_tool = function(i)
+    return string.sub(redis.call('LINDEX', msgs, i - len), 1, 11) == '{"r":"tool"'
+  end
+  start = plain
   -- Tool-safe: never start with tool results cut off from their assistant message.
-  -- Negative indexes walk from the tail, so this costs O(window), not O(session).
-  while start > 0 and string.sub(redis.call('LINDEX', msgs, start - len), 1, 11) == '{"r":"tool"' do
+  -- Negative indexes walk from the tail, so this costs O(window), not O(session), and
+  -- the growth is bounded (ARGV[3], model::MAX_WINDOW_GROWTH): results further from
+  -- their call are left out, the window starting after them.
+  while start > 0 and start < len and is_tool(start) do
+    if plain - start >= tonumber(ARGV[3]) then
+      start = plain
+      while start < len and is_tool(start) do start = start + 1 end
+      break
+    end
     start = start - 1
   end
 elseif ARGV[1] == 'after' then

@@ -325,6 +325,7 @@ type Message struct {
 	// Tool calls of an assistant message. Only allowed on ROLE_ASSISTANT.
 	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
 	// For ROLE_TOOL: the id of the tool call this message answers. Required there, empty elsewhere.
+	// The call must be in an assistant message before it, at most 128 messages before.
 	ToolCallId string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	// Model that produced an assistant message, if known.
 	Model string `protobuf:"bytes,7,opt,name=model,proto3" json:"model,omitempty"`
