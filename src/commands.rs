@@ -62,21 +62,29 @@ impl Endpoint {
         }
     }
 
-    /// Writes one session.
-    async fn import(&mut self, session: &Session, existing: Existing) -> Imported {
+    /// Writes one session. Into a store, the session is first validated exactly as the
+    /// gRPC ImportSessions validates it (one shared check: ids, messages, sizes, a TTL
+    /// within max_ttl), so a corrupt backup line can never reach a backend.
+    async fn import(&mut self, session: &Session, existing: Existing, policy: &Policy) -> Imported {
         let ttl = transfer::remaining_ttl(session);
         match self {
             Endpoint::Store(store) => {
-                transfer::import(store.as_ref(), session, ttl, existing).await
+                let exported = pb::ExportedSession {
+                    session: Some(crate::grpc::convert::session_to_proto(session.clone())),
+                    remaining_ttl: Some(proto_duration(ttl)),
+                };
+                match crate::grpc::transfer::session_of(exported, policy, "session") {
+                    Ok((valid, ttl)) => {
+                        transfer::import(store.as_ref(), &valid, ttl, existing).await
+                    }
+                    Err(status) => Imported::Failed(status.message().to_string()),
+                }
             }
             Endpoint::Sidecar(client) => {
                 let request = pb::ImportSessionsRequest {
                     session: Some(pb::ExportedSession {
                         session: Some(crate::grpc::convert::session_to_proto(session.clone())),
-                        remaining_ttl: Some(prost_types::Duration {
-                            seconds: ttl.as_secs() as i64,
-                            nanos: ttl.subsec_nanos() as i32,
-                        }),
+                        remaining_ttl: Some(proto_duration(ttl)),
                     }),
                     existing: match existing {
                         Existing::Skip => pb::ExistingSessions::Skip,
@@ -123,6 +131,13 @@ impl Endpoint {
                 }
             }
         }
+    }
+}
+
+fn proto_duration(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: duration.subsec_nanos() as i32,
     }
 }
 
@@ -258,6 +273,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// number and restores nothing of its session; the other sessions are restored.
 pub async fn restore(
     target: &mut Endpoint,
+    policy: &Policy,
     path: &Path,
     existing: Existing,
 ) -> Result<Report, String> {
@@ -312,7 +328,7 @@ pub async fn restore(
             .and_then(BackupSession::into_session);
         match session {
             Ok(session) => {
-                let outcome = target.import(&session, existing).await;
+                let outcome = target.import(&session, existing, policy).await;
                 report.count(&session, outcome, line.len() as u64 + 1);
             }
             Err(problem) => report.failures.push(format!(
@@ -391,7 +407,7 @@ pub async fn migrate(
         let outcome = if dry_run {
             Imported::Written
         } else {
-            target.import(&session, Existing::Overwrite).await
+            target.import(&session, Existing::Overwrite, policy).await
         };
         if outcome == Imported::Written && !dry_run {
             let id = session.id.as_str();

@@ -274,6 +274,12 @@ pub const KEYS: &[Key] = &[
         "how often the backend health check runs",
     ),
     key(
+        "stats_refresh_interval",
+        "CSAI_STATS_REFRESH_INTERVAL",
+        "30s",
+        "how old the whole-store figures of the metrics gauges and of tenants' GetStats may get (each refresh scans the store)",
+    ),
+    key(
         "shutdown_grace",
         "CSAI_SHUTDOWN_GRACE",
         "10s",
@@ -600,6 +606,7 @@ pub struct Config {
     pub memory_limits: MemoryLimits,
     pub memory_sweep_interval: Duration,
     pub health_interval: Duration,
+    pub stats_refresh_interval: Duration,
     pub shutdown_grace: Duration,
     pub max_grpc_message_size: usize,
     pub max_concurrent_requests: usize,
@@ -892,6 +899,11 @@ impl Values {
                 positive_duration,
             )?,
             health_interval: self.get("health_interval", DURATION, positive_duration)?,
+            stats_refresh_interval: self.get(
+                "stats_refresh_interval",
+                DURATION,
+                positive_duration,
+            )?,
             shutdown_grace: self.get(
                 "shutdown_grace",
                 "a duration such as 0s, 10s or 1m",

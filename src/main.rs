@@ -339,7 +339,7 @@ fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCod
                     _ => Existing::Fail,
                 };
                 let path = PathBuf::from(text("file").expect("required"));
-                let report = commands::restore(&mut target, &path, existing)
+                let report = commands::restore(&mut target, &policy, &path, existing)
                     .await
                     .map_err(|e| (1, e))?;
                 let clean = report.is_clean();

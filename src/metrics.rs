@@ -309,27 +309,22 @@ fn label_text(labels: &Labels, le: Option<&str>) -> String {
     }
 }
 
-/// The store-wide gauges: active sessions and stored bytes (none when the store cannot
-/// say).
-pub async fn store_gauges(
-    store: Arc<dyn crate::store::SessionStore>,
-) -> Vec<(&'static str, Labels, f64)> {
-    match store.stats().await {
-        Ok(stats) => vec![
+/// The store-wide gauges of these figures: active sessions and stored bytes (none before
+/// the first figures are read).
+pub fn store_gauges(stats: Option<crate::model::StoreStats>) -> Vec<(&'static str, Labels, f64)> {
+    match stats {
+        Some(stats) => vec![
             ("csai_active_sessions", vec![], stats.active_sessions as f64),
             ("csai_stored_bytes", vec![], stats.approximate_bytes as f64),
         ],
-        Err(_) => Vec::new(),
+        None => Vec::new(),
     }
 }
 
-/// Keeps the OTLP copies of the store gauges current, reading them every `interval`.
-pub async fn export_store_gauges(store: Arc<dyn crate::store::SessionStore>, interval: Duration) {
-    loop {
-        for (name, _, value) in store_gauges(store.clone()).await {
-            set_otlp_gauge(name, value);
-        }
-        tokio::time::sleep(interval).await;
+/// Sets the OTLP copies of the store gauges.
+pub fn export_store_gauges(stats: &crate::model::StoreStats) {
+    for (name, _, value) in store_gauges(Some(stats.clone())) {
+        set_otlp_gauge(name, value);
     }
 }
 

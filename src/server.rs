@@ -17,6 +17,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::metered::MeteredStore;
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
+use crate::store::stats_cache::StatsCache;
 use crate::{metrics, tls};
 use std::future::Future;
 use std::pin::Pin;
@@ -165,9 +166,11 @@ pub async fn serve(
         Some(tokens) => tokens.authenticate(request),
         None => Ok(request),
     };
+    let stats = StatsCache::new(store.clone(), config.stats_refresh_interval);
     let sessions = InterceptedService::new(
         SessionStoreServer::new(SessionStoreService::new(
             store.clone(),
+            stats.clone(),
             Policy::from_config(config),
         ))
         .max_decoding_message_size(size)
@@ -198,19 +201,21 @@ pub async fn serve(
                     })?;
             let address = listener.local_addr().map_or(address, |bound| bound);
             tracing::info!(%address, "Prometheus metrics on /metrics");
-            let store = store.clone();
-            let gauges = Arc::new(move || metrics::store_gauges(store.clone()));
+            // A scrape reads the last figures; it never scans the store itself.
+            let stats = stats.clone();
+            let gauges = Arc::new(move || {
+                let figures = stats.latest();
+                async move { metrics::store_gauges(figures) }
+            });
             Some(AbortOnDrop(tokio::spawn(metrics::serve(listener, gauges))))
         }
         None => None,
     };
-    let otlp_gauges = metrics::exporting_over_otlp().then(|| {
-        AbortOnDrop(tokio::spawn(metrics::export_store_gauges(
-            store.clone(),
-            config
-                .health_interval
-                .max(std::time::Duration::from_secs(1)),
-        )))
+    // One loop refreshes the figures for both the scrapes and the OTLP export.
+    let gauge_refresh = (metrics_endpoint.is_some() || metrics::exporting_over_otlp()).then(|| {
+        AbortOnDrop(tokio::spawn(
+            stats.clone().refresh_forever(metrics::export_store_gauges),
+        ))
     });
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -272,7 +277,7 @@ pub async fn serve(
             }
         }
     }
-    drop((metrics_endpoint, otlp_gauges));
+    drop((metrics_endpoint, gauge_refresh));
     tracing::info!("csai-sidecar stopped");
     Ok(())
 }

@@ -808,3 +808,54 @@ async fn tool_results_must_answer_a_call_before_them() {
     )
     .await;
 }
+
+/// Regression: learning data and security logs ignored `memory_max_bytes` (thirty 1 MB
+/// security logs were accepted under a 4 MiB limit) and GetStats did not count them.
+#[tokio::test]
+async fn records_count_toward_the_memory_limit_and_the_stats() {
+    let limits = MemoryLimits {
+        max_sessions: None,
+        max_bytes: Some(4 << 20),
+    };
+    let server = TestServer::start_with(test_config(), limits).await;
+    let mut client = server.sessions().await;
+    let empty = client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approximate_bytes;
+    let feedback = |i: usize| pb::RecordFeedbackRequest {
+        query: format!("question {i}"),
+        response: "r".repeat(500_000),
+        ..Default::default()
+    };
+    client
+        .record_feedback(feedback(0))
+        .await
+        .expect("one record fits");
+    let one = client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .approximate_bytes;
+    assert!(
+        one >= empty + 500_000,
+        "GetStats counts the record: {empty} -> {one}"
+    );
+    let mut accepted = 1;
+    let refused = loop {
+        match client.record_feedback(feedback(accepted)).await {
+            Ok(_) => accepted += 1,
+            Err(status) => break status,
+        }
+        assert!(accepted < 30, "thirty 500 KB records under a 4 MiB limit");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("max_bytes"), "{refused:?}");
+    assert!(
+        (7..=8).contains(&accepted),
+        "{accepted} records of 500 KB fit in 4 MiB"
+    );
+}

@@ -29,8 +29,11 @@ fn append(session: &str, text: &str) -> pb::AppendMessagesRequest {
 async fn metrics_endpoint_serves_backend_series_after_traffic() {
     // Port 0: the sidecar binds a free port and logs it (a port picked here could be
     // taken by a parallel test before the sidecar binds it).
-    let (mut sidecar, channel) =
-        SidecarProcess::spawn(&[("CSAI_METRICS_LISTEN", "127.0.0.1:0".into())]).await;
+    let (mut sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_METRICS_LISTEN", "127.0.0.1:0".into()),
+        ("CSAI_STATS_REFRESH_INTERVAL", "100ms".into()),
+    ])
+    .await;
     let metrics_port = logged_metrics_port(&mut sidecar);
     let mut client = SessionStoreClient::new(channel);
     for i in 0..3 {
@@ -47,7 +50,16 @@ async fn metrics_endpoint_serves_backend_series_after_traffic() {
         .await;
     assert!(missing.is_err());
 
-    let response = scrape(metrics_port, "/metrics");
+    // The store gauges come from a background read every stats_refresh_interval.
+    let waiting = std::time::Instant::now();
+    let response = loop {
+        let response = scrape(metrics_port, "/metrics");
+        if response.contains("\ncsai_active_sessions 3\n") {
+            break response;
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(5), "{response}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(
         response.contains("content-type: text/plain; version=0.0.4"),
@@ -91,6 +103,33 @@ async fn metrics_endpoint_serves_backend_series_after_traffic() {
     assert!(count("csai_stored_bytes") > 0.0);
     assert!(response.contains("# TYPE csai_backend_operation_duration_seconds histogram"));
     assert!(scrape(metrics_port, "/other").starts_with("HTTP/1.1 404"));
+}
+
+/// Regression: every scrape called the store's stats (on Redis one script per session, on
+/// DynamoDB a full table scan). Scrapes now read figures a background task refreshes
+/// once per `stats_refresh_interval`.
+#[tokio::test]
+async fn scrapes_never_scan_the_store() {
+    let (mut sidecar, _channel) = SidecarProcess::spawn(&[
+        ("CSAI_METRICS_LISTEN", "127.0.0.1:0".into()),
+        ("CSAI_STATS_REFRESH_INTERVAL", "1h".into()),
+    ])
+    .await;
+    let metrics_port = logged_metrics_port(&mut sidecar);
+    let mut page = String::new();
+    for _ in 0..20 {
+        page = scrape(metrics_port, "/metrics");
+    }
+    let scans: f64 = page
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "csai_backend_operation_duration_seconds_count{backend=\"memory\",operation=\"stats\"} ",
+            )
+        })
+        .map_or(0.0, |value| value.parse().unwrap());
+    assert!(scans <= 1.0, "{scans} scans for 20 scrapes\n{page}");
+    assert!(page.contains("\ncsai_active_sessions 0\n"), "{page}");
 }
 
 /// Every line of a scraped page is a comment or `name{label="value",...} number`, with

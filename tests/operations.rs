@@ -184,19 +184,27 @@ async fn backup_restore_between_every_pair_of_backends() {
         assert_eq!((report.sessions, report.messages), (3, 4), "{from}");
         for to in kinds.into_iter().filter(|k| *k != from) {
             let target = store(to).await;
-            let report =
-                commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Fail)
-                    .await
-                    .expect("restore");
+            let report = commands::restore(
+                &mut Endpoint::Store(target.clone()),
+                &policy(),
+                &file,
+                Existing::Fail,
+            )
+            .await
+            .expect("restore");
             assert!(
                 report.is_clean() && report.sessions == 3,
                 "{from} -> {to}: {report}"
             );
             assert_same(target.as_ref(), &sessions).await;
-            let again =
-                commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Skip)
-                    .await
-                    .expect("restore again");
+            let again = commands::restore(
+                &mut Endpoint::Store(target.clone()),
+                &policy(),
+                &file,
+                Existing::Skip,
+            )
+            .await
+            .expect("restore again");
             assert_eq!(
                 (again.sessions, again.skipped),
                 (0, 3),
@@ -247,6 +255,59 @@ async fn a_failed_backup_leaves_the_previous_one_untouched() {
     );
 }
 
+/// Regression: a line with `expire_time_ms = u64::MAX` restored with `--existing
+/// overwrite` made the Redis script fail after it had deleted and rewritten the
+/// messages: the live session read as absent. Every restored session is now validated
+/// as ImportSessions validates it (the TTL is held to max_ttl) before any write.
+#[tokio::test]
+async fn a_corrupt_expiry_never_destroys_a_live_session() {
+    let target = store("redis").await;
+    let id = SessionId::new(unique("live"));
+    target
+        .append(
+            &id,
+            Append {
+                messages: vec![NewMessage::text(Role::User, "keep me")],
+                request_id: None,
+                options: WriteOptions::ttl(Duration::from_secs(3600)),
+            },
+        )
+        .await
+        .expect("a live session");
+    let file = scratch("far-expiry.jsonl");
+    let line = serde_json::json!({
+        "session_id": id.as_str(),
+        "expire_time_ms": u64::MAX,
+        "messages": [{"seq": 1, "time_ms": 1_700_000_000_000u64, "message": {"role": "user", "content": "replaced"}}],
+        "system_messages": [],
+        "state": {},
+    });
+    std::fs::write(
+        &file,
+        format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
+    )
+    .unwrap();
+    let report = commands::restore(
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        &file,
+        Existing::Overwrite,
+    )
+    .await
+    .expect("restore");
+    assert!(report.is_clean(), "{report}");
+    let session = target
+        .get(&id, Window::All)
+        .await
+        .expect("the session lives");
+    assert_eq!(session.messages[0].body.content, "replaced");
+    let max_ttl = policy().limits.max_ttl;
+    assert!(
+        session.expire_time <= std::time::SystemTime::now() + max_ttl,
+        "the expiry is held to max_ttl"
+    );
+}
+
 /// Regression: one line that was not UTF-8 ended the restore there (501 of 1,004
 /// sessions restored).
 #[tokio::test]
@@ -264,9 +325,14 @@ async fn a_line_that_is_not_utf8_is_one_failure_and_the_rest_is_restored() {
     lines[2].splice(middle..middle, [0xff, 0xfe, 0x80]);
     std::fs::write(&file, lines.join(&b'\n')).unwrap();
     let target = store("memory").await;
-    let report = commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Fail)
-        .await
-        .expect("restore");
+    let report = commands::restore(
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        &file,
+        Existing::Fail,
+    )
+    .await
+    .expect("restore");
     assert_eq!(report.sessions, 2, "{report}");
     assert_eq!(report.failures.len(), 1, "{report}");
     assert!(
@@ -300,9 +366,14 @@ async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines(
     lines[3] = truncated;
     std::fs::write(&file, lines.join("\n")).unwrap();
     let target = store("memory").await;
-    let report = commands::restore(&mut Endpoint::Store(target.clone()), &file, Existing::Fail)
-        .await
-        .expect("restore");
+    let report = commands::restore(
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        &file,
+        Existing::Fail,
+    )
+    .await
+    .expect("restore");
     assert_eq!(report.sessions, 1);
     assert_eq!(report.failures.len(), 2, "{report}");
     assert!(
@@ -324,9 +395,14 @@ async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines(
         "{\"format\": \"something else\", \"version\": 1, \"created_ms\": 0}\n",
     )
     .unwrap();
-    let error = commands::restore(&mut Endpoint::Store(target), &file, Existing::Fail)
-        .await
-        .unwrap_err();
+    let error = commands::restore(
+        &mut Endpoint::Store(target),
+        &policy(),
+        &file,
+        Existing::Fail,
+    )
+    .await
+    .unwrap_err();
     assert!(error.contains("line 1"), "{error}");
 }
 
@@ -536,6 +612,7 @@ async fn zstd_backups_round_trip() {
     let target = store("memory").await;
     let report = commands::restore(
         &mut Endpoint::Store(target.clone()),
+        &policy(),
         &packed,
         Existing::Fail,
     )

@@ -33,7 +33,14 @@ static SERVICES: LazyLock<Services> = LazyLock::new(|| {
             .enable_all()
             .build()
             .expect("runtime"),
-        sessions: SessionStoreService::new(store.clone(), Policy::from_config(&config)),
+        sessions: SessionStoreService::new(
+            store.clone(),
+            csai_sidecar::store::stats_cache::StatsCache::new(
+                store.clone(),
+                config.stats_refresh_interval,
+            ),
+            Policy::from_config(&config),
+        ),
         chat: ChatService::new(Arc::new(engine), store, Policy::from_config(&config)),
     }
 });

@@ -8,6 +8,7 @@ use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{records, transfer};
 use crate::model::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
+use crate::store::stats_cache::StatsCache;
 use crate::store::tenant::TenantStore;
 use crate::store::{SessionStore, StoreError};
 use futures::stream::BoxStream;
@@ -68,18 +69,29 @@ impl Policy {
 /// The SessionStore service over any store.
 pub struct SessionStoreService {
     store: Arc<dyn SessionStore>,
+    stats: Arc<StatsCache>,
     policy: Policy,
 }
 
 impl SessionStoreService {
-    /// Serves `store` with `policy`.
-    pub fn new(store: Arc<dyn SessionStore>, policy: Policy) -> Self {
-        Self { store, policy }
+    /// Serves `store` with `policy`; tenants' stats take the whole store's figures from
+    /// `stats`.
+    pub fn new(store: Arc<dyn SessionStore>, stats: Arc<StatsCache>, policy: Policy) -> Self {
+        Self {
+            store,
+            stats,
+            policy,
+        }
     }
 
     /// The store as the request's tenant sees it (the whole store without authentication).
     fn store_for<T>(&self, request: &Request<T>) -> Arc<dyn SessionStore> {
-        scoped_store(&self.store, request)
+        match request.extensions().get::<Tenant>() {
+            Some(Tenant(tenant)) => Arc::new(
+                TenantStore::new(self.store.clone(), tenant).with_whole_stats(self.stats.clone()),
+            ),
+            None => self.store.clone(),
+        }
     }
 }
 

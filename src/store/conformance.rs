@@ -11,7 +11,7 @@ use crate::model::{
 use crate::records::{self, Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             state_replace_and_merge,
             delete_removes_session,
             list_pages_without_duplicates_or_gaps,
+            listing_under_churn_returns_each_stable_session_once,
             stats_count_what_is_stored,
             every_message_field_round_trips,
             unicode_and_large_contents_round_trip,
@@ -714,6 +715,79 @@ pub async fn delete_removes_session(store: TestStore) {
     assert_eq!(again.first_seq, 1);
     let session = store.get(&id, Window::All).await.expect("get");
     assert!(session.state.is_empty(), "state survived a delete");
+}
+
+/// Regression (Redis, standalone and Cluster): a listing with `page_size = 1` listed some
+/// of 120 stable sessions twice while 400 others were created, and never listed some
+/// while 300 others were deleted. Every session that lives through the whole listing must
+/// appear exactly once, whatever happens to the others meanwhile.
+pub async fn listing_under_churn_returns_each_stable_session_once(store: TestStore) {
+    let prefix = unique_id("churn").as_str().to_string();
+    let write_all = |ids: Vec<SessionId>| {
+        let store = store.clone();
+        async move {
+            let writes = ids
+                .iter()
+                .map(|id| store.append(id, append_of(vec![user("x")])));
+            for result in futures::future::join_all(writes).await {
+                result.expect("append");
+            }
+        }
+    };
+    let ids = |kind: &str, count: usize| -> Vec<SessionId> {
+        (0..count)
+            .map(|n| SessionId::new(format!("{prefix}/{kind}{n:03}")))
+            .collect()
+    };
+    let stable = ids("s", 120);
+    write_all(stable.clone()).await;
+
+    for (phase, churn) in [("created", ids("c", 400)), ("deleted", ids("d", 300))] {
+        if phase == "deleted" {
+            write_all(churn.clone()).await;
+        }
+        let mut pending_churn = churn.into_iter();
+        let mut listed: HashMap<SessionId, usize> = HashMap::new();
+        let mut token = None;
+        for page_number in 0.. {
+            assert!(page_number < 10_000, "{phase}: the listing does not end");
+            let page = store
+                .list(ListQuery {
+                    prefix: format!("{prefix}/"),
+                    page_size: 1,
+                    page_token: token.take(),
+                })
+                .await
+                .expect("list");
+            for summary in page.sessions {
+                *listed.entry(summary.id).or_default() += 1;
+            }
+            // Four changes between pages, until the churn is spent.
+            for id in pending_churn.by_ref().take(4) {
+                if phase == "created" {
+                    store
+                        .append(&id, append_of(vec![user("x")]))
+                        .await
+                        .expect("append");
+                } else {
+                    store.delete(&id, None).await.expect("delete");
+                }
+            }
+            match page.next_page_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        let wrong: Vec<(&SessionId, usize)> = stable
+            .iter()
+            .map(|id| (id, listed.get(id).copied().unwrap_or(0)))
+            .filter(|(_, times)| *times != 1)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "while sessions were {phase}, stable sessions listed other than once: {wrong:?}"
+        );
+    }
 }
 
 /// Listing in small pages returns every session exactly once, filtered by prefix. The

@@ -156,6 +156,12 @@ impl Entry {
     }
 }
 
+/// Approximate bytes a record occupies: its JSON, id and stream, and the index entries.
+fn record_bytes(stream: &RecordStream, record: &Record) -> u64 {
+    const FIXED: usize = 96;
+    (FIXED + record.body.len() + 2 * (record.id.len() + stream.name().len())) as u64
+}
+
 fn messages_bytes(messages: &[NewMessage]) -> u64 {
     messages.iter().map(NewMessage::approx_bytes).sum()
 }
@@ -206,7 +212,7 @@ impl MemoryStore {
         })
     }
 
-    /// Frees every session whose expiry has passed; returns how many.
+    /// Frees every session and record whose expiry has passed; returns how many.
     pub fn sweep_expired(&self) -> usize {
         let now = SystemTime::now();
         let mut freed = 0;
@@ -227,7 +233,11 @@ impl MemoryStore {
             }
             records.by_expiry.pop_first();
             if let Some(stream_records) = records.streams.get_mut(&stream) {
-                stream_records.remove(&id);
+                if let Some(record) = stream_records.remove(&id) {
+                    self.bytes
+                        .fetch_sub(record_bytes(&stream, &record), Ordering::Relaxed);
+                    freed += 1;
+                }
                 if stream_records.is_empty() {
                     records.streams.remove(&stream);
                 }
@@ -606,15 +616,29 @@ impl SessionStore for MemoryStore {
     }
 
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
+        // Records count toward max_bytes like sessions: thirty 1 MB security logs must not
+        // fit under a 4 MiB limit.
+        let bytes = record_bytes(stream, &record);
+        self.with_sweep_retry(|| self.reserve(bytes as i64, false))?;
+        let expire_time = record.expire_time;
         let mut records = self.records.lock();
         records
             .by_expiry
-            .insert((record.expire_time, stream.clone(), record.id.clone()));
-        records
+            .insert((expire_time, stream.clone(), record.id.clone()));
+        let replaced = records
             .streams
             .entry(stream.clone())
             .or_default()
             .insert(record.id.clone(), record);
+        if let Some(old) = replaced {
+            self.bytes
+                .fetch_sub(record_bytes(stream, &old), Ordering::Relaxed);
+            if old.expire_time != expire_time {
+                records
+                    .by_expiry
+                    .remove(&(old.expire_time, stream.clone(), old.id));
+            }
+        }
         Ok(())
     }
 

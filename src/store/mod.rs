@@ -8,6 +8,7 @@ pub mod metered;
 pub mod mongo;
 pub mod page_token;
 pub mod redis;
+pub mod stats_cache;
 pub mod tenant;
 
 use crate::model::{

@@ -10,6 +10,7 @@ use crate::model::{
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
 use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::stats_cache::StatsCache;
 use crate::store::{SessionStore, StoreResult};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub struct TenantStore {
     inner: Arc<dyn SessionStore>,
     tenant: String,
     prefix: String,
+    /// The whole store's figures, to pro-rate the bytes of a tenant's stats without a
+    /// scan of every tenant's sessions.
+    whole_stats: Option<Arc<StatsCache>>,
 }
 
 impl TenantStore {
@@ -34,7 +38,15 @@ impl TenantStore {
             inner,
             tenant: tenant.to_string(),
             prefix: format!("{tenant}{SEPARATOR}"),
+            whole_stats: None,
         }
+    }
+
+    /// Takes the whole store's figures for [`stats`](SessionStore::stats) from `cache`
+    /// (else from the store, a scan of every tenant's sessions each time).
+    pub fn with_whole_stats(mut self, cache: Arc<StatsCache>) -> Self {
+        self.whole_stats = Some(cache);
+        self
     }
 
     fn scoped(&self, id: &SessionId) -> SessionId {
@@ -127,7 +139,10 @@ impl SessionStore for TenantStore {
     /// tracked per tenant, so they are the store's bytes pro-rated by the tenant's share
     /// of the messages.
     async fn stats(&self) -> StoreResult<StoreStats> {
-        let whole = self.inner.stats().await?;
+        let whole = match &self.whole_stats {
+            Some(cache) => cache.get().await?,
+            None => self.inner.stats().await?,
+        };
         let mut stats = StoreStats {
             backend: whole.backend.clone(),
             ..StoreStats::default()

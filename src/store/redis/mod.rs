@@ -52,8 +52,12 @@ fn to_ms(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A TTL in milliseconds for the scripts. The service keeps TTLs within `max_ttl`; this
+/// cap only makes sure no caller can hand a script a number that Lua's `%d` cannot
+/// format (about 2^63), which would fail the script after it had started to write.
 fn ttl_ms(ttl: Duration) -> u64 {
-    ttl.as_millis().max(1) as u64
+    const MAX_TTL_MS: u128 = 1 << 50; // about 35,000 years
+    ttl.as_millis().clamp(1, MAX_TTL_MS) as u64
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -156,16 +160,23 @@ fn write_outcome(rest: &[Value]) -> StoreResult<WriteOutcome> {
     }
 }
 
-/// Where a listing stands: the node, the SCAN cursor of the batch being read, and the
-/// last key returned from that batch (keys of a batch are returned in sorted order).
+/// Where a listing stands: the ids of the last SCAN batch not returned yet, then the node
+/// and the cursor of the next SCAN call (`node` None: every node is scanned).
+///
+/// A page that fills in the middle of a batch keeps the rest of the batch here rather
+/// than running the same SCAN cursor again for the next page: after sessions were added
+/// or removed, the same cursor covers a different range, which listed some sessions
+/// twice and others never. So every SCAN call runs exactly once per listing, and SCAN's
+/// own guarantee holds: a key present for the whole iteration is returned.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 struct ListPosition {
-    node: String,
+    pending: Vec<String>,
+    node: Option<String>,
     cursor: u64,
-    after: Option<String>,
 }
 
-const TOKEN_TAG: &str = "r1";
+/// "r1" tokens (a cursor to run again) are refused: they are what listed sessions twice.
+const TOKEN_TAG: &str = "r2";
 
 fn encode_token(position: &ListPosition) -> String {
     page_token::encode(TOKEN_TAG, &serde_json::to_vec(position).unwrap_or_default())
@@ -488,73 +499,65 @@ impl SessionStore for RedisStore {
         let mut position = match query.page_token.as_deref() {
             Some(token) => decode_token(token)?,
             None => ListPosition {
-                node: nodes[0].name(),
+                pending: Vec::new(),
+                node: Some(nodes[0].name()),
                 cursor: 0,
-                after: None,
             },
         };
-        // A node that left the Cluster since the last page: continue with the next one.
-        let mut node_index = match nodes.iter().position(|n| n.name() == position.node) {
-            Some(index) => index,
-            None => match nodes.iter().position(|n| n.name() > position.node) {
-                Some(index) => {
-                    position = ListPosition {
-                        node: nodes[index].name(),
-                        cursor: 0,
-                        after: None,
-                    };
-                    index
+        // The node being scanned; a node that left the Cluster since the last page is
+        // skipped for the next one.
+        let mut node_index = match &position.node {
+            None => nodes.len(),
+            Some(name) => match nodes.iter().position(|n| &n.name() == name) {
+                Some(index) => index,
+                None => {
+                    position.cursor = 0;
+                    nodes
+                        .iter()
+                        .position(|n| &n.name() > name)
+                        .unwrap_or(nodes.len())
                 }
-                None => return Ok(ListPage::default()),
             },
         };
 
         let mut sessions: Vec<SessionSummary> = Vec::new();
         let mut seen = HashSet::new();
-        for _ in 0..MAX_SCANS_PER_PAGE {
-            let node = &nodes[node_index];
-            let (next_cursor, ids) = self.scan(node, position.cursor, &pattern).await?;
-            let fresh: Vec<String> = ids
-                .into_iter()
-                .filter(|id| position.after.as_ref().is_none_or(|after| id > after))
-                .filter(|id| seen.insert(id.clone()))
-                .collect();
-            let room = page_size - sessions.len();
-            if fresh.len() > room {
-                // The page fills inside this batch: resume in the same batch after the
-                // last id returned.
-                let taken: Vec<String> = fresh.into_iter().take(room).collect();
-                let last = taken.last().cloned();
+        let mut pending = std::collections::VecDeque::from(std::mem::take(&mut position.pending));
+        let mut scans = 0;
+        loop {
+            // The rest of the last batch first, in its (sorted) order.
+            while sessions.len() < page_size && !pending.is_empty() {
+                let room = page_size - sessions.len();
+                let taken: Vec<String> = pending
+                    .drain(..room.min(pending.len()))
+                    .filter(|id| seen.insert(id.clone()))
+                    .collect();
                 sessions.extend(self.summaries(taken).await?);
-                position.after = last;
+            }
+            let finished = pending.is_empty() && node_index >= nodes.len();
+            if sessions.len() == page_size || finished || scans == MAX_SCANS_PER_PAGE {
+                let next_page_token = (!finished).then(|| {
+                    encode_token(&ListPosition {
+                        pending: pending.into_iter().collect(),
+                        node: nodes.get(node_index).map(Node::name),
+                        cursor: position.cursor,
+                    })
+                });
                 return Ok(ListPage {
                     sessions,
-                    next_page_token: Some(encode_token(&position)),
+                    next_page_token,
                 });
             }
-            sessions.extend(self.summaries(fresh).await?);
-            position.after = None;
+            let (next_cursor, ids) = self
+                .scan(&nodes[node_index], position.cursor, &pattern)
+                .await?;
+            scans += 1;
+            pending.extend(ids);
             position.cursor = next_cursor;
             if next_cursor == 0 {
                 node_index += 1;
-                match nodes.get(node_index) {
-                    Some(next) => position.node = next.name(),
-                    None => {
-                        return Ok(ListPage {
-                            sessions,
-                            next_page_token: None,
-                        });
-                    }
-                }
-            }
-            if sessions.len() == page_size {
-                break;
             }
         }
-        Ok(ListPage {
-            sessions,
-            next_page_token: Some(encode_token(&position)),
-        })
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {
@@ -695,12 +698,12 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
         let position = ListPosition {
-            node: "127.0.0.1:7000".into(),
+            pending: vec!["tenant/ü".into(), "z".into()],
+            node: Some("127.0.0.1:7000".into()),
             cursor: 1234,
-            after: Some("tenant/ü".into()),
         };
         assert_eq!(decode_token(&encode_token(&position)).unwrap(), position);
-        for bad in ["", "r1.zz", "r1.7b", "m1.00", "r1.é"] {
+        for bad in ["", "r2.zz", "r2.7b", "m1.00", "r2.é"] {
             assert!(decode_token(bad).is_err(), "{bad:?}");
         }
     }
