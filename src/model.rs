@@ -122,6 +122,11 @@ pub struct NewMessage {
     pub reasoning_content: Option<String>,
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: JsonObject,
+    /// When the message was first stored, set only by copies (import, restore, migrate,
+    /// rotate-keys) so a message keeps its time through them; a store stamps every other
+    /// message with its own clock. Never part of the stored JSON.
+    #[serde(skip)]
+    pub create_time: Option<SystemTime>,
 }
 
 impl NewMessage {
@@ -137,6 +142,7 @@ impl NewMessage {
             usage: None,
             reasoning_content: None,
             metadata: JsonObject::new(),
+            create_time: None,
         }
     }
 
@@ -161,12 +167,21 @@ impl NewMessage {
             + json_bytes(&self.metadata)
     }
 
-    /// Turns the message into a stored one with its seq and time.
-    pub fn stored(self, seq: u64, create_time: SystemTime) -> Message {
+    /// Turns the message into a stored one with its seq and time: the time it carries
+    /// (a copy), else `now`.
+    pub fn stored(mut self, seq: u64, now: SystemTime) -> Message {
         Message {
             seq,
-            create_time,
+            create_time: self.create_time.take().unwrap_or(now),
             body: self,
+        }
+    }
+
+    /// The message of `stored`, carrying its time, for writing a copy of it.
+    pub fn copy_of(stored: &Message) -> Self {
+        Self {
+            create_time: Some(stored.create_time),
+            ..stored.body.clone()
         }
     }
 }

@@ -83,10 +83,11 @@ pub async fn import(
         Existing::Overwrite => None,
         Existing::Skip | Existing::Fail => Some(0),
     };
+    // Copies keep each message's time.
     let bodies = |messages: &[Message]| {
         messages
             .iter()
-            .map(|m| m.body.clone())
+            .map(NewMessage::copy_of)
             .collect::<Vec<NewMessage>>()
     };
     let first = store

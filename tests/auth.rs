@@ -111,6 +111,11 @@ async fn one_tenant_never_reaches_anothers_sessions() {
         Code::NotFound,
         "another tenant's session reads as absent"
     );
+    // Regression: the message showed the stored id, tenant prefix and all.
+    assert_eq!(
+        status.message(),
+        "session \"customer-1\" does not exist or has expired"
+    );
     let listed = b
         .list_sessions(pb::ListSessionsRequest::default())
         .await

@@ -153,6 +153,22 @@ async fn assert_same(store: &dyn SessionStore, expected: &[Session]) {
             session.id
         );
         assert_eq!(copy.messages.len(), session.messages.len());
+        // Every message keeps its time, to the millisecond (some stores keep no finer).
+        let ms = |m: &csai_sidecar::model::Message| {
+            m.create_time
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        for (copied, original) in copy.messages.iter().zip(&session.messages) {
+            assert_eq!(
+                ms(copied),
+                ms(original),
+                "{:?} seq {}",
+                session.id,
+                original.seq
+            );
+        }
         let drift = copy
             .expire_time
             .duration_since(session.expire_time)
@@ -163,6 +179,21 @@ async fn assert_same(store: &dyn SessionStore, expected: &[Session]) {
 
 fn policy() -> Policy {
     Policy::from_config(&Config::default())
+}
+
+/// Restores `file` into `target` with the default policy.
+async fn restore(
+    target: &Arc<dyn SessionStore>,
+    file: &std::path::Path,
+    existing: Existing,
+) -> Result<commands::Report, String> {
+    commands::restore(
+        &mut Endpoint::Store(target.clone()),
+        &policy(),
+        file,
+        existing,
+    )
+    .await
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -184,27 +215,17 @@ async fn backup_restore_between_every_pair_of_backends() {
         assert_eq!((report.sessions, report.messages), (3, 4), "{from}");
         for to in kinds.into_iter().filter(|k| *k != from) {
             let target = store(to).await;
-            let report = commands::restore(
-                &mut Endpoint::Store(target.clone()),
-                &policy(),
-                &file,
-                Existing::Fail,
-            )
-            .await
-            .expect("restore");
+            let report = restore(&target, &file, Existing::Fail)
+                .await
+                .expect("restore");
             assert!(
                 report.is_clean() && report.sessions == 3,
                 "{from} -> {to}: {report}"
             );
             assert_same(target.as_ref(), &sessions).await;
-            let again = commands::restore(
-                &mut Endpoint::Store(target.clone()),
-                &policy(),
-                &file,
-                Existing::Skip,
-            )
-            .await
-            .expect("restore again");
+            let again = restore(&target, &file, Existing::Skip)
+                .await
+                .expect("restore again");
             assert_eq!(
                 (again.sessions, again.skipped),
                 (0, 3),
@@ -287,14 +308,9 @@ async fn a_corrupt_expiry_never_destroys_a_live_session() {
         format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
     )
     .unwrap();
-    let report = commands::restore(
-        &mut Endpoint::Store(target.clone()),
-        &policy(),
-        &file,
-        Existing::Overwrite,
-    )
-    .await
-    .expect("restore");
+    let report = restore(&target, &file, Existing::Overwrite)
+        .await
+        .expect("restore");
     assert!(report.is_clean(), "{report}");
     let session = target
         .get(&id, Window::All)
@@ -325,14 +341,9 @@ async fn a_line_that_is_not_utf8_is_one_failure_and_the_rest_is_restored() {
     lines[2].splice(middle..middle, [0xff, 0xfe, 0x80]);
     std::fs::write(&file, lines.join(&b'\n')).unwrap();
     let target = store("memory").await;
-    let report = commands::restore(
-        &mut Endpoint::Store(target.clone()),
-        &policy(),
-        &file,
-        Existing::Fail,
-    )
-    .await
-    .expect("restore");
+    let report = restore(&target, &file, Existing::Fail)
+        .await
+        .expect("restore");
     assert_eq!(report.sessions, 2, "{report}");
     assert_eq!(report.failures.len(), 1, "{report}");
     assert!(
@@ -366,14 +377,9 @@ async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines(
     lines[3] = truncated;
     std::fs::write(&file, lines.join("\n")).unwrap();
     let target = store("memory").await;
-    let report = commands::restore(
-        &mut Endpoint::Store(target.clone()),
-        &policy(),
-        &file,
-        Existing::Fail,
-    )
-    .await
-    .expect("restore");
+    let report = restore(&target, &file, Existing::Fail)
+        .await
+        .expect("restore");
     assert_eq!(report.sessions, 1);
     assert_eq!(report.failures.len(), 2, "{report}");
     assert!(
@@ -395,14 +401,7 @@ async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines(
         "{\"format\": \"something else\", \"version\": 1, \"created_ms\": 0}\n",
     )
     .unwrap();
-    let error = commands::restore(
-        &mut Endpoint::Store(target),
-        &policy(),
-        &file,
-        Existing::Fail,
-    )
-    .await
-    .unwrap_err();
+    let error = restore(&target, &file, Existing::Fail).await.unwrap_err();
     assert!(error.contains("line 1"), "{error}");
 }
 
@@ -610,14 +609,9 @@ async fn zstd_backups_round_trip() {
     assert_eq!(bytes[..4], [0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
     assert!(bytes.len() < std::fs::metadata(&plain).unwrap().len() as usize);
     let target = store("memory").await;
-    let report = commands::restore(
-        &mut Endpoint::Store(target.clone()),
-        &policy(),
-        &packed,
-        Existing::Fail,
-    )
-    .await
-    .expect("restore");
+    let report = restore(&target, &packed, Existing::Fail)
+        .await
+        .expect("restore");
     assert_eq!(report.sessions, 3, "{report}");
     assert_same(target.as_ref(), &sessions).await;
 }

@@ -203,6 +203,8 @@ pub fn new_message(
             .map(|m| struct_to_json(m, &format!("{field}.metadata")))
             .transpose()?
             .unwrap_or_default(),
+        // A client's write is new: the store stamps it (copies set this themselves).
+        create_time: None,
     })
 }
 

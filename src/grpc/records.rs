@@ -87,7 +87,8 @@ async fn fill_from_session(
         .map_err(status_of)?;
     let Some(position) = session.messages.iter().position(|m| m.seq == seq) else {
         return Err(Status::not_found(format!(
-            "session {id:?} has no message {seq} (it has {})",
+            "session {:?} has no message {seq} (it has {})",
+            id.as_str(),
             session.message_count
         )));
     };

@@ -164,8 +164,13 @@ fn stored_messages(
                     format!("is {}, expected {seq}: seqs of a session are 1..n", m.seq),
                 ));
             }
+            // A copied message keeps its time (an exported one carries it).
+            let time = m
+                .create_time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or_else(SystemTime::now);
             let body = convert::new_message(m, &policy.limits, &format!("{field}[{i}]"))?;
-            Ok(body.stored(seq, SystemTime::now()))
+            Ok(body.stored(seq, time))
         })
         .collect()
 }

@@ -41,6 +41,7 @@ macro_rules! conformance_tests {
             last_n_window_is_tool_safe,
             window_growth_is_bounded,
             replace_renumbers_messages,
+            copies_keep_their_message_times,
             system_messages_are_kept_apart,
             state_replace_and_merge,
             delete_removes_session,
@@ -565,6 +566,39 @@ pub async fn window_growth_is_bounded(store: TestStore) {
     assert_eq!(seqs(&near.messages), (2..=last).collect::<Vec<_>>());
     let all = store.get(&id, Window::All).await.expect("get");
     assert_eq!(all.messages.len() as u64, last);
+}
+
+/// Regression: restore, migrate, import and rotate-keys rewrote every message's time to
+/// "now". A message that carries its time (a copy) keeps it, to the millisecond; one
+/// without gets the store's clock.
+pub async fn copies_keep_their_message_times(store: TestStore) {
+    let id = unique_id("times");
+    let ms = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap().as_millis();
+    let then = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    let copied = |content: &str| NewMessage {
+        create_time: Some(then),
+        ..user(content)
+    };
+    let before = SystemTime::now() - Duration::from_secs(1);
+    store
+        .replace(
+            &id,
+            vec![copied("old"), user("new")],
+            WriteOptions::ttl(TTL),
+        )
+        .await
+        .expect("replace");
+    store
+        .set_system_messages(&id, vec![copied("be kind")], WriteOptions::ttl(TTL))
+        .await
+        .expect("system messages");
+    let session = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(ms(session.messages[0].create_time), ms(then));
+    assert!(
+        session.messages[1].create_time >= before,
+        "a new message gets now"
+    );
+    assert_eq!(ms(session.system_messages[0].create_time), ms(then));
 }
 
 /// Replace swaps all messages and restarts seqs at 1; later appends continue from there.

@@ -406,7 +406,8 @@ async fn rewrite(store: &EncryptedStore, id: &SessionId) -> StoreResult<()> {
         expected_version: Some(v),
         ttl,
     };
-    let bodies = |list: Vec<Message>| list.into_iter().map(|m| m.body).collect::<Vec<_>>();
+    // Rewritten messages keep their times.
+    let bodies = |list: Vec<Message>| list.iter().map(NewMessage::copy_of).collect::<Vec<_>>();
     let written = store
         .replace(id, bodies(session.messages), version(session.version))
         .await?;

@@ -78,11 +78,12 @@ struct Compact {
 
 impl Compact {
     fn new(mut message: NewMessage, now: SystemTime) -> Self {
+        let create_time = message.create_time.take().unwrap_or(now);
         let content = std::mem::take(&mut message.content).into_boxed_str();
         let role = message.role;
         let rest = (message != NewMessage::text(role, String::new())).then(|| Box::new(message));
         Self {
-            create_time: now,
+            create_time,
             content,
             rest,
             role,

@@ -11,7 +11,7 @@ use crate::model::{
 };
 use crate::records::{Record, RecordRange, RecordStream};
 use crate::store::stats_cache::StatsCache;
-use crate::store::{SessionStore, StoreResult};
+use crate::store::{SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +69,15 @@ impl TenantStore {
     }
 }
 
+/// An error as the tenant's caller must see it: naming the id it sent, never the stored,
+/// tenant-prefixed one.
+fn own_id(error: StoreError, id: &SessionId) -> StoreError {
+    match error {
+        StoreError::NotFound(_) => StoreError::NotFound(id.as_str().to_string()),
+        other => other,
+    }
+}
+
 #[async_trait]
 impl SessionStore for TenantStore {
     fn backend(&self) -> &'static str {
@@ -76,13 +85,20 @@ impl SessionStore for TenantStore {
     }
 
     async fn get(&self, id: &SessionId, window: Window) -> StoreResult<Session> {
-        let mut session = self.inner.get(&self.scoped(id), window).await?;
+        let mut session = self
+            .inner
+            .get(&self.scoped(id), window)
+            .await
+            .map_err(|e| own_id(e, id))?;
         session.id = id.clone();
         Ok(session)
     }
 
     async fn append(&self, id: &SessionId, append: Append) -> StoreResult<AppendOutcome> {
-        self.inner.append(&self.scoped(id), append).await
+        self.inner
+            .append(&self.scoped(id), append)
+            .await
+            .map_err(|e| own_id(e, id))
     }
 
     async fn replace(
@@ -94,6 +110,7 @@ impl SessionStore for TenantStore {
         self.inner
             .replace(&self.scoped(id), messages, options)
             .await
+            .map_err(|e| own_id(e, id))
     }
 
     async fn set_system_messages(
@@ -105,6 +122,7 @@ impl SessionStore for TenantStore {
         self.inner
             .set_system_messages(&self.scoped(id), messages, options)
             .await
+            .map_err(|e| own_id(e, id))
     }
 
     async fn update_state(
@@ -116,14 +134,21 @@ impl SessionStore for TenantStore {
         self.inner
             .update_state(&self.scoped(id), update, options)
             .await
+            .map_err(|e| own_id(e, id))
     }
 
     async fn touch(&self, id: &SessionId, ttl: Duration) -> StoreResult<WriteOutcome> {
-        self.inner.touch(&self.scoped(id), ttl).await
+        self.inner
+            .touch(&self.scoped(id), ttl)
+            .await
+            .map_err(|e| own_id(e, id))
     }
 
     async fn delete(&self, id: &SessionId, expected_version: Option<u64>) -> StoreResult<bool> {
-        self.inner.delete(&self.scoped(id), expected_version).await
+        self.inner
+            .delete(&self.scoped(id), expected_version)
+            .await
+            .map_err(|e| own_id(e, id))
     }
 
     async fn list(&self, mut query: ListQuery) -> StoreResult<ListPage> {

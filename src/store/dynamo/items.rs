@@ -174,7 +174,7 @@ pub(super) fn elements_of(
 ) -> StoreResult<Vec<AttributeValue>> {
     let json = serde_json::to_string(&StoredMessage {
         s: seq,
-        t: now,
+        t: message.create_time.map_or(now, to_ms),
         m: message.clone(),
     })
     .map_err(|e| StoreError::Internal(e.to_string()))?;

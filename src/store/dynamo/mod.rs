@@ -1030,7 +1030,7 @@ impl SessionStore for DynamoStore {
                 .enumerate()
                 .map(|(i, m)| StoredMessage {
                     s: i as u64 + 1,
-                    t: now,
+                    t: m.create_time.map_or(now, items::to_ms),
                     m: m.clone(),
                 })
                 .collect();

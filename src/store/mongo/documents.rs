@@ -98,7 +98,7 @@ pub(super) fn message_document(
     let mut document =
         bson::to_document(message).map_err(|e| StoreError::Internal(e.to_string()))?;
     document.insert("seq", seq);
-    document.insert("t", now);
+    document.insert("t", message.create_time.map_or(now, from_system_time));
     Ok(document)
 }
 

@@ -112,10 +112,17 @@ fn expected_arg(expected: Option<u64>) -> String {
     expected.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// Role, time (empty: the server's clock; a copy's own time in ms) and JSON of each message.
 fn message_args(messages: &[NewMessage]) -> StoreResult<Vec<String>> {
-    let mut args = Vec::with_capacity(messages.len() * 2);
+    let mut args = Vec::with_capacity(messages.len() * 3);
     for message in messages {
         args.push(message.role.as_str().to_string());
+        args.push(
+            message
+                .create_time
+                .map(|time| to_ms(time).to_string())
+                .unwrap_or_default(),
+        );
         args.push(serde_json::to_string(message).map_err(|e| StoreError::Internal(e.to_string()))?);
     }
     Ok(args)

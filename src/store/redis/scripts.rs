@@ -40,11 +40,12 @@ local function element(role, seq, now, body)
     string.format('%d', now) .. ',"m":' .. body .. '}'
 end
 
--- Pushes role/body pairs from ARGV[from] on as messages first_seq, first_seq + 1, ...
+-- Pushes role, time, body triples from ARGV[from] on as messages first_seq,
+-- first_seq + 1, ...; an empty time (a new message) is now, a copy keeps its own.
 local function push_messages(from, first_seq, now)
   local batch, seq = {}, first_seq
-  for i = from, #ARGV, 2 do
-    batch[#batch + 1] = element(ARGV[i], seq, now, ARGV[i + 1])
+  for i = from, #ARGV, 3 do
+    batch[#batch + 1] = element(ARGV[i], seq, tonumber(ARGV[i + 1]) or now, ARGV[i + 2])
     seq = seq + 1
     if #batch == 500 then
       redis.call('RPUSH', msgs, unpack(batch))
@@ -70,7 +71,7 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
-/// ARGV: ttl_ms, expected_version|'', request_id|'', then role, body pairs.
+/// ARGV: ttl_ms, expected_version|'', request_id|'', then role, time|'', body triples.
 /// Reply: OK|DUP, "first count version expire".
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -100,7 +101,7 @@ return {'OK', outcome}
     )
 });
 
-/// ARGV: ttl_ms, expected_version|'', then role, body pairs. Reply: OK, version, expire.
+/// ARGV: ttl_ms, expected_version|'', then role, time|'', body triples. Reply: OK, version, expire.
 pub static REPLACE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -115,7 +116,7 @@ return {'OK', version + 1, expire}
     )
 });
 
-/// ARGV: ttl_ms, expected_version|'', then role, body pairs. Reply: OK, version, expire.
+/// ARGV: ttl_ms, expected_version|'', then role, time|'', body triples. Reply: OK, version, expire.
 pub static SET_SYSTEM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -123,8 +124,8 @@ local now = now_ms()
 local version = current_version(now)
 if mismatch(ARGV[2], version) then return {'VERSION', version} end
 local elements = {}
-for i = 3, #ARGV, 2 do
-  elements[#elements + 1] = element(ARGV[i], #elements + 1, now, ARGV[i + 1])
+for i = 3, #ARGV, 3 do
+  elements[#elements + 1] = element(ARGV[i], #elements + 1, tonumber(ARGV[i + 1]) or now, ARGV[i + 2])
 end
 redis.call('HSET', meta, 'system', '[' .. table.concat(elements, ',') .. ']')
 local expire = commit(now, ARGV[1], version)

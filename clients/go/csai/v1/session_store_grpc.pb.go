@@ -55,8 +55,9 @@ type SessionStoreClient interface {
 	// Streams every live session whole (messages, system messages, state) with its
 	// remaining time to live: for backups and migrations.
 	ExportSessions(ctx context.Context, in *ExportSessionsRequest, opts ...grpc.CallOption) (SessionStore_ExportSessionsClient, error)
-	// Writes whole sessions sent as a stream, keeping their seqs and remaining TTL; answers
-	// with one outcome per session when the stream ends.
+	// Writes whole sessions sent as a stream, keeping their seqs, each message's
+	// create_time (now when unset) and the remaining TTL; answers with one outcome per
+	// session when the stream ends.
 	ImportSessions(ctx context.Context, opts ...grpc.CallOption) (SessionStore_ImportSessionsClient, error)
 }
 
@@ -293,8 +294,9 @@ type SessionStoreServer interface {
 	// Streams every live session whole (messages, system messages, state) with its
 	// remaining time to live: for backups and migrations.
 	ExportSessions(*ExportSessionsRequest, SessionStore_ExportSessionsServer) error
-	// Writes whole sessions sent as a stream, keeping their seqs and remaining TTL; answers
-	// with one outcome per session when the stream ends.
+	// Writes whole sessions sent as a stream, keeping their seqs, each message's
+	// create_time (now when unset) and the remaining TTL; answers with one outcome per
+	// session when the stream ends.
 	ImportSessions(SessionStore_ImportSessionsServer) error
 	mustEmbedUnimplementedSessionStoreServer()
 }

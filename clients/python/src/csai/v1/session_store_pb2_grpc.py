@@ -245,8 +245,9 @@ class SessionStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportSessions(self, request_iterator, context):
-        """Writes whole sessions sent as a stream, keeping their seqs and remaining TTL; answers
-        with one outcome per session when the stream ends.
+        """Writes whole sessions sent as a stream, keeping their seqs, each message's
+        create_time (now when unset) and the remaining TTL; answers with one outcome per
+        session when the stream ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
