@@ -1,5 +1,6 @@
 //! TLS for the gRPC server: rustls with optional client certificates (mTLS), and the
-//! server certificate reloaded from its files when they change, without a restart.
+//! certificate, key and client CA reloaded from their files when they change, without a
+//! restart.
 
 use parking_lot::RwLock;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -56,23 +57,10 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Serves the current certificate; a watcher task swaps in a new one when the files change.
-#[derive(Debug)]
-struct ReloadingCert {
-    current: RwLock<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().clone())
-    }
-}
-
-/// Builds the acceptor and starts the certificate watcher (which ends with the acceptor).
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let resolver = Arc::new(ReloadingCert {
-        current: RwLock::new(Arc::new(load_certified_key(files)?)),
-    });
+/// A rustls server configuration of the files: the certificate and key, and the client
+/// CA when mTLS is on.
+fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+    let certified = Arc::new(load_certified_key(files)?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -95,34 +83,72 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(resolver.clone());
+    let mut config = builder.with_cert_resolver(Arc::new(FixedCert(certified)));
     config.alpn_protocols = vec![b"h2".to_vec()];
-    tokio::spawn(watch(Arc::downgrade(&resolver), files.clone()));
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
-/// Reloads the certificate when either file's modification time changes. A broken new
-/// pair is logged and the old certificate stays in use.
-async fn watch(resolver: std::sync::Weak<ReloadingCert>, files: TlsFiles) {
-    let stamp = |files: &TlsFiles| (modified(&files.cert), modified(&files.key));
+/// Serves one certificate (the whole configuration is swapped on reload).
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The current TLS configuration; a watcher task swaps in a new one when the certificate,
+/// the key or the client CA file changes.
+#[derive(Clone)]
+pub struct ReloadingAcceptor {
+    current: Arc<RwLock<TlsAcceptor>>,
+}
+
+impl ReloadingAcceptor {
+    fn current(&self) -> TlsAcceptor {
+        self.current.read().clone()
+    }
+}
+
+/// Builds the acceptor and starts the file watcher (which ends with the acceptor).
+pub fn acceptor(files: &TlsFiles) -> Result<ReloadingAcceptor, String> {
+    let acceptor = ReloadingAcceptor {
+        current: Arc::new(RwLock::new(TlsAcceptor::from(server_config(files)?))),
+    };
+    tokio::spawn(watch(Arc::downgrade(&acceptor.current), files.clone()));
+    Ok(acceptor)
+}
+
+/// Reloads the configuration when the certificate's, the key's or the client CA's
+/// modification time changes. Files that do not load are logged and the old
+/// configuration stays in use.
+async fn watch(current: std::sync::Weak<RwLock<TlsAcceptor>>, files: TlsFiles) {
+    let stamp = |files: &TlsFiles| {
+        (
+            modified(&files.cert),
+            modified(&files.key),
+            files.client_ca.as_deref().and_then(modified),
+        )
+    };
     let mut seen = stamp(&files);
     loop {
         tokio::time::sleep(files.reload_interval).await;
-        let Some(resolver) = resolver.upgrade() else {
+        let Some(current) = current.upgrade() else {
             return;
         };
         let now = stamp(&files);
         if now == seen {
             continue;
         }
-        match load_certified_key(&files) {
-            Ok(key) => {
-                *resolver.current.write() = Arc::new(key);
+        match server_config(&files) {
+            Ok(config) => {
+                *current.write() = TlsAcceptor::from(config);
                 seen = now;
-                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %files.cert.display(), "TLS certificate and client CA reloaded");
             }
             Err(error) => {
-                tracing::warn!(%error, "new TLS certificate files do not load; keeping the old one");
+                tracing::warn!(%error, "new TLS files do not load; keeping the old ones");
             }
         }
     }
@@ -132,7 +158,7 @@ async fn watch(resolver: std::sync::Weak<ReloadingCert>, files: TlsFiles) {
 /// so a slow or failing client never holds up the others.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: ReloadingAcceptor,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -142,7 +168,7 @@ pub fn incoming(
                 return;
             }
             let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = acceptor.current();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {

@@ -176,6 +176,44 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     );
 }
 
+/// Regression: only the certificate and key were reloaded; a new client CA took a
+/// restart.
+#[tokio::test]
+async fn a_new_client_ca_is_used_without_a_restart() {
+    let ca = Authority::new("server CA");
+    let old_clients = Authority::new("old client CA");
+    let new_clients = Authority::new("new client CA");
+    let dir = scratch("client-ca-reload");
+    let config = csai_sidecar::config::Config {
+        tls: Some(files(
+            &dir,
+            &ca.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth),
+            Some(&old_clients),
+        )),
+        ..test_config()
+    };
+    let server = TestServer::start_serving(config, common::memory_store()).await;
+    let old_bot = old_clients.issue("bot", ExtendedKeyUsagePurpose::ClientAuth);
+    let new_bot = new_clients.issue("bot", ExtendedKeyUsagePurpose::ClientAuth);
+    assert_eq!(call(&server, &ca, Some(&old_bot)).await, Ok(0));
+    assert!(call(&server, &ca, Some(&new_bot)).await.is_err());
+
+    std::fs::write(dir.join("client-ca.pem"), new_clients.pem()).unwrap();
+    let mut accepted = false;
+    for _ in 0..50 {
+        if call(&server, &ca, Some(&new_bot)).await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the new client CA must be used within 5 s");
+    assert!(
+        call(&server, &ca, Some(&old_bot)).await.is_err(),
+        "the old client CA is gone"
+    );
+}
+
 /// Runs the `csai-sidecar` binary with these arguments and variables (and no CSAI_* of
 /// the caller's); its exit status and output.
 fn command(args: &[&str], vars: &[(&str, String)]) -> (bool, String) {
