@@ -156,7 +156,7 @@ fn tenant_of<T>(request: &Request<T>) -> Option<String> {
 #[tonic::async_trait]
 impl Chat for ChatService {
     async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        let store = scoped_store(&self.store, &request);
+        let store = scoped_store(&self.store, None, &request);
         let tenant = tenant_of(&request);
         let mut turn = chat_convert::turn_request(request.into_inner(), &self.policy, Form::Unary)?;
         turn.tenant = tenant;
@@ -174,7 +174,7 @@ impl Chat for ChatService {
         &self,
         request: Request<Streaming<ExecStreamRequest>>,
     ) -> Result<Response<Self::ExecStreamStream>, Status> {
-        let store = scoped_store(&self.store, &request);
+        let store = scoped_store(&self.store, None, &request);
         let tenant = tenant_of(&request);
         let mut inbound = request.into_inner();
         let start = match inbound.message().await? {

@@ -86,22 +86,25 @@ impl SessionStoreService {
 
     /// The store as the request's tenant sees it (the whole store without authentication).
     fn store_for<T>(&self, request: &Request<T>) -> Arc<dyn SessionStore> {
-        match request.extensions().get::<Tenant>() {
-            Some(Tenant(tenant)) => Arc::new(
-                TenantStore::new(self.store.clone(), tenant).with_whole_stats(self.stats.clone()),
-            ),
-            None => self.store.clone(),
-        }
+        scoped_store(&self.store, Some(&self.stats), request)
     }
 }
 
-/// `store` as the tenant of an authenticated request sees it.
+/// `store` as the tenant of an authenticated request sees it; a tenant's stats take the
+/// whole store's figures from `stats` when given.
 pub fn scoped_store<T>(
     store: &Arc<dyn SessionStore>,
+    stats: Option<&Arc<StatsCache>>,
     request: &Request<T>,
 ) -> Arc<dyn SessionStore> {
     match request.extensions().get::<Tenant>() {
-        Some(Tenant(tenant)) => Arc::new(TenantStore::new(store.clone(), tenant)),
+        Some(Tenant(tenant)) => {
+            let scoped = TenantStore::new(store.clone(), tenant);
+            Arc::new(match stats {
+                Some(stats) => scoped.with_whole_stats(stats.clone()),
+                None => scoped,
+            })
+        }
         None => store.clone(),
     }
 }
