@@ -19,6 +19,10 @@ for tool in cargo cargo-fmt cargo-clippy; do
     fi
 done
 
+# One build of everything, run once: incremental caches would only double the disk used
+# (a fresh CI build ran out of space with them). Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
