@@ -485,7 +485,12 @@ pub const KEYS: &[Key] = &[
         "trace_session_ids",
         "CSAI_TRACE_SESSION_IDS",
         "hashed",
-        "how session ids appear in spans: plain, hashed (16 hex digits of SHA-256) or omitted",
+        "how session ids appear in spans and logs: plain, hashed (16 hex digits of a keyed HMAC-SHA256) or omitted",
+    ),
+    env_only_secret(
+        "trace_session_id_key",
+        "CSAI_TRACE_SESSION_ID_KEY",
+        "key of hashed session ids, at least 16 characters; give every sidecar the same one to join a session's spans across them (environment only)",
     ),
     key(
         "log_format",
@@ -618,6 +623,8 @@ pub struct Config {
     pub slow_op_threshold: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub trace_session_ids: SessionIdInTraces,
+    /// The key of hashed session ids; a random one per process when unset.
+    pub trace_session_id_key: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -648,6 +655,11 @@ impl Config {
                 secrets.push(key.value.clone());
             }
         }
+        secrets.extend(
+            self.trace_session_id_key
+                .iter()
+                .map(|Secret(key)| key.clone()),
+        );
         for Secret(list) in self.encryption_keys.iter().chain(&self.auth_tokens) {
             for entry in list.split([',', '\n']) {
                 if let Some((_, value)) = entry.trim().split_once(':') {
@@ -965,6 +977,14 @@ impl Values {
                     _ => None,
                 }
             })?,
+            trace_session_id_key: match self.optional_text("trace_session_id_key") {
+                Some(key) if key.chars().count() < 16 => {
+                    return Err(ConfigError(
+                        "`trace_session_id_key` (CSAI_TRACE_SESSION_ID_KEY) must have at least 16 characters".into(),
+                    ));
+                }
+                key => key.map(Secret),
+            },
             log_format: self.get("log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
                 "json" => Some(LogFormat::Json),

@@ -78,9 +78,16 @@ fn cli() -> Command {
                 )
                 .args(dial_args()),
         )
-        .subcommand(Command::new("rotate-keys").about(
-            "Re-encrypt every session under the primary encryption key (the first of encryption_keys)",
-        ))
+        .subcommand(
+            Command::new("rotate-keys")
+                .about("Re-encrypt every session under the primary encryption key (the first of encryption_keys)")
+                .arg(
+                    Arg::new("accept-unsealed")
+                        .long("accept-unsealed")
+                        .action(ArgAction::SetTrue)
+                        .help("also seal values stored in plaintext (before encryption was on) or by versions before csai-enc:2; without it they are failures"),
+                ),
+        )
         .subcommand(
             Command::new("backup")
                 .about("Write every live session to a backup file (JSON Lines)")
@@ -355,7 +362,8 @@ fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCod
                 }
                 let backend = server::open_backend(config).await.map_err(|e| usage(e.to_string()))?;
                 let primary = keys.primary_id().to_string();
-                let rotation = csai_sidecar::store::encrypted::rotate(backend, keys).await;
+                let accept_unsealed = arguments.get_flag("accept-unsealed");
+                let rotation = csai_sidecar::store::encrypted::rotate(backend, keys, accept_unsealed).await;
                 let mut text = format!("re-encrypted {} sessions under key {primary:?}", rotation.sessions);
                 for failure in &rotation.failures {
                     text.push_str(&format!("\n  {failure}"));
@@ -402,6 +410,11 @@ async fn migrate(
                 "CS-AI's data is migrated into a backend, not --to a sidecar".into(),
             ));
         };
+        if text("checkpoint").is_some() {
+            return Err(usage(
+                "--checkpoint is for --from-config and --from grpc://; a CS-AI migration can be re-run as it is".into(),
+            ));
+        }
         let options = csai_sidecar::migrate::Options {
             dry_run,
             default_ttl: config.session_ttl,
@@ -500,6 +513,10 @@ fn main() -> ExitCode {
             config.log_format,
             &config.log_level,
             config.trace_session_ids,
+            config
+                .trace_session_id_key
+                .as_ref()
+                .map(|key| key.0.as_str()),
         ) {
             Ok(telemetry) => telemetry,
             Err(error) => {

@@ -11,8 +11,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::runtime::Tokio;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use sha2::{Digest, Sha256};
-use std::fmt::Write;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::fmt::{self, Write};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -24,14 +25,26 @@ use tracing_subscriber::{EnvFilter, Layer};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SessionIdInTraces {
     Plain,
-    /// The first 16 hex digits of its SHA-256: joins the spans of one session without
-    /// showing the id.
+    /// The first 16 hex digits of its HMAC-SHA256 under `trace_session_id_key` (a random
+    /// key per process when unset): joins the spans of one session without showing the
+    /// id, and cannot be reversed by hashing guessed ids (phone numbers, say).
     #[default]
     Hashed,
     Omitted,
 }
 
 static SESSION_IDS: OnceLock<SessionIdInTraces> = OnceLock::new();
+static HASH_KEY: OnceLock<hmac::Key> = OnceLock::new();
+
+/// The key of hashed session ids: the configured one, else random for this process.
+fn hash_key() -> &'static hmac::Key {
+    HASH_KEY.get_or_init(|| {
+        let mut bytes = [0u8; 32];
+        // Without randomness the hash is still keyed, by a fixed key: weaker, never plain.
+        let _ = SystemRandom::new().fill(&mut bytes);
+        hmac::Key::new(hmac::HMAC_SHA256, &bytes)
+    })
+}
 
 /// The exporters of this process, flushed by [`Telemetry::shutdown`].
 #[derive(Default)]
@@ -60,8 +73,12 @@ pub fn init(
     format: LogFormat,
     level: &str,
     session_ids: SessionIdInTraces,
+    session_id_key: Option<&str>,
 ) -> Result<Telemetry, String> {
     let _ = SESSION_IDS.set(session_ids);
+    if let Some(key) = session_id_key {
+        let _ = HASH_KEY.set(hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes()));
+    }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = match std::env::var("RUST_LOG") {
         Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(&from_env)
@@ -152,14 +169,32 @@ impl SessionIdInTraces {
         match self {
             SessionIdInTraces::Plain => Some(id.to_string()),
             SessionIdInTraces::Hashed => {
-                let digest = Sha256::digest(id.as_bytes());
+                let digest = hmac::sign(hash_key(), id.as_bytes());
                 let mut hex = String::with_capacity(16);
-                for byte in &digest[..8] {
+                for byte in &digest.as_ref()[..8] {
                     let _ = write!(hex, "{byte:02x}");
                 }
                 Some(hex)
             }
             SessionIdInTraces::Omitted => None,
+        }
+    }
+}
+
+/// A session id in a log line, as `trace_session_ids` says (computed only when the line
+/// is written): `tracing::warn!(session = %telemetry::logged(id), ...)`.
+pub struct Logged<'a>(&'a str);
+
+/// See [`Logged`].
+pub fn logged(id: &str) -> Logged<'_> {
+    Logged(id)
+}
+
+impl fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match session_id_for_traces(self.0) {
+            Some(shown) => f.write_str(&shown),
+            None => f.write_str("<omitted>"),
         }
     }
 }
@@ -264,8 +299,18 @@ mod tests {
         assert_eq!(hashed.len(), 16);
         assert!(hashed.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(SessionIdInTraces::Hashed.show(id), Some(hashed.clone()));
-        assert_ne!(SessionIdInTraces::Hashed.show("user-43:chat"), Some(hashed));
+        assert_ne!(
+            SessionIdInTraces::Hashed.show("user-43:chat"),
+            Some(hashed.clone())
+        );
         assert_eq!(SessionIdInTraces::Omitted.show(id), None);
+        // Keyed: not the plain SHA-256 prefix anyone could compute from a guessed id.
+        use sha2::{Digest, Sha256};
+        let unkeyed: String = Sha256::digest(id.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(hashed, unkeyed);
     }
 
     #[test]

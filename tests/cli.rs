@@ -77,10 +77,11 @@ fn config_redacts_secrets() {
     let (code, stdout, _) = run(sidecar()
         .arg("config")
         .env("CSAI_REDIS_PASSWORD", "hunter2")
-        .env("CSAI_MONGO_URI", "mongodb://bot:s3cret@mongo:27017/cs_ai"));
+        .env("CSAI_MONGO_URI", "mongodb://bot:s3cret@mongo:27017/cs_ai")
+        .env("CSAI_TRACE_SESSION_ID_KEY", "trace-key-hunter3-long"));
     assert_eq!(code, 0);
     assert!(
-        !stdout.contains("hunter2") && !stdout.contains("s3cret"),
+        !stdout.contains("hunter2") && !stdout.contains("s3cret") && !stdout.contains("hunter3"),
         "{stdout}"
     );
     assert!(
@@ -95,7 +96,7 @@ fn config_redacts_secrets() {
 
 #[test]
 fn invalid_values_exit_non_zero_naming_key_and_accepted_values() {
-    let cases: [(&str, &str, &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str]); 7] = [
         (
             "CSAI_STORAGE_TYPE",
             "cassandra",
@@ -109,6 +110,11 @@ fn invalid_values_exit_non_zero_naming_key_and_accepted_values() {
             "CSAI_TRACE_SESSION_IDS",
             "sometimes",
             &["`trace_session_ids`", "plain, hashed or omitted"],
+        ),
+        (
+            "CSAI_TRACE_SESSION_ID_KEY",
+            "short",
+            &["`trace_session_id_key`", "at least 16 characters"],
         ),
     ];
     for (var, value, mentions) in cases {

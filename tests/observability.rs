@@ -345,3 +345,61 @@ async fn a_paused_redis_server_shows_up_as_slow_operations() {
         "the paused call took about 400 ms: {warning}"
     );
 }
+
+#[tokio::test]
+async fn log_lines_show_session_ids_only_as_a_keyed_hash() {
+    use common::chat_suite::ask;
+    use common::model_server::{Reply, ScriptedModel};
+    use csai_sidecar::grpc::pb::chat_client::ChatClient;
+    let model = ScriptedModel::start(vec![
+        Reply::Text("not JSON".into()),
+        Reply::Text("{\"ok\": true}".into()),
+    ])
+    .await;
+    let key = "a-trace-key-of-32-characters-ok!";
+    let (mut sidecar, channel) = SidecarProcess::spawn(&[
+        ("CSAI_CHAT_BASE_URL", model.base_url.clone()),
+        ("CSAI_TRACE_SESSION_ID_KEY", key.into()),
+    ])
+    .await;
+    // A phone number: the kind of id an unkeyed hash would give away to a dictionary.
+    let session = "whatsapp:+15550001234";
+    let mut request = ask(session, "classify");
+    request.response_format = Some(pb::ResponseFormat {
+        format: Some(pb::response_format::Format::JsonObject(true)),
+    });
+    ChatClient::new(channel)
+        .exec(request)
+        .await
+        .expect("a corrected answer");
+    let _ = sidecar.child.kill();
+    let _ = sidecar.child.wait();
+    let mut logs = String::new();
+    sidecar
+        .child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .unwrap();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("answer has the wrong format"))
+        .unwrap_or_else(|| panic!("no format retry logged:\n{logs}"));
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()),
+        session.as_bytes(),
+    );
+    let hashed: String = tag.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        line.contains(&format!("\"session\":\"{hashed}\"")),
+        "{line}"
+    );
+    assert!(
+        !logs.contains("15550001234"),
+        "a raw id in the logs:\n{logs}"
+    );
+}

@@ -214,7 +214,7 @@ impl Chat for ChatService {
                     let _ = outbound.send(last);
                 }
                 () = outbound.closed() => {
-                    tracing::info!(%session, "the bot left ExecStream; the turn was dropped and nothing stored");
+                    tracing::info!(session = %crate::telemetry::logged(session.as_str()), "the bot left ExecStream; the turn was dropped and nothing stored");
                 }
             }
         };
