@@ -859,3 +859,69 @@ async fn records_count_toward_the_memory_limit_and_the_stats() {
         "{accepted} records of 500 KB fit in 4 MiB"
     );
 }
+
+/// The codes the README's error table gives for the edge cases a client author hit.
+#[tokio::test]
+async fn edge_requests_get_the_documented_codes() {
+    let server = TestServer::start().await;
+    let mut client = server.sessions().await;
+    client
+        .append_messages(append(
+            "edges",
+            vec![user("hi"), message(pb::Role::Assistant, "hello")],
+        ))
+        .await
+        .expect("append");
+    let expect = |result: Result<_, tonic::Status>, code: Code, text: &str| {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(text), "{}", status.message());
+    };
+
+    let mut stray = message(pb::Role::User, "a user message with a call id");
+    stray.tool_call_id = "call_1".into();
+    expect(
+        client
+            .append_messages(append("edges", vec![stray]))
+            .await
+            .map(|_| ()),
+        Code::InvalidArgument,
+        "messages[0].tool_call_id: is only allowed on tool messages",
+    );
+    expect(
+        client
+            .get_session(pb::GetSessionRequest {
+                session_id: "edges".into(),
+                window: Some(pb::get_session_request::Window::LastN(0)),
+            })
+            .await
+            .map(|_| ()),
+        Code::InvalidArgument,
+        "last_n: must be at least 1",
+    );
+    let feedback = |seq: u64| pb::RecordFeedbackRequest {
+        session_id: "edges".into(),
+        message_seq: seq,
+        feedback_score: 1.0,
+        ..Default::default()
+    };
+    expect(
+        client.record_feedback(feedback(1)).await.map(|_| ()),
+        Code::InvalidArgument,
+        "message_seq: message 1 is a user message, not an assistant message",
+    );
+    expect(
+        client.record_feedback(feedback(9)).await.map(|_| ()),
+        Code::NotFound,
+        "session \"edges\" has no message 9 (it has 2)",
+    );
+    let recorded = client
+        .record_feedback(feedback(2))
+        .await
+        .expect("feedback on the assistant message")
+        .into_inner();
+    assert_eq!(
+        (recorded.query.as_str(), recorded.response.as_str()),
+        ("hi", "hello")
+    );
+}

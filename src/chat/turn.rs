@@ -693,8 +693,17 @@ impl ChatEngine {
             .take_while(|m| m.seq < outcome.first_seq + outcome.count)
             .collect();
         if outcome.deduplicated {
+            // A concurrent call with this request_id stored the step: the turn is what
+            // was loaded before it, then the step.
+            let turn: Vec<Message> = loaded
+                .messages
+                .iter()
+                .filter(|m| m.seq < outcome.first_seq)
+                .cloned()
+                .chain(stored.iter().cloned())
+                .collect();
             return replay(
-                &stored,
+                &turn,
                 request.request_id.as_deref().unwrap_or_default(),
                 outcome.version,
             )
@@ -822,13 +831,33 @@ fn continue_with(
     Ok(tool_messages(&pending, cache))
 }
 
+/// Tool rounds of the turn up to the end of the step with this request_id, as the step
+/// first reported them: the whole turn's, not only the step's.
+fn turn_rounds(messages: &[Message], request_id: &str) -> u32 {
+    let Some(last) = messages.iter().rposition(|m| {
+        m.body
+            .metadata
+            .get(META_REQUEST_ID)
+            .and_then(|v| v.as_str())
+            == Some(request_id)
+    }) else {
+        return 0;
+    };
+    let start = window::turn_start(&messages[..=last]).unwrap_or(0);
+    messages[start..=last]
+        .iter()
+        .filter(|m| !m.body.tool_calls.is_empty())
+        .count() as u32
+}
+
 fn no_pending(session: &SessionId) -> TurnError {
     TurnError::Precondition(format!(
         "session {session} has no pending tool calls; start a new turn with user_message"
     ))
 }
 
-/// The outcome of an earlier step with this request_id, from its stored messages.
+/// The outcome of an earlier step with this request_id, from the stored messages of its
+/// turn (the step's own and the turn's earlier steps, for `tool_rounds`).
 fn replay(messages: &[Message], request_id: &str, version: u64) -> Option<TurnOutcome> {
     let tagged = |m: &&Message| {
         m.body
@@ -871,10 +900,7 @@ fn replay(messages: &[Message], request_id: &str, version: u64) -> Option<TurnOu
         pending,
         usage,
         finish_reason: text(META_FINISH_REASON),
-        tool_rounds: step
-            .iter()
-            .filter(|m| !m.body.tool_calls.is_empty())
-            .count() as u32,
+        tool_rounds: turn_rounds(messages, request_id),
         version,
         provider: text(META_PROVIDER),
         first_seq: step.first().map_or(0, |m| m.seq),

@@ -278,16 +278,21 @@ pub async fn unary_two_round_tool_loop(store: Store) {
     assert_eq!((first.first_seq, first.last_seq), (1, 2));
     assert_eq!(first.tool_rounds, 1);
 
+    let mut step = answer(&session, &[("call_1", "{\"status\":\"delivered\"}")]);
+    step.request_id = "step-2".into();
     let second = chat
-        .exec(answer(
-            &session,
-            &[("call_1", "{\"status\":\"delivered\"}")],
-        ))
+        .exec(step.clone())
         .await
         .expect("second Exec")
         .into_inner();
     assert_eq!(pending_ids(&second), ["call_2"]);
     assert_eq!(second.tool_rounds, 2);
+    // A retried step answers as the step did: tool_rounds counts the whole turn.
+    let retried = chat.exec(step).await.expect("retried").into_inner();
+    assert_eq!(
+        (retried.tool_rounds, retried.first_seq, retried.last_seq),
+        (2, second.first_seq, second.last_seq)
+    );
     drop(chat);
     first_server.stop().await.expect("first sidecar stops");
 

@@ -787,7 +787,10 @@ type ExecResponse struct {
 	Usage *Usage `protobuf:"bytes,3,opt,name=usage,proto3" json:"usage,omitempty"`
 	// Why the model stopped ("stop", "length", "tool_calls", ...).
 	FinishReason string `protobuf:"bytes,4,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
-	// Model calls that returned tool calls during this turn.
+	// Tool rounds of the whole turn so far, earlier unary steps included: the model
+	// answers whose tool calls were kept. Calls made past max_tool_rounds are dropped
+	// (finish_reason "max_tool_rounds") and that answer is not counted, so this is at most
+	// max_tool_rounds. A retried request_id reports what the step first reported.
 	ToolRounds uint32 `protobuf:"varint,5,opt,name=tool_rounds,json=toolRounds,proto3" json:"tool_rounds,omitempty"`
 	// The session's version after the turn was stored.
 	Version uint64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`

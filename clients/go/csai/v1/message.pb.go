@@ -324,7 +324,8 @@ type Message struct {
 	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
 	// Tool calls of an assistant message. Only allowed on ROLE_ASSISTANT.
 	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
-	// For ROLE_TOOL: the id of the tool call this message answers. Required there, empty elsewhere.
+	// For ROLE_TOOL: the id of the tool call this message answers. Required there, empty
+	// elsewhere (INVALID_ARGUMENT otherwise).
 	// The call must be in an assistant message before it, at most 128 messages before.
 	ToolCallId string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	// Model that produced an assistant message, if known.

@@ -396,7 +396,7 @@ type isGetSessionRequest_Window interface {
 }
 
 type GetSessionRequest_LastN struct {
-	// Only the last N messages (N >= 1). Tool-safe: if the window would start with tool
+	// Only the last N messages (N >= 1; 0 is INVALID_ARGUMENT). Tool-safe: if the window would start with tool
 	// results, it grows backwards to include the assistant message that called the tools.
 	LastN uint32 `protobuf:"varint,2,opt,name=last_n,json=lastN,proto3,oneof"`
 }
@@ -1672,6 +1672,8 @@ type RecordFeedbackRequest struct {
 	// The session the record is about; required with message_seq.
 	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// The seq of a stored assistant message; 0 for learning data not tied to a message.
+	// NOT_FOUND if the session has no message with this seq, INVALID_ARGUMENT if it is
+	// not an assistant message.
 	MessageSeq uint64 `protobuf:"varint,2,opt,name=message_seq,json=messageSeq,proto3" json:"message_seq,omitempty"`
 	// The question; filled in from the session when empty and message_seq is set.
 	Query string `protobuf:"bytes,3,opt,name=query,proto3" json:"query,omitempty"`

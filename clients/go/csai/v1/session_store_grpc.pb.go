@@ -35,8 +35,9 @@ type SessionStoreClient interface {
 	// Deletes the session. Deleting an absent session succeeds with deleted = false.
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*DeleteSessionResponse, error)
 	// Lists live sessions in pages. The order is the backend's own (by session_id in
-	// memory, in SCAN order on Redis); a page may hold fewer than page_size sessions even
-	// when more follow, so always continue while next_page_token is not empty.
+	// memory, in SCAN order on Redis); a page may hold fewer than page_size sessions, even
+	// none (the first page too), when more follow, so always continue while
+	// next_page_token is not empty.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// Reports the backend's name and the size of what it stores.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
@@ -274,8 +275,9 @@ type SessionStoreServer interface {
 	// Deletes the session. Deleting an absent session succeeds with deleted = false.
 	DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error)
 	// Lists live sessions in pages. The order is the backend's own (by session_id in
-	// memory, in SCAN order on Redis); a page may hold fewer than page_size sessions even
-	// when more follow, so always continue while next_page_token is not empty.
+	// memory, in SCAN order on Redis); a page may hold fewer than page_size sessions, even
+	// none (the first page too), when more follow, so always continue while
+	// next_page_token is not empty.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// Reports the backend's name and the size of what it stores.
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)

@@ -190,8 +190,9 @@ class SessionStoreServicer:
 
     def ListSessions(self, request, context):
         """Lists live sessions in pages. The order is the backend's own (by session_id in
-        memory, in SCAN order on Redis); a page may hold fewer than page_size sessions even
-        when more follow, so always continue while next_page_token is not empty.
+        memory, in SCAN order on Redis); a page may hold fewer than page_size sessions, even
+        none (the first page too), when more follow, so always continue while
+        next_page_token is not empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
