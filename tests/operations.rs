@@ -324,6 +324,48 @@ async fn a_corrupt_expiry_never_destroys_a_live_session() {
     );
 }
 
+/// A message time no backend stores exactly (past year 9999) is refused with the line,
+/// before any write: the live session it would overwrite stays as it was.
+#[tokio::test]
+async fn a_corrupt_message_time_is_refused_before_any_write() {
+    let target = store("redis").await;
+    let id = SessionId::new(unique("live-time"));
+    target
+        .append(
+            &id,
+            Append {
+                messages: vec![NewMessage::text(Role::User, "keep me")],
+                request_id: None,
+                options: WriteOptions::ttl(Duration::from_secs(3600)),
+            },
+        )
+        .await
+        .expect("a live session");
+    let file = scratch("far-message-time.jsonl");
+    let line = serde_json::json!({
+        "session_id": id.as_str(),
+        "expire_time_ms": 4_000_000_000_000u64,
+        "messages": [{"seq": 1, "time_ms": u64::MAX, "message": {"role": "user", "content": "replaced"}}],
+        "system_messages": [],
+        "state": {},
+    });
+    std::fs::write(
+        &file,
+        format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
+    )
+    .unwrap();
+    let report = restore(&target, &file, Existing::Overwrite)
+        .await
+        .expect("restore");
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert!(
+        report.failures[0].contains("create_time: must lie between 1970-01-01 and 9999-12-31"),
+        "{report}"
+    );
+    let session = target.get(&id, Window::All).await.expect("still there");
+    assert_eq!(session.messages[0].body.content, "keep me");
+}
+
 /// Regression: one line that was not UTF-8 ended the restore there (501 of 1,004
 /// sessions restored).
 #[tokio::test]

@@ -148,6 +148,9 @@ pub fn session_of(
     ))
 }
 
+/// 9999-12-31T23:59:59Z, the last second a protobuf Timestamp may hold.
+const LAST_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
 /// Checked messages with their seqs, which must be 1..n (or unset).
 fn stored_messages(
     list: Vec<pb::Message>,
@@ -164,11 +167,22 @@ fn stored_messages(
                     format!("is {}, expected {seq}: seqs of a session are 1..n", m.seq),
                 ));
             }
-            // A copied message keeps its time (an exported one carries it).
-            let time = m
-                .create_time
-                .and_then(|t| SystemTime::try_from(t).ok())
-                .unwrap_or_else(SystemTime::now);
+            // A copied message keeps its time (an exported one carries it), within the
+            // range every backend stores exactly.
+            let time = match m.create_time {
+                None => SystemTime::now(),
+                Some(t) if (0..=LAST_TIMESTAMP_SECONDS).contains(&t.seconds) => {
+                    SystemTime::try_from(t).map_err(|_| {
+                        invalid(&format!("{field}[{i}].create_time"), "is not a valid time")
+                    })?
+                }
+                Some(_) => {
+                    return Err(invalid(
+                        &format!("{field}[{i}].create_time"),
+                        "must lie between 1970-01-01 and 9999-12-31",
+                    ));
+                }
+            };
             let body = convert::new_message(m, &policy.limits, &format!("{field}[{i}]"))?;
             Ok(body.stored(seq, time))
         })
