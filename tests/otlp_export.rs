@@ -25,6 +25,9 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::{Span, span};
 use sha2::{Digest, Sha256};
+
+/// The key of hashed session ids the sidecar under test is given.
+const TRACE_KEY: &str = "otlp-test-trace-session-id-key";
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
@@ -168,6 +171,7 @@ async fn a_bots_trace_continues_through_the_sidecar_into_backend_and_provider_sp
         ("CSAI_CHAT_BASE_URL", model.base_url.clone()),
         ("CSAI_CHAT_MODEL", "scripted-model".into()),
         ("CSAI_LOG_LEVEL", "info,csai_sidecar=debug".into()),
+        ("CSAI_TRACE_SESSION_ID_KEY", TRACE_KEY.into()),
     ])
     .await;
     let log = collect_log(&mut sidecar);
@@ -241,8 +245,14 @@ async fn a_bots_trace_continues_through_the_sidecar_into_backend_and_provider_sp
             .unwrap()
             > 0
     );
-    // Session ids are hashed by default: the spans of a session join, the id stays hidden.
-    let hashed = hex(&Sha256::digest(session.as_bytes())[..8]);
+    // Session ids are hashed by default, keyed: the spans of a session join, the id stays
+    // hidden, and hashing guessed ids without the key finds nothing.
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, TRACE_KEY.as_bytes()),
+        session.as_bytes(),
+    );
+    let hashed = hex(&tag.as_ref()[..8]);
+    assert_ne!(hashed, hex(&Sha256::digest(session.as_bytes())[..8]));
     assert_eq!(attribute(append, "csai.session_id"), hashed);
 
     // The backend operation is a client span under the RPC.
