@@ -9,16 +9,16 @@ mod chat;
 
 pub use chat::{DEFAULT_PROVIDER, ECHO_PROVIDER};
 
-use crate::auth::Tokens;
 use crate::chat::ChatSettings;
 use crate::chat::provider::Endpoint;
+use crate::observability::telemetry::SessionIdInTraces;
+use crate::server::auth::Tokens;
+use crate::server::tls::TlsFiles;
+use crate::store::decorators::encrypted::Keyring;
 use crate::store::dynamo::DynamoOptions;
-use crate::store::encrypted::Keyring;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
 use crate::store::redis::RedisOptions;
-use crate::telemetry::SessionIdInTraces;
-use crate::tls::TlsFiles;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ pub struct Key {
     pub env: &'static str,
     /// Value when no source sets one ("" = unset).
     pub default: &'static str,
-    /// One line for `--help` and the README.
+    /// One line for `--help` and docs/configuration.md.
     pub help: &'static str,
     /// Redacted by `csai-sidecar config`.
     pub secret: bool,

@@ -1,4 +1,5 @@
-//! The `csai-sidecar` command: `serve` (the default) and `config`.
+//! The `csai-sidecar` command: `serve` (the default), `config`, `health`, `backup`,
+//! `restore`, `migrate` and `rotate-keys`; flags, environment and file layered by `config`.
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -6,8 +7,9 @@ use csai_sidecar::commands::{self, Endpoint};
 use csai_sidecar::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
 use csai_sidecar::dial::DialOptions;
 use csai_sidecar::grpc::session_store::Policy;
+use csai_sidecar::observability::telemetry;
+use csai_sidecar::server;
 use csai_sidecar::transfer::Existing;
-use csai_sidecar::{server, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -243,7 +245,7 @@ fn health_check(config: &Config, arguments: &ArgMatches) -> ExitCode {
         tokio::runtime::Runtime::new()
             .map_err(|e| e.to_string())
             .and_then(|runtime| {
-                runtime.block_on(csai_sidecar::health::probe(
+                runtime.block_on(csai_sidecar::server::health::probe(
                     config.listen,
                     service,
                     config.tls.is_some(),
@@ -363,7 +365,7 @@ fn operations(config: &Config, command: &str, arguments: &ArgMatches) -> ExitCod
                 let backend = server::open_backend(config).await.map_err(|e| usage(e.to_string()))?;
                 let primary = keys.primary_id().to_string();
                 let accept_unsealed = arguments.get_flag("accept-unsealed");
-                let rotation = csai_sidecar::store::encrypted::rotate(backend, keys, accept_unsealed).await;
+                let rotation = csai_sidecar::store::decorators::encrypted::rotate(backend, keys, accept_unsealed).await;
                 let mut text = format!("re-encrypted {} sessions under key {primary:?}", rotation.sessions);
                 for failure in &rotation.failures {
                     text.push_str(&format!("\n  {failure}"));

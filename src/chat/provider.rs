@@ -2,9 +2,9 @@
 
 use crate::chat::sse::{SseDecoder, SseEvent};
 use crate::chat::wire;
-use crate::metrics::{self, Labels};
 use crate::model::{JsonObject, NewMessage, Role};
-use crate::telemetry;
+use crate::observability::metrics::{self, Labels};
+use crate::observability::telemetry;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};

@@ -8,10 +8,10 @@ use crate::chat::provider::{
 };
 use crate::chat::window;
 use crate::chat::{ChatSettings, TurnLimits};
-use crate::metrics;
 use crate::model::{
     Append, Message, NewMessage, Role, SessionId, ToolCall, Usage, Window, WriteOptions,
 };
+use crate::observability::metrics;
 use crate::records::{self, RecordStream, SecurityLog};
 use crate::store::{SessionStore, StoreError};
 use async_trait::async_trait;
@@ -466,7 +466,7 @@ impl ChatEngine {
             user: log.user_id.clone(),
         };
         if let Err(error) = records::put(store, &stream, &log, self.record_retention).await {
-            tracing::warn!(session = %crate::telemetry::logged(session.as_str()), %error, "cannot record the security log of a turn");
+            tracing::warn!(session = %crate::observability::telemetry::logged(session.as_str()), %error, "cannot record the security log of a turn");
         }
     }
 
@@ -554,7 +554,7 @@ impl ChatEngine {
             if corrected {
                 return Err(TurnError::Format(problem));
             }
-            tracing::info!(session = %crate::telemetry::logged(request.session.as_str()), %problem, "answer has the wrong format; asking once more");
+            tracing::info!(session = %crate::observability::telemetry::logged(request.session.as_str()), %problem, "answer has the wrong format; asking once more");
             corrected = true;
             messages.push(completion.message);
             messages.push(NewMessage::text(Role::User, format::correction(&problem)));
@@ -716,7 +716,7 @@ impl ChatEngine {
                 .record(request.tenant.as_deref(), &request.session, &stored)
                 .await
         {
-            tracing::warn!(session = %crate::telemetry::logged(request.session.as_str()), %error, "cannot write the transcript log");
+            tracing::warn!(session = %crate::observability::telemetry::logged(request.session.as_str()), %error, "cannot write the transcript log");
         }
         let assistant = stored
             .iter()

@@ -149,7 +149,7 @@ impl Bot for StreamBot {
 fn tenant_of<T>(request: &Request<T>) -> Option<String> {
     request
         .extensions()
-        .get::<crate::auth::Tenant>()
+        .get::<crate::server::auth::Tenant>()
         .map(|tenant| tenant.0.clone())
 }
 
@@ -214,7 +214,7 @@ impl Chat for ChatService {
                     let _ = outbound.send(last);
                 }
                 () = outbound.closed() => {
-                    tracing::info!(session = %crate::telemetry::logged(session.as_str()), "the bot left ExecStream; the turn was dropped and nothing stored");
+                    tracing::info!(session = %crate::observability::telemetry::logged(session.as_str()), "the bot left ExecStream; the turn was dropped and nothing stored");
                 }
             }
         };

@@ -51,7 +51,7 @@ pub fn session_id(raw: &str, field: &str) -> Result<SessionId, Status> {
         return Err(invalid(field, "must not contain control characters"));
     }
     if field == "session_id" {
-        crate::telemetry::record_session_id(raw);
+        crate::observability::telemetry::record_session_id(raw);
     }
     Ok(SessionId::new(raw))
 }

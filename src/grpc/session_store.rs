@@ -1,6 +1,5 @@
 //! The SessionStore gRPC service: validates requests, applies policy, calls the store.
 
-use crate::auth::Tenant;
 use crate::config::{Config, RequestLimits};
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
@@ -8,8 +7,9 @@ use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{records, transfer};
 use crate::model::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
+use crate::server::auth::Tenant;
+use crate::store::decorators::tenant::TenantStore;
 use crate::store::stats_cache::StatsCache;
-use crate::store::tenant::TenantStore;
 use crate::store::{SessionStore, StoreError};
 use futures::stream::BoxStream;
 use std::sync::Arc;

@@ -1,15 +1,13 @@
 //! The `SessionStore` trait every backend implements, and the errors it returns.
 
 pub mod conformance;
+pub mod decorators;
 pub mod dynamo;
-pub mod encrypted;
 pub mod memory;
-pub mod metered;
 pub mod mongo;
 pub mod page_token;
 pub mod redis;
 pub mod stats_cache;
-pub mod tenant;
 
 use crate::model::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,

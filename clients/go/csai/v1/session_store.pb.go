@@ -1469,7 +1469,7 @@ type GetStatsResponse struct {
 	ActiveSessions uint64 `protobuf:"varint,2,opt,name=active_sessions,json=activeSessions,proto3" json:"active_sessions,omitempty"`
 	// Messages in live sessions.
 	TotalMessages uint64 `protobuf:"varint,3,opt,name=total_messages,json=totalMessages,proto3" json:"total_messages,omitempty"`
-	// Approximate bytes used by the stored data (see the README for each backend's method).
+	// Approximate bytes used by the stored data (docs/backends.md gives each backend's method).
 	ApproximateBytes uint64 `protobuf:"varint,4,opt,name=approximate_bytes,json=approximateBytes,proto3" json:"approximate_bytes,omitempty"`
 }
 

@@ -1,0 +1,292 @@
+//! Builds the gRPC server: services, health, reflection, limits and graceful shutdown;
+//! the listener's parts (tokens, TLS, load shedding, accept loops, health) live beside it.
+
+pub mod accept;
+pub mod auth;
+pub mod health;
+pub mod load_shed;
+pub mod tls;
+
+use crate::chat::turn::ChatEngine;
+use crate::config::{Config, StorageType};
+use crate::grpc::chat::ChatService;
+use crate::grpc::pb::chat_server::ChatServer;
+use crate::grpc::pb::session_store_server::SessionStoreServer;
+use crate::grpc::session_store::{Policy, SessionStoreService};
+use crate::observability::metrics;
+use crate::observability::rpc_telemetry::RpcTelemetryLayer;
+use crate::server::auth::Tokens;
+use crate::server::load_shed::LoadShedLayer;
+use crate::store::SessionStore;
+use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
+use crate::store::decorators::metered::MeteredStore;
+use crate::store::dynamo::DynamoStore;
+use crate::store::memory::MemoryStore;
+use crate::store::mongo::MongoStore;
+use crate::store::redis::RedisStore;
+use crate::store::stats_cache::StatsCache;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Store(String),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Chat(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("auth tokens: {0}")]
+    Auth(String),
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the configured backend, timed, behind the encryption decorator when keys are set.
+/// Connections are made lazily, so a backend that is down at start makes the sidecar
+/// NOT_SERVING rather than stopping it.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
+    let backend: Arc<dyn SessionStore> = Arc::new(MeteredStore::new(
+        open_backend(config).await?,
+        config.slow_op_threshold,
+    ));
+    match keyring(config)? {
+        Some(keys) => Ok(Arc::new(EncryptedStore::new(backend, keys))),
+        None => Ok(backend),
+    }
+}
+
+/// The configured encryption keys, if any.
+pub fn keyring(config: &Config) -> Result<Option<Arc<Keyring>>, ServeError> {
+    config
+        .encryption_keys
+        .as_ref()
+        .map(|keys| {
+            Keyring::parse(&keys.0)
+                .map(Arc::new)
+                .map_err(ServeError::Store)
+        })
+        .transpose()
+}
+
+/// Opens the configured backend as it is, without encryption (for `rotate-keys`).
+pub async fn open_backend(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
+    match config.storage_type {
+        StorageType::Memory => {
+            let store = Arc::new(MemoryStore::new(config.memory_limits));
+            store.spawn_sweeper(config.memory_sweep_interval);
+            Ok(store)
+        }
+        StorageType::Redis => {
+            let store = RedisStore::new(&config.redis_options())
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        StorageType::Mongo => {
+            let store = MongoStore::new(&config.mongo_options())
+                .await
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        StorageType::Dynamo => {
+            let store = DynamoStore::new(&config.dynamo_options())
+                .await
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Binds the configured listen address.
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: config.listen.to_string(),
+            source,
+        })
+}
+
+/// Serves until `shutdown` completes, then: health goes NOT_SERVING, new connections are
+/// refused, in-flight RPCs get `shutdown_grace` to finish, and the function returns.
+pub async fn serve(
+    config: &Config,
+    store: Arc<dyn SessionStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| ServeError::Reflection(e.to_string());
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let engine = ChatEngine::new(&config.chat).map_err(ServeError::Chat)?;
+    let chat_configured = engine.has_default_provider();
+    if !chat_configured {
+        tracing::info!("no chat provider is configured: csai.v1.Chat is NOT_SERVING");
+    }
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::report(&reporter, false, false).await;
+    let checks = tokio::spawn(health::run_checks(
+        store.clone(),
+        reporter.clone(),
+        config.health_interval,
+        config.timeout,
+        chat_configured,
+    ));
+
+    let size = config.max_grpc_message_size;
+    let tokens = match &config.auth_tokens {
+        Some(text) => Some(Arc::new(Tokens::parse(&text.0).map_err(ServeError::Auth)?)),
+        None => None,
+    };
+    // Health stays open (probes cannot send tokens); the csai services and reflection
+    // need a token when tokens are configured (reflection describes the whole API).
+    let authenticate = move |request: tonic::Request<()>| match &tokens {
+        Some(tokens) => tokens.authenticate(request),
+        None => Ok(request),
+    };
+    let stats = StatsCache::new(store.clone(), config.stats_refresh_interval);
+    let sessions = InterceptedService::new(
+        SessionStoreServer::new(SessionStoreService::new(
+            store.clone(),
+            stats.clone(),
+            Policy::from_config(config),
+        ))
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        authenticate.clone(),
+    );
+    let chat = InterceptedService::new(
+        ChatServer::new(ChatService::new(
+            Arc::new(engine),
+            store.clone(),
+            Policy::from_config(config),
+        ))
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        authenticate.clone(),
+    );
+    let reflection_v1 = InterceptedService::new(reflection_v1, authenticate.clone());
+    let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, authenticate);
+
+    let metrics_endpoint = match config.metrics_listen {
+        Some(address) => {
+            let listener =
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServeError::Listen {
+                        address: address.to_string(),
+                        source,
+                    })?;
+            let address = listener.local_addr().map_or(address, |bound| bound);
+            tracing::info!(%address, "Prometheus metrics on /metrics");
+            // A scrape reads the last figures; it never scans the store itself.
+            let stats = stats.clone();
+            let gauges = Arc::new(move || {
+                let figures = stats.latest();
+                async move { metrics::store_gauges(figures) }
+            });
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(listener, gauges))))
+        }
+        None => None,
+    };
+    // One loop refreshes the figures for both the scrapes and the OTLP export.
+    let gauge_refresh = (metrics_endpoint.is_some() || metrics::exporting_over_otlp()).then(|| {
+        AbortOnDrop(tokio::spawn(
+            stats.clone().refresh_forever(metrics::export_store_gauges),
+        ))
+    });
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            checks.abort();
+            for service in [health::SERVER, health::SESSION_STORE, health::CHAT] {
+                reporter
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight RPCs");
+            let _ = stopping_tx.send(());
+        }
+    };
+
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
+    let router = tonic::transport::Server::builder()
+        // Outermost first: shed RPCs are still counted and traced.
+        .layer(RpcTelemetryLayer)
+        .layer(LoadShedLayer::new(config.max_concurrent_requests))
+        .add_service(health_service)
+        .add_optional_service(config.reflection.then_some(reflection_v1))
+        .add_optional_service(config.reflection.then_some(reflection_v1alpha))
+        .add_service(sessions)
+        .add_service(chat);
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &config.tls {
+            Some(files) => {
+                let acceptor = tls::acceptor(files).map_err(ServeError::Tls)?;
+                tracing::info!(
+                    mutual = files.client_ca.is_some(),
+                    "TLS on; certificate reloaded when its files change"
+                );
+                Box::pin(
+                    router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor), signal),
+                )
+            }
+            None => {
+                Box::pin(router.serve_with_incoming_shutdown(
+                    crate::server::accept::incoming(listener),
+                    signal,
+                ))
+            }
+        };
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => result?,
+        Ok(()) = stopping_rx => {
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(
+                    grace = ?config.shutdown_grace,
+                    "shutdown grace period over; closing RPCs still in flight"
+                ),
+            }
+        }
+    }
+    drop((metrics_endpoint, gauge_refresh));
+    tracing::info!("csai-sidecar stopped");
+    Ok(())
+}

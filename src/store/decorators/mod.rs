@@ -1,0 +1,6 @@
+//! Stores that wrap any store for one cross-cutting concern: a tenant's view, timing and
+//! slow-operation warnings, encryption at rest.
+
+pub mod encrypted;
+pub mod metered;
+pub mod tenant;

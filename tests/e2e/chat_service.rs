@@ -1,0 +1,567 @@
+//! The Chat service's edges over the in-memory store: health, validation, provider
+//! errors and fallback, response formats, abuse controls and transcripts.
+
+use crate::common;
+
+use crate::common::chat_suite::{
+    Store, StreamTurn, answer, ask, chat_config, provider, start, stored, unique, with_tools,
+};
+use crate::common::model_server::{Reply, ScriptedModel, call};
+use crate::common::{FaultyStore, NOT_SERVING, SERVING, TestServer, test_config, wait_for_status};
+use csai_sidecar::chat::guard::RateLimits;
+use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::exec_stream_request::Kind as Inbound;
+use csai_sidecar::grpc::pb::exec_stream_response::Kind as Outbound;
+use csai_sidecar::model::Role;
+use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn memory() -> Store {
+    Arc::new(MemoryStore::new(MemoryLimits::default()))
+}
+
+#[tokio::test]
+async fn chat_serves_only_with_a_provider_and_a_healthy_store() {
+    let server = TestServer::start().await;
+    let mut health = server.health().await;
+    wait_for_status(&mut health, "", SERVING).await;
+    assert_eq!(
+        common::health_status(&mut health, "csai.v1.Chat").await,
+        NOT_SERVING
+    );
+    let mut chat = pb::chat_client::ChatClient::new(server.channel().await);
+    let status = chat.exec(ask("s", "hi")).await.expect_err("no provider");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("CSAI_CHAT_BASE_URL"),
+        "{}",
+        status.message()
+    );
+
+    let model = ScriptedModel::start(vec![]).await;
+    let faulty = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new(
+        MemoryLimits::default(),
+    ))));
+    let server = TestServer::start_serving(chat_config(&model), faulty.clone()).await;
+    let mut health = server.health().await;
+    wait_for_status(&mut health, "csai.v1.Chat", SERVING).await;
+    faulty.set_down(true);
+    wait_for_status(&mut health, "csai.v1.Chat", NOT_SERVING).await;
+    faulty.set_down(false);
+    wait_for_status(&mut health, "csai.v1.Chat", SERVING).await;
+}
+
+#[tokio::test]
+async fn invalid_requests_name_their_field() {
+    let model = ScriptedModel::start(vec![]).await;
+    let (_server, mut chat) = start(chat_config(&model), &memory()).await;
+    let parameters = |p: pb::ModelParameters| {
+        let mut request = ask("s", "hi");
+        request.parameters = Some(p);
+        request
+    };
+    let mut bad_tool = with_tools(ask("s", "hi"));
+    bad_tool.tools[0].name = "has space".into();
+    let mut unknown_choice = with_tools(ask("s", "hi"));
+    unknown_choice.tool_choice = Some(pb::ToolChoice {
+        choice: Some(pb::tool_choice::Choice::FunctionName("nope".into())),
+    });
+    let mut both = answer("s", &[("c", "r")]);
+    both.user_message = ask("s", "hi").user_message;
+    let cases = [
+        (
+            parameters(pb::ModelParameters {
+                temperature: Some(2.5),
+                ..Default::default()
+            }),
+            "parameters.temperature",
+        ),
+        (
+            parameters(pb::ModelParameters {
+                top_p: Some(1.5),
+                ..Default::default()
+            }),
+            "parameters.top_p",
+        ),
+        (
+            parameters(pb::ModelParameters {
+                presence_penalty: Some(-3.0),
+                ..Default::default()
+            }),
+            "parameters.presence_penalty",
+        ),
+        (
+            parameters(pb::ModelParameters {
+                frequency_penalty: Some(2.1),
+                ..Default::default()
+            }),
+            "parameters.frequency_penalty",
+        ),
+        (bad_tool, "tools[0].name"),
+        (unknown_choice, "tool_choice.function_name"),
+        (both, "tool_results"),
+        (ask("", "hi"), "session_id"),
+        (ask("s", ""), "user_message.content"),
+    ];
+    for (request, field) in cases {
+        let status = chat.exec(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert!(
+        model.requests().await.is_empty(),
+        "nothing invalid reaches the model"
+    );
+
+    // ExecStream: the first message must be `start`, and `start` cannot carry tool results.
+    let status = chat
+        .exec_stream(futures::stream::iter(vec![pb::ExecStreamRequest {
+            kind: Some(Inbound::ToolResult(pb::ToolResult::default())),
+        }]))
+        .await
+        .expect_err("no start");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = chat
+        .exec_stream(futures::stream::iter(vec![pb::ExecStreamRequest {
+            kind: Some(Inbound::Start(answer("s", &[("c", "r")]))),
+        }]))
+        .await
+        .expect_err("tool results in start");
+    assert!(
+        status.message().contains("start.tool_results"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn unary_continuations_must_answer_the_pending_calls() {
+    let model = ScriptedModel::start(vec![
+        Reply::ToolCalls(vec![
+            call("a", "lookup_order", json!({"order": 1})),
+            call("b", "refund", json!({"order": 1})),
+        ]),
+        Reply::Text("new topic answered".into()),
+    ])
+    .await;
+    let store = memory();
+    let (_server, mut chat) = start(chat_config(&model), &store).await;
+    let session = unique("continuation");
+    let status = chat
+        .exec(answer(&session, &[("a", "x")]))
+        .await
+        .expect_err("no turn");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    chat.exec(with_tools(ask(&session, "two tools")))
+        .await
+        .expect("first step");
+    let status = chat
+        .exec(answer(&session, &[("zzz", "x")]))
+        .await
+        .expect_err("unknown id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("pending: a, b"),
+        "{}",
+        status.message()
+    );
+    let status = chat
+        .exec(answer(&session, &[("a", "x")]))
+        .await
+        .expect_err("b is missing");
+    assert!(
+        status.message().contains("b have no result"),
+        "{}",
+        status.message()
+    );
+
+    // A new user message abandons the pending calls: the model never sees them.
+    chat.exec(ask(&session, "never mind"))
+        .await
+        .expect("new turn");
+    let sent = &model.requests().await[1].body["messages"];
+    let roles: Vec<&str> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "user"], "{sent}");
+    let stored = stored(&store, &session).await;
+    assert_eq!(
+        stored.messages.len(),
+        4,
+        "the abandoned call stays in the store"
+    );
+}
+
+#[tokio::test]
+async fn provider_auth_failure_names_the_key_variable() {
+    let model = ScriptedModel::start(vec![Reply::Status(401, None)]).await;
+    let (_server, mut chat) = start(chat_config(&model), &memory()).await;
+    let status = chat
+        .exec(ask(&unique("auth"), "hi"))
+        .await
+        .expect_err("401");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("provider default")
+            && status.message().contains("CSAI_CHAT_API_KEY"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !status.message().contains("sk-test-key"),
+        "the key itself never shows"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_rate_limit_retries_pass_the_delay_on() {
+    let model = ScriptedModel::start(vec![Reply::Status(429, Some("7")); 3]).await;
+    let mut config = chat_config(&model);
+    config.chat.providers[0].max_retries = 0;
+    let (_server, mut chat) = start(config, &memory()).await;
+    let status = chat.exec(ask(&unique("429"), "hi")).await.expect_err("429");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry = status.get_details_retry_info().expect("RetryInfo detail");
+    assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn fallback_provider_answers_when_the_primary_fails() {
+    let primary = ScriptedModel::start(vec![Reply::Status(503, None)]).await;
+    let backup = ScriptedModel::start(vec![Reply::Text("from the backup".into())]).await;
+    let mut config = chat_config(&primary);
+    config.chat.providers[0].max_retries = 0;
+    let mut fallback = provider("backup", &backup);
+    fallback.model = "backup-model".into();
+    config.chat.providers.push(fallback);
+    config.chat.fallback_provider = Some("backup".into());
+    let (_server, mut chat) = start(config, &memory()).await;
+    let mut request = ask(&unique("fallback"), "hi");
+    request.parameters = Some(pb::ModelParameters {
+        model: Some("primary-large".into()),
+        temperature: Some(1.1),
+        ..Default::default()
+    });
+    let response = chat
+        .exec(request)
+        .await
+        .expect("the fallback answers")
+        .into_inner();
+    assert_eq!(response.provider, "backup");
+    assert_eq!(
+        response.assistant_message.unwrap().content,
+        "from the backup"
+    );
+    assert_eq!(primary.requests().await[0].body["model"], "primary-large");
+    let sent = &backup.requests().await[0].body;
+    assert_eq!(
+        sent["model"], "backup-model",
+        "a model override names a model of the primary"
+    );
+    assert_eq!(sent["temperature"], json!(1.1));
+}
+
+#[tokio::test]
+async fn echo_provider_answers_with_the_users_message() {
+    let mut config = test_config();
+    config.chat.providers.push(ProviderSettings {
+        name: "echo".into(),
+        endpoint: Endpoint::Echo,
+        model: "echo".into(),
+        defaults: Sampling::default(),
+        timeout: Duration::from_secs(5),
+        max_retries: 0,
+    });
+    config.chat.default_provider = Some("echo".into());
+    let (_server, mut chat) = start(config, &memory()).await;
+    let response = chat
+        .exec(ask(&unique("echo"), "ping"))
+        .await
+        .expect("echo")
+        .into_inner();
+    assert_eq!(response.assistant_message.unwrap().content, "ping");
+    let mut turn = StreamTurn::open(&mut chat, ask(&unique("echo"), "pong")).await;
+    let (text, _, done) = turn.run_to_end().await;
+    assert_eq!((text.as_str(), done.provider.as_str()), ("pong", "echo"));
+}
+
+fn json_format(request: &mut pb::ExecRequest) {
+    request.response_format = Some(pb::ResponseFormat {
+        format: Some(pb::response_format::Format::JsonSchema(
+            pb::response_format::JsonSchema {
+                name: "reply".into(),
+                schema: Some(prost_types::Struct {
+                    fields: [(
+                        "required".to_string(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::ListValue(
+                                prost_types::ListValue {
+                                    values: vec![prost_types::Value {
+                                        kind: Some(prost_types::value::Kind::StringValue(
+                                            "intent".into(),
+                                        )),
+                                    }],
+                                },
+                            )),
+                        },
+                    )]
+                    .into(),
+                }),
+                strict: true,
+            },
+        )),
+    });
+}
+
+#[tokio::test]
+async fn a_wrong_format_gets_one_corrective_retry() {
+    let model = ScriptedModel::start(vec![
+        Reply::Text("Sure! The intent is refund.".into()),
+        Reply::Text("{\"intent\": \"refund\"}".into()),
+        Reply::Text("{\"other\": 1}".into()),
+        Reply::Text("still not it".into()),
+    ])
+    .await;
+    let store = memory();
+    let (_server, mut chat) = start(chat_config(&model), &store).await;
+    let session = unique("format");
+    let mut request = ask(&session, "classify");
+    json_format(&mut request);
+    let response = chat.exec(request).await.expect("corrected").into_inner();
+    assert_eq!(
+        response.assistant_message.unwrap().content,
+        "{\"intent\": \"refund\"}"
+    );
+    let requests = model.requests().await;
+    assert_eq!(requests[0].body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        requests[0].body["response_format"]["json_schema"]["name"],
+        "reply"
+    );
+    let retry = requests[1].roles_and_contents();
+    assert_eq!(retry.len(), 3, "user, the rejected answer, the correction");
+    assert!(retry[2].1.contains("not valid JSON"), "{retry:?}");
+    let stored_turn = stored(&store, &session).await;
+    assert_eq!(
+        stored_turn.messages.len(),
+        2,
+        "the rejected answer is not stored"
+    );
+
+    // Two wrong answers in a row: the turn fails and stores nothing.
+    let session = unique("format-fails");
+    let mut request = ask(&session, "classify");
+    json_format(&mut request);
+    let status = chat
+        .exec(request)
+        .await
+        .expect_err("still wrong after the retry");
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        status.message().contains("after one corrective retry"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(model.requests().await.len(), 4);
+    common::chat_suite::assert_not_stored(&store, &session).await;
+}
+
+#[tokio::test]
+async fn participants_are_rate_limited_with_a_retry_delay() {
+    let model = ScriptedModel::start(vec![Reply::Text("ok".into()); 4]).await;
+    let mut config = chat_config(&model);
+    config.chat.rate_limits = Some(RateLimits {
+        per_minute: 2,
+        per_hour: 100,
+        per_day: 1000,
+    });
+    config.chat.limits.max_user_message_chars = 10;
+    let (server, mut chat) = start(config, &memory()).await;
+    let as_ana = |text: &str| {
+        let mut request = ask(&unique("limits"), text);
+        request.user_message.as_mut().unwrap().participant_name = "ana".into();
+        request
+    };
+    let status = chat
+        .exec(as_ana("far too long to accept"))
+        .await
+        .expect_err("too long");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("chat_max_user_message_length"),
+        "{}",
+        status.message()
+    );
+    chat.exec(as_ana("one")).await.expect("first");
+    chat.exec(as_ana("two")).await.expect("second");
+    let status = chat
+        .exec(as_ana("three"))
+        .await
+        .expect_err("third in a minute");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("per minute"),
+        "{}",
+        status.message()
+    );
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("delay");
+    assert!(
+        delay > Duration::from_secs(50) && delay <= Duration::from_secs(60),
+        "{delay:?}"
+    );
+    chat.exec(ask(&unique("limits"), "hello"))
+        .await
+        .expect("other participants go on");
+
+    // Each decision is a security log of the participant, oldest first.
+    let logs = server
+        .sessions()
+        .await
+        .list_security_logs(pb::ListSecurityLogsRequest {
+            user_id: "ana".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListSecurityLogs")
+        .into_inner()
+        .logs;
+    let decisions: Vec<(bool, bool)> = logs
+        .iter()
+        .map(|l| (l.allowed, l.reason.is_empty()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [(false, false), (true, true), (true, true), (false, false)]
+    );
+    assert!(logs[0].reason.contains("characters"), "{}", logs[0].reason);
+    assert!(logs[3].reason.contains("per minute"), "{}", logs[3].reason);
+    assert_eq!(
+        logs[1].message_hash,
+        csai_sidecar::records::message_hash("one")
+    );
+}
+
+#[tokio::test]
+async fn transcripts_hold_every_stored_message() {
+    let model = ScriptedModel::start(vec![
+        Reply::ToolCalls(vec![call("t", "lookup_order", json!({"order": 3}))]),
+        Reply::Text("Order 3 is on its way.".into()),
+    ])
+    .await;
+    let dir = std::env::temp_dir().join(format!("csai-transcripts-e2e-{}", std::process::id()));
+    let mut config = chat_config(&model);
+    config.chat.transcript_dir = Some(dir.clone());
+    let (_server, mut chat) = start(config, &memory()).await;
+    let session = unique("transcript");
+    let mut turn = StreamTurn::open(&mut chat, with_tools(ask(&session, "order 3?"))).await;
+    turn.run_to_end().await;
+    let file = std::fs::read_dir(&dir)
+        .expect("the folder exists")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains("transcript"))
+        .expect("a transcript file");
+    let document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(document["session_id"], session.as_str());
+    let roles: Vec<&str> = document["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_tool_error_reaches_the_model_and_is_marked() {
+    let model = ScriptedModel::start(vec![
+        Reply::ToolCalls(vec![call("e", "refund", json!({}))]),
+        Reply::Text("Sorry, refunds are down.".into()),
+    ])
+    .await;
+    let store = memory();
+    let (_server, mut chat) = start(chat_config(&model), &store).await;
+    let session = unique("tool-error");
+    let mut turn = StreamTurn::open(&mut chat, with_tools(ask(&session, "refund"))).await;
+    let Outbound::ToolCall(asked) = turn.next().await.expect("tool call") else {
+        panic!("expected a tool call");
+    };
+    turn.requests
+        .send(pb::ExecStreamRequest {
+            kind: Some(Inbound::ToolResult(pb::ToolResult {
+                tool_call_id: asked.id,
+                content: "refund service timed out".into(),
+                is_error: true,
+            })),
+        })
+        .await
+        .unwrap();
+    let (_, _, done) = turn.run_to_end().await;
+    assert_eq!(
+        done.assistant_message.unwrap().content,
+        "Sorry, refunds are down."
+    );
+    let stored = stored(&store, &session).await;
+    let tool = &stored.messages[2].body;
+    assert_eq!(
+        (tool.role, tool.content.as_str()),
+        (Role::Tool, "refund service timed out")
+    );
+    assert_eq!(tool.metadata.get("is_error"), Some(&json!(true)));
+}
+
+#[tokio::test]
+async fn a_bot_deadline_stops_the_model_request() {
+    let model = ScriptedModel::start(vec![Reply::Gated {
+        first: "never ".into(),
+        rest: "finished".into(),
+    }])
+    .await;
+    let store = memory();
+    let (_server, mut chat) = start(chat_config(&model), &store).await;
+    let session = unique("deadline");
+    let mut request = tonic::Request::new(ask(&session, "hi"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = chat.exec(request).await.expect_err("the deadline passes");
+    // tonic's client reports its own timeout as CANCELLED, a server-side one as
+    // DEADLINE_EXCEEDED; either way the bot stopped waiting.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        model.wait_until_abandoned().await,
+        "the sidecar must drop the model request when the bot's deadline passes"
+    );
+    model.release();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::chat_suite::assert_not_stored(&store, &session).await;
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_still_streams_its_answer() {
+    let model = ScriptedModel::start(vec![Reply::WholeEvenIfStreamed("all at once".into())]).await;
+    let (_server, mut chat) = start(chat_config(&model), &memory()).await;
+    let mut turn = StreamTurn::open(&mut chat, ask(&unique("no-sse"), "hi")).await;
+    let (text, _, done) = turn.run_to_end().await;
+    assert_eq!(text, "all at once");
+    assert_eq!(done.assistant_message.unwrap().content, "all at once");
+    assert_eq!(model.requests().await[0].body["stream"], json!(true));
+}
