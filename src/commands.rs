@@ -3,8 +3,8 @@
 use crate::dial::{Authorize, DialOptions};
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_client::SessionStoreClient;
-use crate::grpc::session_store::Policy;
 use crate::model::{Session, Window};
+use crate::service::{Policy, import};
 use crate::store::{SessionStore, StoreError};
 use crate::transfer::{self, BackupHeader, BackupSession, Existing, Imported};
 use futures::{Stream, StreamExt};
@@ -62,22 +62,18 @@ impl Endpoint {
         }
     }
 
-    /// Writes one session. Into a store, the session is first validated exactly as the
-    /// gRPC ImportSessions validates it (one shared check: ids, messages, sizes, a TTL
+    /// Writes one session. Into a store, the session is first checked by the service's
+    /// import rules, the same ImportSessions applies (ids, messages, sizes, times, a TTL
     /// within max_ttl), so a corrupt backup line can never reach a backend.
     async fn import(&mut self, session: &Session, existing: Existing, policy: &Policy) -> Imported {
         let ttl = transfer::remaining_ttl(session);
         match self {
             Endpoint::Store(store) => {
-                let exported = pb::ExportedSession {
-                    session: Some(crate::grpc::convert::session_to_proto(session.clone())),
-                    remaining_ttl: Some(proto_duration(ttl)),
-                };
-                match crate::grpc::transfer::session_of(exported, policy, "session") {
+                match import::checked_session(session.clone(), ttl, policy, "session") {
                     Ok((valid, ttl)) => {
                         transfer::import(store.as_ref(), &valid, ttl, existing).await
                     }
-                    Err(status) => Imported::Failed(status.message().to_string()),
+                    Err(error) => Imported::Failed(error.to_string()),
                 }
             }
             Endpoint::Sidecar(client) => {

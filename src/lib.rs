@@ -11,5 +11,6 @@ pub mod model;
 pub mod observability;
 pub mod records;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod transfer;

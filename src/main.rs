@@ -6,9 +6,9 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use csai_sidecar::commands::{self, Endpoint};
 use csai_sidecar::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
 use csai_sidecar::dial::DialOptions;
-use csai_sidecar::grpc::session_store::Policy;
 use csai_sidecar::observability::telemetry;
 use csai_sidecar::server;
+use csai_sidecar::service::Policy;
 use csai_sidecar::transfer::Existing;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -421,6 +421,7 @@ async fn migrate(
             dry_run,
             default_ttl: config.session_ttl,
             record_retention: config.record_retention,
+            limits: config.limits.clone(),
         };
         let summary = csai_sidecar::migrate::from_cs_ai_redis(&url, store.as_ref(), &options)
             .await

@@ -1,11 +1,12 @@
 //! `csai-sidecar migrate`: copies CS-AI's own Redis data (sessions, system messages, state,
 //! learning data and security logs) into the configured store, idempotently.
 
+use crate::config::RequestLimits;
 use crate::model::{
-    FunctionCall, JsonObject, NewMessage, Role, SessionId, StateUpdate, ToolCall, Usage,
-    WriteOptions,
+    FunctionCall, JsonObject, NewMessage, Role, StateUpdate, ToolCall, Usage, WriteOptions,
 };
 use crate::records::{self, LearningRecord, RecordStream, SecurityLog};
+use crate::service::validate;
 use crate::store::{SessionStore, StoreError};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -22,6 +23,8 @@ pub struct Options {
     pub default_ttl: Duration,
     /// Retention of learning data and security logs, counted from their timestamps.
     pub record_retention: Duration,
+    /// What a message may hold: each is checked as the service checks any write.
+    pub limits: RequestLimits,
 }
 
 /// What a migration did (or, in a dry run, would do).
@@ -240,11 +243,18 @@ async fn copy_session(
         Some((Value::Null, _)) | None => JsonObject::new(),
         Some(_) => return Err("ai:state is not a JSON object".into()),
     };
+    // The service's own checks, so a migration never writes what a bot could not.
+    let session = validate::session_id(id, "session id").map_err(|e| e.to_string())?;
+    for (list, field) in [(&messages, "messages"), (&system, "system messages")] {
+        for (i, message) in list.iter().enumerate() {
+            validate::message(message, &options.limits, &format!("{field}[{i}]"))
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let count = messages.len() as u64;
     if options.dry_run {
         return Ok(Some(count));
     }
-    let session = SessionId::new(id);
     let write = WriteOptions::ttl(ttl);
     let fail = |e: StoreError| e.to_string();
     if !messages.is_empty() {

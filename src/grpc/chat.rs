@@ -11,8 +11,9 @@ use crate::grpc::pb::exec_stream_response::Kind as Outbound;
 use crate::grpc::pb::{
     ContentDelta, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse,
 };
-use crate::grpc::session_store::{Policy, scoped_store};
+use crate::grpc::session_store::scoped_store;
 use crate::model::ToolCall;
+use crate::service::Policy;
 use crate::store::SessionStore;
 use async_trait::async_trait;
 use futures::stream::BoxStream;

@@ -6,8 +6,8 @@ use crate::grpc::convert::{
     self, invalid, long_text, message_to_proto, short_text, tool_call_to_proto, usage_to_proto,
 };
 use crate::grpc::pb;
-use crate::grpc::session_store::Policy;
 use crate::model::{JsonObject, NewMessage, Role};
+use crate::service::Policy;
 use std::collections::HashSet;
 use tonic::Status;
 

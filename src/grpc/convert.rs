@@ -1,73 +1,37 @@
-//! Conversions between proto types and domain types, with the validation of client input.
-//!
-//! Every check of what a client sends lives here or in the service, once for all
-//! backends; each failure is INVALID_ARGUMENT naming the offending field.
+//! Conversions between proto types and domain types. What a client sends is checked by
+//! the service layer (`service::validate`) once converted; only what cannot be
+//! represented fails here. Each failure is INVALID_ARGUMENT naming the offending field.
 
-use crate::config::{RequestLimits, format_duration};
+use crate::config::RequestLimits;
 use crate::grpc::pb;
 use crate::model::{
     FunctionCall, JsonObject, ListPage, Message, NewMessage, Role, Session, SessionId,
     SessionSummary, ToolCall, Usage,
 };
+use crate::service::validate;
 use prost_types::value::Kind;
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 use tonic::Status;
-
-/// Longest session id, in bytes.
-pub const MAX_SESSION_ID_BYTES: usize = 256;
-/// Longest idempotency key, in bytes.
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
-/// Longest participant name, tool call id, function name or model name, in bytes.
-const MAX_NAME_BYTES: usize = 256;
-/// Shortest TTL a request may ask for.
-pub const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// INVALID_ARGUMENT naming the offending field.
 pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
 
-fn has_control_chars(text: &str) -> bool {
-    text.chars().any(char::is_control)
-}
-
-/// Checks a session id: 1 to 256 bytes of UTF-8 without control characters. The request's
-/// own `session_id` is recorded on the RPC's span (as `trace_session_ids` allows).
+/// Checks a session id (see [`validate::session_id`]). The request's own `session_id` is
+/// recorded on the RPC's span (as `trace_session_ids` allows).
 pub fn session_id(raw: &str, field: &str) -> Result<SessionId, Status> {
-    if raw.is_empty() {
-        return Err(invalid(field, "is required"));
-    }
-    if raw.len() > MAX_SESSION_ID_BYTES {
-        return Err(invalid(
-            field,
-            format!(
-                "is {} bytes; at most {MAX_SESSION_ID_BYTES} are allowed",
-                raw.len()
-            ),
-        ));
-    }
-    if has_control_chars(raw) {
-        return Err(invalid(field, "must not contain control characters"));
-    }
+    let id = validate::session_id(raw, field)?;
     if field == "session_id" {
         crate::observability::telemetry::record_session_id(raw);
     }
-    Ok(SessionId::new(raw))
+    Ok(id)
 }
 
 /// Checks an optional idempotency key.
 pub fn request_id(raw: String, field: &str) -> Result<Option<String>, Status> {
-    if raw.len() > MAX_REQUEST_ID_BYTES {
-        return Err(invalid(
-            field,
-            format!("at most {MAX_REQUEST_ID_BYTES} bytes are allowed"),
-        ));
-    }
-    if has_control_chars(&raw) {
-        return Err(invalid(field, "must not contain control characters"));
-    }
-    Ok(Some(raw).filter(|r| !r.is_empty()))
+    Ok(validate::request_id(raw, field)?)
 }
 
 /// Resolves a request's TTL: the default when unset, else within 1s..=max_ttl.
@@ -77,45 +41,27 @@ pub fn ttl(
     limits: &RequestLimits,
     field: &str,
 ) -> Result<Duration, Status> {
-    let Some(raw) = raw else {
-        return Ok(default);
-    };
-    let accepted = format!(
-        "must be between {} and {}",
-        format_duration(MIN_TTL),
-        format_duration(limits.max_ttl)
-    );
-    let ttl = Duration::try_from(raw).map_err(|_| invalid(field, &accepted))?;
-    if ttl < MIN_TTL || ttl > limits.max_ttl {
-        return Err(invalid(field, accepted));
-    }
-    Ok(ttl)
+    let requested = raw
+        .map(|raw| Duration::try_from(raw).map_err(|_| validate::ttl_out_of_range(limits, field)))
+        .transpose()?;
+    Ok(validate::ttl(requested, default, limits, field)?)
 }
 
-/// Checks a name-like text (at most 256 bytes); None when empty.
+/// A checked name-like text (see [`validate::short_text`]); None when empty.
 pub fn short_text(raw: String, field: &str) -> Result<Option<String>, Status> {
-    if raw.len() > MAX_NAME_BYTES {
-        return Err(invalid(
-            field,
-            format!("at most {MAX_NAME_BYTES} bytes are allowed"),
-        ));
-    }
-    Ok(Some(raw).filter(|s| !s.is_empty()))
+    validate::short_text(&raw, field)?;
+    Ok(optional(raw))
 }
 
-/// Checks a content-like text against max_content_bytes.
+/// A checked content-like text (see [`validate::long_text`]).
 pub fn long_text(raw: String, limits: &RequestLimits, field: &str) -> Result<String, Status> {
-    if raw.len() > limits.max_content_bytes {
-        return Err(invalid(
-            field,
-            format!(
-                "{} bytes is more than the limit of {} bytes (max_content_bytes)",
-                raw.len(),
-                limits.max_content_bytes
-            ),
-        ));
-    }
+    validate::long_text(&raw, limits, field)?;
     Ok(raw)
+}
+
+/// A proto string field: None when empty.
+fn optional(raw: String) -> Option<String> {
+    Some(raw).filter(|s| !s.is_empty())
 }
 
 fn role(raw: i32, field: &str) -> Result<Role, Status> {
@@ -149,42 +95,33 @@ pub fn new_message(
     limits: &RequestLimits,
     field: &str,
 ) -> Result<NewMessage, Status> {
+    let message = message_body(raw, field)?;
+    validate::message(&message, limits, field)?;
+    Ok(message)
+}
+
+/// One proto message as a domain message, converted but not yet validated: only what
+/// cannot be represented (an unknown role, a tool call without its function, a metadata
+/// value that is not JSON) fails here.
+pub fn message_body(raw: pb::Message, field: &str) -> Result<NewMessage, Status> {
     let role = role(raw.role, &format!("{field}.role"))?;
     if !raw.tool_calls.is_empty() && role != Role::Assistant {
-        return Err(invalid(
-            &format!("{field}.tool_calls"),
-            "only assistant messages may carry tool calls",
-        ));
-    }
-    let tool_call_id = short_text(raw.tool_call_id, &format!("{field}.tool_call_id"))?;
-    match (role, &tool_call_id) {
-        (Role::Tool, None) => {
-            return Err(invalid(
-                &format!("{field}.tool_call_id"),
-                "is required on tool messages: the id of the call it answers",
-            ));
-        }
-        (Role::Tool, Some(_)) | (_, None) => {}
-        (_, Some(_)) => {
-            return Err(invalid(
-                &format!("{field}.tool_call_id"),
-                "is only allowed on tool messages",
-            ));
-        }
+        // Before the calls are converted: their role is the first thing wrong with them.
+        validate::tool_calls_allowed(role, &format!("{field}.tool_calls"))?;
     }
     let tool_calls = raw
         .tool_calls
         .into_iter()
         .enumerate()
-        .map(|(i, call)| tool_call(call, limits, &format!("{field}.tool_calls[{i}]")))
+        .map(|(i, call)| tool_call(call, &format!("{field}.tool_calls[{i}]")))
         .collect::<Result<_, _>>()?;
     Ok(NewMessage {
         role,
-        content: long_text(raw.content, limits, &format!("{field}.content"))?,
-        name: short_text(raw.name, &format!("{field}.name"))?,
+        content: raw.content,
+        name: optional(raw.name),
         tool_calls,
-        tool_call_id,
-        model: short_text(raw.model, &format!("{field}.model"))?,
+        tool_call_id: optional(raw.tool_call_id),
+        model: optional(raw.model),
         usage: raw.usage.map(|u| Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
@@ -192,12 +129,7 @@ pub fn new_message(
             cached_tokens: u.cached_tokens,
             reasoning_tokens: u.reasoning_tokens,
         }),
-        reasoning_content: Some(long_text(
-            raw.reasoning_content,
-            limits,
-            &format!("{field}.reasoning_content"),
-        )?)
-        .filter(|s| !s.is_empty()),
+        reasoning_content: optional(raw.reasoning_content),
         metadata: raw
             .metadata
             .map(|m| struct_to_json(m, &format!("{field}.metadata")))
@@ -208,25 +140,16 @@ pub fn new_message(
     })
 }
 
-fn tool_call(raw: pb::ToolCall, limits: &RequestLimits, field: &str) -> Result<ToolCall, Status> {
-    let id = short_text(raw.id, &format!("{field}.id"))?
-        .ok_or_else(|| invalid(&format!("{field}.id"), "is required"))?;
+fn tool_call(raw: pb::ToolCall, field: &str) -> Result<ToolCall, Status> {
     let function = raw
         .function
         .ok_or_else(|| invalid(&format!("{field}.function"), "is required"))?;
-    let function_name = short_text(function.name, &format!("{field}.function.name"))?
-        .ok_or_else(|| invalid(&format!("{field}.function.name"), "is required"))?;
     Ok(ToolCall {
-        id,
-        kind: short_text(raw.r#type, &format!("{field}.type"))?
-            .unwrap_or_else(|| "function".into()),
+        id: raw.id,
+        kind: optional(raw.r#type).unwrap_or_else(|| "function".into()),
         function: FunctionCall {
-            name: function_name,
-            arguments: long_text(
-                function.arguments,
-                limits,
-                &format!("{field}.function.arguments"),
-            )?,
+            name: function.name,
+            arguments: function.arguments,
         },
         index: raw.index,
     })
@@ -238,53 +161,13 @@ pub fn new_messages(
     limits: &RequestLimits,
     field: &str,
 ) -> Result<Vec<NewMessage>, Status> {
-    if raw.len() > limits.max_messages_per_request {
-        return Err(invalid(
-            field,
-            format!(
-                "{} messages is more than the limit of {} per request (max_messages_per_request); split the write",
-                raw.len(),
-                limits.max_messages_per_request
-            ),
-        ));
-    }
-    raw.into_iter()
+    let messages = raw
+        .into_iter()
         .enumerate()
-        .map(|(i, m)| new_message(m, limits, &format!("{field}[{i}]")))
-        .collect()
-}
-
-/// The tool results in `messages` (named `field[i]`) whose call is neither among
-/// `earlier_calls` nor in a message before them in the list, within
-/// [`MAX_WINDOW_GROWTH`](crate::model::MAX_WINDOW_GROWTH) messages: each as its index and
-/// `tool_call_id`.
-pub fn unanswered_tool_results<'m>(
-    messages: &'m [NewMessage],
-    earlier_calls: &[(usize, String)],
-) -> Vec<(usize, &'m str)> {
-    use crate::model::MAX_WINDOW_GROWTH;
-    // (position counted from the start of `messages`; earlier ones are negative)
-    let mut calls: std::collections::HashMap<&str, isize> = earlier_calls
-        .iter()
-        .map(|(back, id)| (id.as_str(), -(*back as isize)))
-        .collect();
-    let mut unanswered = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        for call in &message.tool_calls {
-            calls.insert(call.id.as_str(), i as isize);
-        }
-        if message.role == Role::Tool
-            && let Some(id) = message.tool_call_id.as_deref()
-        {
-            let near = calls
-                .get(id)
-                .is_some_and(|&at| (i as isize - at) as usize <= MAX_WINDOW_GROWTH);
-            if !near {
-                unanswered.push((i, id));
-            }
-        }
-    }
-    unanswered
+        .map(|(i, m)| message_body(m, &format!("{field}[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    validate::messages(&messages, limits, field)?;
+    Ok(messages)
 }
 
 /// A stored message as proto.

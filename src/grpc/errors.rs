@@ -2,10 +2,18 @@
 
 use crate::chat::provider::ProviderError;
 use crate::chat::turn::TurnError;
+use crate::service::ValidationError;
 use crate::store::StoreError;
 use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// A request value the service refuses is INVALID_ARGUMENT, its message `field: problem`.
+impl From<ValidationError> for Status {
+    fn from(error: ValidationError) -> Self {
+        Status::invalid_argument(error.to_string())
+    }
+}
 
 /// Maps a store error to the status a client sees, with a message that says what to do.
 pub fn status_of(error: StoreError) -> Status {

@@ -3,9 +3,9 @@
 use crate::grpc::convert::{self, invalid, json_to_struct, long_text, short_text, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
-use crate::grpc::session_store::Policy;
 use crate::model::{Role, SessionId, Window};
 use crate::records::{self, LearningRecord, RecordStream, SecurityLog};
+use crate::service::Policy;
 use crate::store::{SessionStore, StoreError};
 use std::time::{Duration, SystemTime};
 use tonic::Status;

@@ -1,6 +1,5 @@
 //! The SessionStore gRPC service: validates requests, applies policy, calls the store.
 
-use crate::config::{Config, RequestLimits};
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
@@ -8,62 +7,29 @@ use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{records, transfer};
 use crate::model::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
 use crate::server::auth::Tenant;
+use crate::service::Policy;
+use crate::service::validate;
 use crate::store::decorators::tenant::TenantStore;
 use crate::store::stats_cache::StatsCache;
 use crate::store::{SessionStore, StoreError};
 use futures::stream::BoxStream;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Default ListSessions page size when the request leaves it at 0.
-const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Longest id_prefix of ListSessions, in bytes.
-const MAX_PREFIX_BYTES: usize = convert::MAX_SESSION_ID_BYTES;
+const MAX_PREFIX_BYTES: usize = validate::MAX_SESSION_ID_BYTES;
 
-/// Policy the service applies the same way for every backend.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    pub default_ttl: Duration,
-    pub sliding_ttl_on_read: bool,
-    pub limits: RequestLimits,
-    /// How long learning data and security logs are kept.
-    pub record_retention: Duration,
-}
-
-impl Policy {
-    /// The policy part of a configuration.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            default_ttl: config.session_ttl,
-            sliding_ttl_on_read: config.sliding_ttl_on_read,
-            limits: config.limits.clone(),
-            record_retention: config.record_retention,
-        }
-    }
-
-    /// A listing's page size: 0 means the default, more than max_page_size is an error.
-    pub fn page_size(&self, raw: u32) -> Result<u32, Status> {
-        let max = self.limits.max_page_size;
-        match raw {
-            0 => Ok(DEFAULT_PAGE_SIZE.min(max)),
-            n if n > max => Err(Status::invalid_argument(format!(
-                "page_size: {n} is more than the maximum of {max} (max_page_size)"
-            ))),
-            n => Ok(n),
-        }
-    }
-
-    fn write_options(
-        &self,
-        expected_version: Option<u64>,
-        ttl: Option<prost_types::Duration>,
-    ) -> Result<WriteOptions, Status> {
-        Ok(WriteOptions {
-            expected_version,
-            ttl: convert::ttl(ttl, self.default_ttl, &self.limits, "ttl")?,
-        })
-    }
+/// A write's options: the requested TTL (else the default) within the limits.
+fn write_options(
+    policy: &Policy,
+    expected_version: Option<u64>,
+    ttl: Option<prost_types::Duration>,
+) -> Result<WriteOptions, Status> {
+    Ok(WriteOptions {
+        expected_version,
+        ttl: convert::ttl(ttl, policy.default_ttl, &policy.limits, "ttl")?,
+    })
 }
 
 /// The SessionStore service over any store.
@@ -118,7 +84,7 @@ async fn check_tool_results_answer_calls(
     messages: &[NewMessage],
 ) -> Result<(), Status> {
     use crate::model::MAX_WINDOW_GROWTH;
-    if convert::unanswered_tool_results(messages, &[]).is_empty() {
+    if validate::unanswered_tool_results(messages, &[]).is_empty() {
         return Ok(());
     }
     let recent = match store.get(id, Window::LastN(MAX_WINDOW_GROWTH as u32)).await {
@@ -137,7 +103,7 @@ async fn check_tool_results_answer_calls(
                 .map(move |c| (back + 1, c.id.clone()))
         })
         .collect();
-    match convert::unanswered_tool_results(messages, &earlier).first() {
+    match validate::unanswered_tool_results(messages, &earlier).first() {
         None => Ok(()),
         Some((i, call)) => Err(Status::failed_precondition(format!(
             "messages[{i}].tool_call_id: {call:?} answers no tool call of the session's last \
@@ -209,9 +175,7 @@ impl SessionStoreRpc for SessionStoreService {
         let append = Append {
             messages,
             request_id: convert::request_id(request.request_id, "request_id")?,
-            options: self
-                .policy
-                .write_options(request.expected_version, request.ttl)?,
+            options: write_options(&self.policy, request.expected_version, request.ttl)?,
         };
         let outcome = store.append(&id, append).await.map_err(status_of)?;
         Ok(Response::new(pb::AppendMessagesResponse {
@@ -230,16 +194,14 @@ impl SessionStoreRpc for SessionStoreService {
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
-        if let Some((i, call)) = convert::unanswered_tool_results(&messages, &[]).first() {
+        if let Some((i, call)) = validate::unanswered_tool_results(&messages, &[]).first() {
             return Err(Status::invalid_argument(format!(
                 "messages[{i}].tool_call_id: {call:?} answers no tool call of an assistant \
                  message before it (at most {} messages before)",
                 crate::model::MAX_WINDOW_GROWTH
             )));
         }
-        let options = self
-            .policy
-            .write_options(request.expected_version, request.ttl)?;
+        let options = write_options(&self.policy, request.expected_version, request.ttl)?;
         let outcome = store
             .replace(&id, messages, options)
             .await
@@ -259,9 +221,7 @@ impl SessionStoreRpc for SessionStoreService {
             &self.policy.limits,
             "system_messages",
         )?;
-        let options = self
-            .policy
-            .write_options(request.expected_version, request.ttl)?;
+        let options = write_options(&self.policy, request.expected_version, request.ttl)?;
         let outcome = store
             .set_system_messages(&id, messages, options)
             .await
@@ -289,9 +249,7 @@ impl SessionStoreRpc for SessionStoreService {
                 )));
             }
         };
-        let options = self
-            .policy
-            .write_options(request.expected_version, request.ttl)?;
+        let options = write_options(&self.policy, request.expected_version, request.ttl)?;
         let outcome = store
             .update_state(&id, update, options)
             .await

@@ -3,8 +3,8 @@
 use crate::grpc::convert::{self, invalid, session_to_proto};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
-use crate::grpc::session_store::Policy;
 use crate::model::{Message, Session};
+use crate::service::{Policy, import, validate};
 use crate::store::SessionStore;
 use crate::transfer::{self, Existing, Imported};
 use futures::StreamExt;
@@ -101,7 +101,8 @@ fn record(response: &mut pb::ImportSessionsResponse, session_id: String, outcome
     });
 }
 
-/// A validated session and its TTL from an ExportedSession.
+/// A validated session and its TTL from an ExportedSession: converted here, checked by
+/// the service's import rules (the same the CLI's restore and migrations use).
 pub fn session_of(
     raw: pb::ExportedSession,
     policy: &Policy,
@@ -110,81 +111,48 @@ pub fn session_of(
     let session = raw
         .session
         .ok_or_else(|| invalid(&format!("{field}.session"), "is required"))?;
-    let id = convert::session_id(&session.session_id, &format!("{field}.session.session_id"))?;
     let ttl = match raw.remaining_ttl {
         Some(ttl) => Duration::try_from(ttl)
             .map_err(|_| invalid(&format!("{field}.remaining_ttl"), "must not be negative"))?,
         None => policy.default_ttl,
     };
-    let ttl = ttl.min(policy.limits.max_ttl);
-    let messages = stored_messages(
-        session.messages,
-        policy,
-        &format!("{field}.session.messages"),
-    )?;
+    let messages = stored_messages(session.messages, &format!("{field}.session.messages"))?;
     let system_messages = stored_messages(
         session.system_messages,
-        policy,
         &format!("{field}.session.system_messages"),
     )?;
     let now = SystemTime::now();
-    Ok((
-        Session {
-            id,
-            message_count: messages.len() as u64,
-            messages,
-            system_messages,
-            state: session
-                .state
-                .map(|s| convert::struct_to_json(s, &format!("{field}.session.state")))
-                .transpose()?
-                .unwrap_or_default(),
-            version: 0,
-            create_time: now,
-            update_time: now,
-            expire_time: now + ttl,
-        },
-        ttl,
-    ))
+    let session = Session {
+        id: validate::session_id(&session.session_id, &format!("{field}.session.session_id"))?,
+        message_count: messages.len() as u64,
+        messages,
+        system_messages,
+        state: session
+            .state
+            .map(|s| convert::struct_to_json(s, &format!("{field}.session.state")))
+            .transpose()?
+            .unwrap_or_default(),
+        version: 0,
+        create_time: now,
+        update_time: now,
+        expire_time: now + ttl,
+    };
+    Ok(import::checked_session(session, ttl, policy, field)?)
 }
 
-/// 9999-12-31T23:59:59Z, the last second a protobuf Timestamp may hold.
-const LAST_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
-
-/// Checked messages with their seqs, which must be 1..n (or unset).
-fn stored_messages(
-    list: Vec<pb::Message>,
-    policy: &Policy,
-    field: &str,
-) -> Result<Vec<Message>, Status> {
+/// Proto messages as stored messages: an unset seq is its position, an unset time now.
+fn stored_messages(list: Vec<pb::Message>, field: &str) -> Result<Vec<Message>, Status> {
     list.into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let seq = i as u64 + 1;
-            if m.seq != 0 && m.seq != seq {
-                return Err(invalid(
-                    &format!("{field}[{i}].seq"),
-                    format!("is {}, expected {seq}: seqs of a session are 1..n", m.seq),
-                ));
-            }
-            // A copied message keeps its time (an exported one carries it), within the
-            // range every backend stores exactly.
+            let field = format!("{field}[{i}]");
+            let seq = if m.seq == 0 { i as u64 + 1 } else { m.seq };
             let time = match m.create_time {
                 None => SystemTime::now(),
-                Some(t) if (0..=LAST_TIMESTAMP_SECONDS).contains(&t.seconds) => {
-                    SystemTime::try_from(t).map_err(|_| {
-                        invalid(&format!("{field}[{i}].create_time"), "is not a valid time")
-                    })?
-                }
-                Some(_) => {
-                    return Err(invalid(
-                        &format!("{field}[{i}].create_time"),
-                        "must lie between 1970-01-01 and 9999-12-31",
-                    ));
-                }
+                Some(t) => SystemTime::try_from(t)
+                    .map_err(|_| invalid(&format!("{field}.create_time"), "is not a valid time"))?,
             };
-            let body = convert::new_message(m, &policy.limits, &format!("{field}[{i}]"))?;
-            Ok(body.stored(seq, time))
+            Ok(convert::message_body(m, &field)?.stored(seq, time))
         })
         .collect()
 }

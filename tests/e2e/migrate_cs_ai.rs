@@ -143,6 +143,7 @@ fn options(dry_run: bool) -> Options {
         dry_run,
         default_ttl: Duration::from_secs(12 * 3600),
         record_retention: DAY * 30,
+        limits: crate::common::test_config().limits,
     }
 }
 
@@ -380,5 +381,58 @@ fn the_command_migrates_into_the_configured_backend() {
         memory.status.code(),
         Some(2),
         "the in-memory store is refused"
+    );
+}
+
+/// A CS-AI session the service would refuse (a content over max_content_bytes) is a
+/// counted failure, in a dry run too, and nothing of it is written: a migration writes
+/// only what a bot could have written through the API.
+#[tokio::test]
+async fn sessions_the_service_would_refuse_are_failures() {
+    let url = format!("{}/9", required_env("CSAI_TEST_REDIS_URL"));
+    let mut redis = redis::Client::open(url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+    let refused = json!([
+        {"content": "hi", "role": "user", "tool_calls": null, "tool_call_id": ""},
+        {"content": "a content longer than the limit", "role": "assistant", "tool_calls": null, "tool_call_id": ""}
+    ]);
+    let fine = json!([{"content": "hi", "role": "user", "tool_calls": null, "tool_call_id": ""}]);
+    for (id, messages) in [("refused", &refused), ("fine", &fine)] {
+        let _: () = redis
+            .set_ex(format!("ai:session:{id}"), messages.to_string(), 3600)
+            .await
+            .unwrap();
+    }
+    let store = MemoryStore::new(MemoryLimits::default());
+    for dry_run in [true, false] {
+        let mut options = options(dry_run);
+        options.limits.max_content_bytes = 16;
+        let summary = migrate::from_cs_ai_redis(&url, &store, &options)
+            .await
+            .expect("migrate");
+        assert_eq!(summary.sessions, 1, "{summary}");
+        assert_eq!(summary.failures.len(), 1, "{summary}");
+        assert!(
+            summary.failures[0]
+                .contains("messages[1].content: 31 bytes is more than the limit of 16 bytes"),
+            "{summary}"
+        );
+    }
+    assert!(matches!(
+        store.get(&SessionId::new("refused"), Window::All).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .get(&SessionId::new("fine"), Window::All)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
     );
 }

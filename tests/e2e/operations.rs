@@ -7,10 +7,10 @@ use crate::common::{TestServer, required_env, test_config};
 use csai_sidecar::commands::{self, Endpoint};
 use csai_sidecar::config::Config;
 use csai_sidecar::grpc::pb;
-use csai_sidecar::grpc::session_store::Policy;
 use csai_sidecar::model::{
     Append, NewMessage, Role, Session, SessionId, StateUpdate, Window, WriteOptions,
 };
+use csai_sidecar::service::Policy;
 use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
@@ -364,6 +364,40 @@ async fn a_corrupt_message_time_is_refused_before_any_write() {
     );
     let session = target.get(&id, Window::All).await.expect("still there");
     assert_eq!(session.messages[0].body.content, "keep me");
+}
+
+/// Restore writes only what ImportSessions accepts: the service's checks of any write
+/// (here a tool result without its call id) refuse the line, nothing of it is written.
+#[tokio::test]
+async fn restore_refuses_what_the_service_refuses() {
+    let target = store("memory").await;
+    let file = scratch("refused.jsonl");
+    let line = serde_json::json!({
+        "session_id": "refused",
+        "expire_time_ms": 4_000_000_000_000u64,
+        "messages": [{"seq": 1, "time_ms": 1_700_000_000_000u64, "message": {"role": "tool", "content": "42"}}],
+        "system_messages": [],
+        "state": {},
+    });
+    std::fs::write(
+        &file,
+        format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
+    )
+    .unwrap();
+    let report = restore(&target, &file, Existing::Fail)
+        .await
+        .expect("restore");
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert!(
+        report.failures[0].contains("messages[0].tool_call_id: is required on tool messages"),
+        "{report}"
+    );
+    assert!(
+        target
+            .get(&SessionId::new("refused"), Window::All)
+            .await
+            .is_err()
+    );
 }
 
 /// Regression: one line that was not UTF-8 ended the restore there (501 of 1,004
