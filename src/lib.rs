@@ -1,6 +1,7 @@
 //! csai-sidecar: a gRPC sidecar that keeps the chat sessions of AI customer-service bots.
 
 pub mod chat;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod dial;

@@ -1,0 +1,193 @@
+//! What several commands share: the configuration flags and their layering, the options
+//! of dialing a sidecar, the file and target arguments, and how a command reports.
+
+use crate::commands::Endpoint;
+use crate::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
+use crate::dial::DialOptions;
+use crate::server;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Command};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What an operations command ends with: its summary, or an exit code and a message
+/// (1: something failed, each failure listed; 2: the command cannot run as given).
+pub type Outcome = Result<String, (u8, String)>;
+
+/// A usage error: exit code 2.
+pub fn usage(message: String) -> (u8, String) {
+    (2, message)
+}
+
+/// Runs an operations command on a runtime of its own and reports as they all do: the
+/// summary on stdout and exit 0, else the message on stderr and its exit code.
+pub fn report(name: &str, work: impl Future<Output = Outcome>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("csai-sidecar: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(summary) => {
+            println!("csai-sidecar {name}: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err((code, message)) => {
+            eprintln!("csai-sidecar {name}: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// A string argument, if given.
+pub fn text<'a>(arguments: &'a ArgMatches, name: &str) -> Option<&'a String> {
+    arguments.try_get_one::<String>(name).ok().flatten()
+}
+
+/// Every configuration key that has a flag, as a global flag with its variable.
+pub fn config_args(mut command: Command) -> Command {
+    for key in KEYS {
+        let Some(flag) = key.flag() else {
+            continue;
+        };
+        command = command.arg(
+            Arg::new(key.name)
+                .long(flag)
+                .env(key.env)
+                .hide_env_values(key.secret)
+                .value_name("VALUE")
+                .global(true)
+                .help(key.help),
+        );
+    }
+    command
+}
+
+/// Gathers values: defaults, then the file, then environment and flags (clap resolves
+/// those two, flags first).
+pub fn values_from(matches: &ArgMatches) -> Result<Values, ConfigError> {
+    let mut values = Values::defaults();
+    if let Some(path) = matches.get_one::<String>("config") {
+        values = values.with_file(&PathBuf::from(path))?;
+    }
+    for key in KEYS {
+        if key.env_only {
+            if let Ok(value) = std::env::var(key.env) {
+                values.set(key.name, value, Source::Env(key.env));
+            }
+            continue;
+        }
+        let Some(value) = matches.try_get_one::<String>(key.name).ok().flatten() else {
+            continue;
+        };
+        let source = match matches.value_source(key.name) {
+            Some(ValueSource::EnvVariable) => Source::Env(key.env),
+            _ => Source::Flag(key.flag().unwrap_or_default()),
+        };
+        values.set(key.name, value.clone(), source);
+    }
+    Ok(values)
+}
+
+/// How a command reaches a protected sidecar. The token comes from a file or the
+/// environment (`CSAI_SIDECAR_TOKEN`), never from a flag: flags are visible in `ps`.
+pub fn dial_args() -> [Arg; 5] {
+    let file = |name: &'static str, env: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .env(env)
+            .value_name("FILE")
+            .help(help)
+    };
+    [
+        file(
+            "sidecar-token-file",
+            "CSAI_SIDECAR_TOKEN_FILE",
+            "the bearer token for the sidecar (else CSAI_SIDECAR_TOKEN)",
+        ),
+        file(
+            "sidecar-ca-file",
+            "CSAI_SIDECAR_CA_FILE",
+            "CA certificate of the sidecar's TLS certificate; dials TLS",
+        ),
+        file(
+            "sidecar-cert-file",
+            "CSAI_SIDECAR_CERT_FILE",
+            "client certificate for a sidecar that requires mTLS",
+        ),
+        file(
+            "sidecar-key-file",
+            "CSAI_SIDECAR_KEY_FILE",
+            "key of --sidecar-cert-file",
+        ),
+        Arg::new("sidecar-server-name")
+            .long("sidecar-server-name")
+            .env("CSAI_SIDECAR_SERVER_NAME")
+            .value_name("NAME")
+            .help("name the sidecar's certificate must carry (default: the URL's host)"),
+    ]
+}
+
+/// The token and TLS settings of `dial_args`.
+pub fn dial_options(arguments: &ArgMatches) -> Result<DialOptions, String> {
+    let text = |name: &str| arguments.try_get_one::<String>(name).ok().flatten();
+    let client_cert = match (text("sidecar-cert-file"), text("sidecar-key-file")) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        _ => return Err("--sidecar-cert-file and --sidecar-key-file go together".into()),
+    };
+    Ok(DialOptions {
+        token: DialOptions::read_token(text("sidecar-token-file").map(String::as_str))?,
+        ca_file: text("sidecar-ca-file").map(PathBuf::from),
+        client_cert,
+        server_name: text("sidecar-server-name").cloned(),
+    })
+}
+
+/// `--file`: the backup file.
+pub fn file_arg() -> Arg {
+    Arg::new("file")
+        .long("file")
+        .required(true)
+        .value_name("FILE")
+        .help("the backup file")
+}
+
+/// `--to`: a running sidecar to write into instead of the configured store.
+pub fn to_arg() -> Arg {
+    Arg::new("to")
+        .long("to")
+        .value_name("URL")
+        .help("grpc://host:port (grpcs:// for TLS): write into a running sidecar instead of the configured store")
+}
+
+/// The configured store, refusing the in-memory one, which would vanish with the command.
+pub async fn configured_store(config: &Config, role: &str) -> Result<Endpoint, String> {
+    if config.storage_type == StorageType::Memory {
+        return Err(format!(
+            "the {role} is the configured store, and the in-memory store would vanish when \
+             this command exits: set type (CSAI_STORAGE_TYPE) to redis, mongo or dynamo, \
+             or name a running sidecar with grpc://host:port"
+        ));
+    }
+    let store = server::open_store(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Endpoint::Store(store))
+}
+
+/// The sidecar at `url`, else the configured store.
+pub async fn endpoint(
+    config: &Config,
+    url: Option<&String>,
+    role: &str,
+    arguments: &ArgMatches,
+) -> Result<Endpoint, String> {
+    match url {
+        Some(url) => Endpoint::sidecar(url, &dial_options(arguments)?).await,
+        None => configured_store(config, role).await,
+    }
+}
