@@ -2,14 +2,14 @@
 
 pub mod chat;
 pub mod cli;
-pub mod commands;
 pub mod config;
+pub mod cs_ai;
 pub mod dial;
+pub mod domain;
 pub mod files;
 pub mod grpc;
-pub mod migrate;
-pub mod model;
 pub mod observability;
+pub mod operations;
 pub mod records;
 pub mod server;
 pub mod service;

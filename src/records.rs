@@ -1,7 +1,7 @@
 //! Learning data and security logs (CS-AI's other StorageProvider records): their types,
 //! and paged time-range reads over the stores' record streams.
 
-use crate::model::JsonObject;
+use crate::domain::JsonObject;
 use crate::store::{SessionStore, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};

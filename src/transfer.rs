@@ -1,7 +1,7 @@
 //! Whole sessions in and out of a store: export, import with a policy for existing
 //! sessions, the backup file format, and checksums for verifying copies.
 
-use crate::model::{
+use crate::domain::{
     JsonObject, ListQuery, Message, NewMessage, Session, SessionId, StateUpdate, Window,
     WriteOptions,
 };
@@ -299,7 +299,7 @@ fn messages_or_empty(list: Vec<BackupMessage>) -> Result<Vec<Message>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Role;
+    use crate::domain::Role;
 
     #[test]
     fn backup_lines_round_trip_and_checksums_ignore_versions() {

@@ -2,7 +2,7 @@
 //! Both are kept per tenant: two tenants' participants or sessions of the same name never
 //! share a counter or a file.
 
-use crate::model::{Message, SessionId};
+use crate::domain::{Message, SessionId};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -249,9 +249,9 @@ mod tests {
         let id = SessionId::new("../escape/ü");
         let path = log.path(None, &id);
         assert_eq!(path.parent(), Some(dir.as_path()));
-        let first = crate::model::NewMessage::text(crate::model::Role::User, "hi")
+        let first = crate::domain::NewMessage::text(crate::domain::Role::User, "hi")
             .stored(1, std::time::SystemTime::now());
-        let second = crate::model::NewMessage::text(crate::model::Role::Assistant, "hello")
+        let second = crate::domain::NewMessage::text(crate::domain::Role::Assistant, "hello")
             .stored(2, std::time::SystemTime::now());
         log.record(None, &id, &[first]).await.unwrap();
         log.record(None, &id, &[second]).await.unwrap();
@@ -278,7 +278,7 @@ mod tests {
         assert_ne!(log.path(Some("shop-a"), &id), log.path(Some("shop-b"), &id));
         assert_ne!(log.path(Some("shop-a"), &id), log.path(None, &id));
         let message = |text: &str| {
-            crate::model::NewMessage::text(crate::model::Role::User, text)
+            crate::domain::NewMessage::text(crate::domain::Role::User, text)
                 .stored(1, std::time::SystemTime::now())
         };
         log.record(Some("shop-a"), &id, &[message("from a")])

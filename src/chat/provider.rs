@@ -2,7 +2,7 @@
 
 use crate::chat::sse::{SseDecoder, SseEvent};
 use crate::chat::wire;
-use crate::model::{JsonObject, NewMessage, Role};
+use crate::domain::{JsonObject, NewMessage, Role};
 use crate::observability::metrics::{self, Labels};
 use crate::observability::telemetry;
 use futures::StreamExt;

@@ -8,7 +8,7 @@ use crate::chat::provider::{
 };
 use crate::chat::window;
 use crate::chat::{ChatSettings, TurnLimits};
-use crate::model::{
+use crate::domain::{
     Append, Message, NewMessage, Role, SessionId, ToolCall, Usage, Window, WriteOptions,
 };
 use crate::observability::metrics;

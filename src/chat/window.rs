@@ -1,6 +1,6 @@
 //! What a turn sends the model: system messages, a tool-safe history window, the turn.
 
-use crate::model::{Message, NewMessage, Role, tool_safe_start};
+use crate::domain::{Message, NewMessage, Role, tool_safe_start};
 
 /// Index of the first message of the last turn: the last user message.
 pub fn turn_start(messages: &[Message]) -> Option<usize> {
@@ -73,7 +73,7 @@ pub fn prompt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FunctionCall, ToolCall};
+    use crate::domain::{FunctionCall, ToolCall};
     use std::time::SystemTime;
 
     fn stored(messages: Vec<NewMessage>) -> Vec<Message> {

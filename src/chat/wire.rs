@@ -1,7 +1,7 @@
 //! The OpenAI chat-completions JSON: request bodies, answers and streamed chunks.
 
 use crate::chat::provider::{Completion, CompletionRequest, Delta, ResponseFormat, ToolChoice};
-use crate::model::{FunctionCall, NewMessage, Role, ToolCall, Usage};
+use crate::domain::{FunctionCall, NewMessage, Role, ToolCall, Usage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

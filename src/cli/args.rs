@@ -1,9 +1,9 @@
 //! What several commands share: the configuration flags and their layering, the options
 //! of dialing a sidecar, the file and target arguments, and how a command reports.
 
-use crate::commands::Endpoint;
 use crate::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
 use crate::dial::DialOptions;
+use crate::operations::Location;
 use crate::server;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
@@ -165,7 +165,7 @@ pub fn to_arg() -> Arg {
 }
 
 /// The configured store, refusing the in-memory one, which would vanish with the command.
-pub async fn configured_store(config: &Config, role: &str) -> Result<Endpoint, String> {
+pub async fn configured_store(config: &Config, role: &str) -> Result<Location, String> {
     if config.storage_type == StorageType::Memory {
         return Err(format!(
             "the {role} is the configured store, and the in-memory store would vanish when \
@@ -176,7 +176,7 @@ pub async fn configured_store(config: &Config, role: &str) -> Result<Endpoint, S
     let store = server::open_store(config)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Endpoint::Store(store))
+    Ok(Location::Store(store))
 }
 
 /// The sidecar at `url`, else the configured store.
@@ -185,9 +185,9 @@ pub async fn endpoint(
     url: Option<&String>,
     role: &str,
     arguments: &ArgMatches,
-) -> Result<Endpoint, String> {
+) -> Result<Location, String> {
     match url {
-        Some(url) => Endpoint::sidecar(url, &dial_options(arguments)?).await,
+        Some(url) => Location::sidecar(url, &dial_options(arguments)?).await,
         None => configured_store(config, role).await,
     }
 }

@@ -2,8 +2,8 @@
 //! sidecar) into a backup file, replaced atomically.
 
 use crate::cli::args::{self, dial_args, endpoint, file_arg, usage};
-use crate::commands;
 use crate::config::Config;
+use crate::operations;
 use crate::service::Policy;
 use clap::{Arg, ArgMatches, Command};
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ pub fn run(config: &Config, arguments: &ArgMatches) -> ExitCode {
             .await
             .map_err(usage)?;
         let path = PathBuf::from(args::text(arguments, "file").expect("required"));
-        let report = commands::backup(&mut source, &policy, &path)
+        let report = operations::backup(&mut source, &policy, &path)
             .await
             .map_err(|e| (1, e))?;
         Ok(format!("backed up to {}\n{report}", path.display()))

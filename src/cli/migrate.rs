@@ -4,8 +4,8 @@
 use crate::cli::args::{
     self, Outcome, configured_store, dial_args, dial_options, endpoint, to_arg, usage,
 };
-use crate::commands::{self, Endpoint};
 use crate::config::{Config, Values};
+use crate::operations::{self, Location};
 use crate::service::Policy;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::path::PathBuf;
@@ -62,7 +62,7 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
                     .map(|rest| format!("rediss://{rest}"))
             })
     {
-        let Endpoint::Store(store) = target else {
+        let Location::Store(store) = target else {
             return Err(usage(
                 "CS-AI's data is migrated into a backend, not --to a sidecar".into(),
             ));
@@ -72,13 +72,13 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
                 "--checkpoint is for --from-config and --from grpc://; a CS-AI migration can be re-run as it is".into(),
             ));
         }
-        let options = crate::migrate::Options {
+        let options = crate::cs_ai::Options {
             dry_run,
             default_ttl: config.session_ttl,
             record_retention: config.record_retention,
             limits: config.limits.clone(),
         };
-        let summary = crate::migrate::from_cs_ai_redis(&url, store.as_ref(), &options)
+        let summary = crate::cs_ai::copy_from_redis(&url, store.as_ref(), &options)
             .await
             .map_err(|e| (1, e.to_string()))?;
         let verb = if dry_run {
@@ -95,7 +95,7 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
     }
     let mut source = match (text("from"), text("from-config")) {
         (Some(url), None) if url.starts_with("grpc://") || url.starts_with("grpcs://") => {
-            Endpoint::sidecar(url, &dial_options(arguments).map_err(usage)?)
+            Location::sidecar(url, &dial_options(arguments).map_err(usage)?)
                 .await
                 .map_err(usage)?
         }
@@ -115,7 +115,7 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
         }
     };
     let checkpoint = text("checkpoint").map(PathBuf::from);
-    let report = commands::migrate(
+    let report = operations::migrate(
         &mut source,
         &mut target,
         &policy,

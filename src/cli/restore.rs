@@ -2,8 +2,8 @@
 //! sidecar), every session checked as ImportSessions checks it.
 
 use crate::cli::args::{self, dial_args, endpoint, file_arg, to_arg, usage};
-use crate::commands;
 use crate::config::Config;
+use crate::operations;
 use crate::service::Policy;
 use crate::transfer::Existing;
 use clap::{Arg, ArgMatches, Command};
@@ -38,7 +38,7 @@ pub fn run(config: &Config, arguments: &ArgMatches) -> ExitCode {
             _ => Existing::Fail,
         };
         let path = PathBuf::from(args::text(arguments, "file").expect("required"));
-        let report = commands::restore(&mut target, &policy, &path, existing)
+        let report = operations::restore(&mut target, &policy, &path, existing)
             .await
             .map_err(|e| (1, e))?;
         let clean = report.is_clean();

@@ -2,6 +2,7 @@
 
 use crate::chat::provider::Delta;
 use crate::chat::turn::{Bot, ChatEngine, ToolResult, TurnError};
+use crate::domain::ToolCall;
 use crate::grpc::chat_convert::{self, Form, exec_response};
 use crate::grpc::convert::tool_call_to_proto;
 use crate::grpc::errors::status_of_turn;
@@ -12,7 +13,6 @@ use crate::grpc::pb::{
     ContentDelta, ExecRequest, ExecResponse, ExecStreamRequest, ExecStreamResponse,
 };
 use crate::grpc::session_store::scoped_store;
-use crate::model::ToolCall;
 use crate::service::Policy;
 use crate::store::SessionStore;
 use async_trait::async_trait;

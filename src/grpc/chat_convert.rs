@@ -2,11 +2,11 @@
 
 use crate::chat::provider::{ResponseFormat, ToolChoice, ToolSpec};
 use crate::chat::turn::{Overrides, ToolResult, TurnInput, TurnOutcome, TurnRequest};
+use crate::domain::{JsonObject, NewMessage, Role};
 use crate::grpc::convert::{
     self, invalid, long_text, message_to_proto, short_text, tool_call_to_proto, usage_to_proto,
 };
 use crate::grpc::pb;
-use crate::model::{JsonObject, NewMessage, Role};
 use crate::service::Policy;
 use std::collections::HashSet;
 use tonic::Status;

@@ -3,11 +3,11 @@
 //! represented fails here. Each failure is INVALID_ARGUMENT naming the offending field.
 
 use crate::config::RequestLimits;
-use crate::grpc::pb;
-use crate::model::{
+use crate::domain::{
     FunctionCall, JsonObject, ListPage, Message, NewMessage, Role, Session, SessionId,
     SessionSummary, ToolCall, Usage,
 };
+use crate::grpc::pb;
 use crate::service::validate;
 use prost_types::value::Kind;
 use serde_json::Value;

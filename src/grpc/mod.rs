@@ -4,9 +4,9 @@ pub mod chat;
 pub mod chat_convert;
 pub mod convert;
 pub mod errors;
-pub mod records;
+pub mod export_import;
+pub mod record_rpcs;
 pub mod session_store;
-pub mod transfer;
 
 /// Code generated from `proto/csai/v1`.
 #[allow(clippy::all)] // generated code; the proto comments are written for every language

@@ -1,11 +1,11 @@
 //! The SessionStore gRPC service: validates requests, applies policy, calls the store.
 
+use crate::domain::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
-use crate::grpc::{records, transfer};
-use crate::model::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
+use crate::grpc::{export_import, record_rpcs};
 use crate::server::auth::Tenant;
 use crate::service::Policy;
 use crate::service::validate;
@@ -83,7 +83,7 @@ async fn check_tool_results_answer_calls(
     id: &SessionId,
     messages: &[NewMessage],
 ) -> Result<(), Status> {
-    use crate::model::MAX_WINDOW_GROWTH;
+    use crate::domain::MAX_WINDOW_GROWTH;
     if validate::unanswered_tool_results(messages, &[]).is_empty() {
         return Ok(());
     }
@@ -117,7 +117,7 @@ fn session_id(raw: &str) -> Result<SessionId, Status> {
     convert::session_id(raw, "session_id")
 }
 
-fn write_response(outcome: crate::model::WriteOutcome) -> pb::WriteResponse {
+fn write_response(outcome: crate::domain::WriteOutcome) -> pb::WriteResponse {
     pb::WriteResponse {
         version: outcome.version,
         expire_time: Some(timestamp(outcome.expire_time)),
@@ -198,7 +198,7 @@ impl SessionStoreRpc for SessionStoreService {
             return Err(Status::invalid_argument(format!(
                 "messages[{i}].tool_call_id: {call:?} answers no tool call of an assistant \
                  message before it (at most {} messages before)",
-                crate::model::MAX_WINDOW_GROWTH
+                crate::domain::MAX_WINDOW_GROWTH
             )));
         }
         let options = write_options(&self.policy, request.expected_version, request.ttl)?;
@@ -337,7 +337,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::RecordFeedbackRequest>,
     ) -> Result<Response<pb::LearningRecord>, Status> {
         let store = self.store_for(&request);
-        records::record_feedback(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::record_feedback(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -347,7 +347,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::ListLearningDataRequest>,
     ) -> Result<Response<pb::ListLearningDataResponse>, Status> {
         let store = self.store_for(&request);
-        records::list_learning(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::list_learning(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -357,7 +357,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::RecordSecurityLogRequest>,
     ) -> Result<Response<pb::SecurityLog>, Status> {
         let store = self.store_for(&request);
-        records::record_security(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::record_security(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -375,7 +375,7 @@ impl SessionStoreRpc for SessionStoreService {
                 "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
             )));
         }
-        Ok(Response::new(transfer::export(store.clone(), prefix)))
+        Ok(Response::new(export_import::export(store.clone(), prefix)))
     }
 
     async fn import_sessions(
@@ -383,7 +383,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<Streaming<pb::ImportSessionsRequest>>,
     ) -> Result<Response<pb::ImportSessionsResponse>, Status> {
         let store = self.store_for(&request);
-        transfer::import(store.as_ref(), &self.policy, request.into_inner())
+        export_import::import(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -393,7 +393,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::ListSecurityLogsRequest>,
     ) -> Result<Response<pb::ListSecurityLogsResponse>, Status> {
         let store = self.store_for(&request);
-        records::list_security(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::list_security(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -311,7 +311,7 @@ fn label_text(labels: &Labels, le: Option<&str>) -> String {
 
 /// The store-wide gauges of these figures: active sessions and stored bytes (none before
 /// the first figures are read).
-pub fn store_gauges(stats: Option<crate::model::StoreStats>) -> Vec<(&'static str, Labels, f64)> {
+pub fn store_gauges(stats: Option<crate::domain::StoreStats>) -> Vec<(&'static str, Labels, f64)> {
     match stats {
         Some(stats) => vec![
             ("csai_active_sessions", vec![], stats.active_sessions as f64),
@@ -322,7 +322,7 @@ pub fn store_gauges(stats: Option<crate::model::StoreStats>) -> Vec<(&'static st
 }
 
 /// Sets the OTLP copies of the store gauges.
-pub fn export_store_gauges(stats: &crate::model::StoreStats) {
+pub fn export_store_gauges(stats: &crate::domain::StoreStats) {
     for (name, _, value) in store_gauges(Some(stats.clone())) {
         set_otlp_gauge(name, value);
     }

@@ -2,7 +2,7 @@
 //! checks as any write, seqs 1..n, message times a backend stores exactly, and a TTL held
 //! to `max_ttl`. Every path that copies sessions into a store goes through here.
 
-use crate::model::{Message, Session};
+use crate::domain::{Message, Session};
 use crate::service::Policy;
 use crate::service::validate::{self, ValidationError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

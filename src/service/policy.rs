@@ -2,7 +2,7 @@
 //! TTLs, sliding expiry on read, request limits, record retention, page sizes.
 
 use crate::config::{Config, RequestLimits};
-use crate::model::WriteOptions;
+use crate::domain::WriteOptions;
 use crate::service::validate::{self, ValidationError};
 use std::time::Duration;
 

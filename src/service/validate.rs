@@ -2,7 +2,7 @@
 //! Each failure names the offending field, as the client spelled it.
 
 use crate::config::{RequestLimits, format_duration};
-use crate::model::{MAX_WINDOW_GROWTH, NewMessage, Role, SessionId};
+use crate::domain::{MAX_WINDOW_GROWTH, NewMessage, Role, SessionId};
 use std::fmt;
 use std::time::Duration;
 

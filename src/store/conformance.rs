@@ -4,7 +4,7 @@
 //! functions may run in parallel against one server. A backend's test file runs them all
 //! with [`conformance_tests!`](crate::conformance_tests).
 
-use crate::model::{
+use crate::domain::{
     Append, FunctionCall, JsonObject, ListQuery, NewMessage, Role, SessionId, StateUpdate,
     ToolCall, Usage, Window, WriteOptions,
 };
@@ -88,11 +88,11 @@ fn append_of(messages: Vec<NewMessage>) -> Append {
     }
 }
 
-fn contents(messages: &[crate::model::Message]) -> Vec<String> {
+fn contents(messages: &[crate::domain::Message]) -> Vec<String> {
     messages.iter().map(|m| m.body.content.clone()).collect()
 }
 
-fn seqs(messages: &[crate::model::Message]) -> Vec<u64> {
+fn seqs(messages: &[crate::domain::Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
@@ -538,7 +538,7 @@ pub async fn last_n_window_is_tool_safe(store: TestStore) {
 /// of them (1.96 s inside one Redis script). A window grows back at most
 /// `MAX_WINDOW_GROWTH` messages; results further from their call are left out.
 pub async fn window_growth_is_bounded(store: TestStore) {
-    use crate::model::MAX_WINDOW_GROWTH;
+    use crate::domain::MAX_WINDOW_GROWTH;
     let id = unique_id("growth");
     let run = MAX_WINDOW_GROWTH + 40;
     let mut messages = vec![user("hi"), assistant_calling(&["call_a"])]; // 1, 2

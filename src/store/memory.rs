@@ -12,7 +12,7 @@
 //! if that does not free enough, the write is refused with
 //! [`StoreError::LimitExceeded`] (RESOURCE_EXHAUSTED). Nothing is ever evicted early.
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, json_bytes, tool_safe_start_by,

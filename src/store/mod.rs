@@ -9,7 +9,7 @@ pub mod page_token;
 pub mod redis;
 pub mod stats_cache;
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };

@@ -2,7 +2,7 @@
 //! stats: on Redis and DynamoDB they cost a scan of the whole store, so one runs at most
 //! once per `stats_refresh_interval`, and never two at once.
 
-use crate::model::StoreStats;
+use crate::domain::StoreStats;
 use crate::store::{SessionStore, StoreResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ impl StatsCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Append, NewMessage, Role, SessionId, WriteOptions};
+    use crate::domain::{Append, NewMessage, Role, SessionId, WriteOptions};
     use crate::store::memory::{MemoryLimits, MemoryStore};
 
     #[tokio::test]

@@ -1,15 +1,15 @@
 //! Chat turn tests that every store must pass, run by `chat_turn_tests!` over memory and Redis.
 
-use super::model_server::{Reply, ScriptedModel, call};
+use super::llm_server::{Reply, ScriptedModel, call};
 use super::{TestServer, test_config};
 use csai_sidecar::chat::provider::{ApiKey, Endpoint, ProviderSettings, Sampling};
 use csai_sidecar::chat::{ChatSettings, TurnLimits};
 use csai_sidecar::config::Config;
+use csai_sidecar::domain::{Append, NewMessage, Role, Session, SessionId, Window, WriteOptions};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;
 use csai_sidecar::grpc::pb::exec_stream_request::Kind as Inbound;
 use csai_sidecar::grpc::pb::exec_stream_response::Kind as Outbound;
-use csai_sidecar::model::{Append, NewMessage, Role, Session, SessionId, Window, WriteOptions};
 use csai_sidecar::store::{SessionStore, StoreError};
 use serde_json::json;
 use std::sync::Arc;

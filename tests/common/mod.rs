@@ -2,15 +2,15 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod chat_suite;
-pub mod model_server;
+pub mod llm_server;
 
 use csai_sidecar::config::Config;
-use csai_sidecar::grpc::pb;
-use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
-use csai_sidecar::model::{
+use csai_sidecar::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
+use csai_sidecar::grpc::pb;
+use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use csai_sidecar::records::{Record, RecordRange, RecordStream};
 use csai_sidecar::server::{self, ServeError};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use csai_sidecar::model::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
+use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::redis::RedisStore;
 use csai_sidecar::store::{SessionStore, StoreError};

@@ -6,14 +6,14 @@ use crate::common;
 use crate::common::chat_suite::{
     Store, StreamTurn, answer, ask, chat_config, provider, start, stored, unique, with_tools,
 };
-use crate::common::model_server::{Reply, ScriptedModel, call};
+use crate::common::llm_server::{Reply, ScriptedModel, call};
 use crate::common::{FaultyStore, NOT_SERVING, SERVING, TestServer, test_config, wait_for_status};
 use csai_sidecar::chat::guard::RateLimits;
 use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::domain::Role;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::exec_stream_request::Kind as Inbound;
 use csai_sidecar::grpc::pb::exec_stream_response::Kind as Outbound;
-use csai_sidecar::model::Role;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use serde_json::json;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! `scripts/clients.sh` installs the Python client and builds the Go bot; `scripts/test.sh`
 //! passes their paths in CSAI_TEST_CLIENT_PYTHON and CSAI_TEST_GO_BOT.
 
-use crate::common::model_server::{Reply, ScriptedModel, call};
+use crate::common::llm_server::{Reply, ScriptedModel, call};
 use crate::common::{SidecarProcess, required_env};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;

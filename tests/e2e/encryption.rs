@@ -6,7 +6,7 @@ use crate::common;
 
 use crate::common::required_env;
 use base64::Engine;
-use csai_sidecar::model::{
+use csai_sidecar::domain::{
     Append, FunctionCall, NewMessage, Role, SessionId, StateUpdate, ToolCall, Window, WriteOptions,
 };
 use csai_sidecar::records::{self, RecordRange, RecordStream};
@@ -127,7 +127,7 @@ async fn read_back(store: &dyn SessionStore, id: &SessionId) -> Result<String, S
         .await
         .map_err(|e| e.to_string())?;
     let state: std::collections::BTreeMap<_, _> = session.state.iter().collect();
-    let bodies = |list: &[csai_sidecar::model::Message]| {
+    let bodies = |list: &[csai_sidecar::domain::Message]| {
         list.iter().map(|m| m.body.clone()).collect::<Vec<_>>()
     };
     let records = all_records(store, id).await?;
@@ -376,7 +376,7 @@ async fn memory_holds_no_plaintext() {
             async move {
                 let mut dump = String::new();
                 let page = backend
-                    .list(csai_sidecar::model::ListQuery {
+                    .list(csai_sidecar::domain::ListQuery {
                         prefix: String::new(),
                         page_size: 1000,
                         page_token: None,

@@ -4,8 +4,8 @@ use crate::common::{
     FaultyStore, NOT_SERVING, SERVING, TestServer, health_status, test_config, user,
     wait_for_status, watch_until,
 };
+use csai_sidecar::domain::{SessionId, Window};
 use csai_sidecar::grpc::pb;
-use csai_sidecar::model::{SessionId, Window};
 use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use std::collections::HashSet;

@@ -4,8 +4,8 @@
 use crate::common;
 
 use crate::common::required_env;
-use csai_sidecar::migrate::{self, Options};
-use csai_sidecar::model::{Role, SessionId, Window};
+use csai_sidecar::cs_ai::{self, Options};
+use csai_sidecar::domain::{Role, SessionId, Window};
 use csai_sidecar::records::{self, LearningRecord, RecordStream, SecurityLog};
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
@@ -263,7 +263,7 @@ async fn check(store: &dyn SessionStore, seeded: &Seeded) {
 /// Dry run writes nothing; the migration copies everything; a re-run changes nothing.
 async fn migrate_into(store: &dyn SessionStore, db: u32) {
     let seeded = seed(db).await;
-    let dry = migrate::from_cs_ai_redis(&seeded.url, store, &options(true))
+    let dry = cs_ai::copy_from_redis(&seeded.url, store, &options(true))
         .await
         .expect("dry run");
     assert_eq!(
@@ -283,7 +283,7 @@ async fn migrate_into(store: &dyn SessionStore, db: u32) {
         "a dry run writes nothing"
     );
 
-    let summary = migrate::from_cs_ai_redis(&seeded.url, store, &options(false))
+    let summary = cs_ai::copy_from_redis(&seeded.url, store, &options(false))
         .await
         .expect("migrate");
     assert_eq!(
@@ -299,7 +299,7 @@ async fn migrate_into(store: &dyn SessionStore, db: u32) {
     assert!(summary.failures.is_empty(), "{summary}");
     check(store, &seeded).await;
 
-    let again = migrate::from_cs_ai_redis(&seeded.url, store, &options(false))
+    let again = cs_ai::copy_from_redis(&seeded.url, store, &options(false))
         .await
         .expect("re-run");
     assert_eq!(again, summary);
@@ -411,7 +411,7 @@ async fn sessions_the_service_would_refuse_are_failures() {
     for dry_run in [true, false] {
         let mut options = options(dry_run);
         options.limits.max_content_bytes = 16;
-        let summary = migrate::from_cs_ai_redis(&url, &store, &options)
+        let summary = cs_ai::copy_from_redis(&url, &store, &options)
             .await
             .expect("migrate");
         assert_eq!(summary.sessions, 1, "{summary}");

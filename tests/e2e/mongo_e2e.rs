@@ -6,7 +6,7 @@ use crate::common::{
     SERVING, SidecarProcess, TestServer, concurrent_appenders_through_the_sidecar,
     exercise_every_rpc, large_session_round_trips, required_env, test_config, wait_for_status,
 };
-use csai_sidecar::model::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
+use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
 use mongodb::bson::{Document, doc};

@@ -349,7 +349,7 @@ async fn a_paused_redis_server_shows_up_as_slow_operations() {
 #[tokio::test]
 async fn log_lines_show_session_ids_only_as_a_keyed_hash() {
     use common::chat_suite::ask;
-    use common::model_server::{Reply, ScriptedModel};
+    use common::llm_server::{Reply, ScriptedModel};
     use csai_sidecar::grpc::pb::chat_client::ChatClient;
     let model = ScriptedModel::start(vec![
         Reply::Text("not JSON".into()),

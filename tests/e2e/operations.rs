@@ -4,12 +4,12 @@
 use crate::common;
 
 use crate::common::{TestServer, required_env, test_config};
-use csai_sidecar::commands::{self, Endpoint};
 use csai_sidecar::config::Config;
-use csai_sidecar::grpc::pb;
-use csai_sidecar::model::{
+use csai_sidecar::domain::{
     Append, NewMessage, Role, Session, SessionId, StateUpdate, Window, WriteOptions,
 };
+use csai_sidecar::grpc::pb;
+use csai_sidecar::operations::{self, Location};
 use csai_sidecar::service::Policy;
 use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
@@ -71,10 +71,10 @@ async fn seed(store: &dyn SessionStore) -> Vec<Session> {
     let ids = [unique("a"), unique("b"), unique("c")];
     let ttl = WriteOptions::ttl(Duration::from_secs(3600));
     let mut calling = NewMessage::text(Role::Assistant, "");
-    calling.tool_calls = vec![csai_sidecar::model::ToolCall {
+    calling.tool_calls = vec![csai_sidecar::domain::ToolCall {
         id: "call_1".into(),
         kind: "function".into(),
-        function: csai_sidecar::model::FunctionCall {
+        function: csai_sidecar::domain::FunctionCall {
             name: "lookup".into(),
             arguments: "{\"order\":7}".into(),
         },
@@ -154,7 +154,7 @@ async fn assert_same(store: &dyn SessionStore, expected: &[Session]) {
         );
         assert_eq!(copy.messages.len(), session.messages.len());
         // Every message keeps its time, to the millisecond (some stores keep no finer).
-        let ms = |m: &csai_sidecar::model::Message| {
+        let ms = |m: &csai_sidecar::domain::Message| {
             m.create_time
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -186,9 +186,9 @@ async fn restore(
     target: &Arc<dyn SessionStore>,
     file: &std::path::Path,
     existing: Existing,
-) -> Result<commands::Report, String> {
-    commands::restore(
-        &mut Endpoint::Store(target.clone()),
+) -> Result<operations::Report, String> {
+    operations::restore(
+        &mut Location::Store(target.clone()),
         &policy(),
         file,
         existing,
@@ -209,7 +209,7 @@ async fn backup_restore_between_every_pair_of_backends() {
         let source = store(from).await;
         let sessions = seed(source.as_ref()).await;
         let file = scratch(&format!("{from}.jsonl"));
-        let report = commands::backup(&mut Endpoint::Store(source), &policy(), &file)
+        let report = operations::backup(&mut Location::Store(source), &policy(), &file)
             .await
             .expect("backup");
         assert_eq!((report.sessions, report.messages), (3, 4), "{from}");
@@ -243,7 +243,7 @@ async fn a_failed_backup_leaves_the_previous_one_untouched() {
     seed(memory.as_ref()).await;
     let faulty = Arc::new(common::FaultyStore::new(memory));
     let file = scratch("kept.jsonl.zst");
-    commands::backup(&mut Endpoint::Store(faulty.clone()), &policy(), &file)
+    operations::backup(&mut Location::Store(faulty.clone()), &policy(), &file)
         .await
         .expect("first backup");
     let first = std::fs::read(&file).unwrap();
@@ -254,7 +254,7 @@ async fn a_failed_backup_leaves_the_previous_one_untouched() {
         assert_eq!(mode, 0o600, "a backup is readable by its owner only");
     }
     faulty.set_down(true);
-    let error = commands::backup(&mut Endpoint::Store(faulty), &policy(), &file)
+    let error = operations::backup(&mut Location::Store(faulty), &policy(), &file)
         .await
         .expect_err("the source is down");
     assert!(error.contains("injected"), "{error}");
@@ -407,7 +407,7 @@ async fn a_line_that_is_not_utf8_is_one_failure_and_the_rest_is_restored() {
     let source = store("memory").await;
     let sessions = seed(source.as_ref()).await;
     let file = scratch("not-utf8.jsonl");
-    commands::backup(&mut Endpoint::Store(source), &policy(), &file)
+    operations::backup(&mut Location::Store(source), &policy(), &file)
         .await
         .expect("backup");
     let text = std::fs::read(&file).unwrap();
@@ -434,7 +434,7 @@ async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines(
     let source = store("memory").await;
     let sessions = seed(source.as_ref()).await;
     let file = scratch("corrupt.jsonl");
-    commands::backup(&mut Endpoint::Store(source), &policy(), &file)
+    operations::backup(&mut Location::Store(source), &policy(), &file)
         .await
         .expect("backup");
     let text = std::fs::read_to_string(&file).unwrap();
@@ -497,9 +497,9 @@ async fn an_interrupted_migration_resumes_and_ends_identical() {
     let checkpoint = scratch("checkpoint");
     std::fs::write(&checkpoint, format!("{}\n", sessions[0].id.as_str())).unwrap();
 
-    let dry = commands::migrate(
-        &mut Endpoint::Store(source.clone()),
-        &mut Endpoint::Store(target.clone()),
+    let dry = operations::migrate(
+        &mut Location::Store(source.clone()),
+        &mut Location::Store(target.clone()),
         &policy(),
         Some(&checkpoint),
         true,
@@ -512,9 +512,9 @@ async fn an_interrupted_migration_resumes_and_ends_identical() {
         "a dry run writes nothing"
     );
 
-    let report = commands::migrate(
-        &mut Endpoint::Store(source.clone()),
-        &mut Endpoint::Store(target.clone()),
+    let report = operations::migrate(
+        &mut Location::Store(source.clone()),
+        &mut Location::Store(target.clone()),
         &policy(),
         Some(&checkpoint),
         false,
@@ -528,9 +528,9 @@ async fn an_interrupted_migration_resumes_and_ends_identical() {
     assert_eq!(done.lines().count(), 3, "{done}");
 
     // Safe to re-run: everything is in the checkpoint.
-    let again = commands::migrate(
-        &mut Endpoint::Store(source),
-        &mut Endpoint::Store(target.clone()),
+    let again = operations::migrate(
+        &mut Location::Store(source),
+        &mut Location::Store(target.clone()),
         &policy(),
         Some(&checkpoint),
         false,
@@ -675,10 +675,10 @@ async fn zstd_backups_round_trip() {
     let sessions = seed(source.as_ref()).await;
     let plain = scratch("plain.jsonl");
     let packed = scratch("packed.jsonl.zst");
-    commands::backup(&mut Endpoint::Store(source.clone()), &policy(), &plain)
+    operations::backup(&mut Location::Store(source.clone()), &policy(), &plain)
         .await
         .expect("plain");
-    commands::backup(&mut Endpoint::Store(source), &policy(), &packed)
+    operations::backup(&mut Location::Store(source), &policy(), &packed)
         .await
         .expect("zstd");
     let bytes = std::fs::read(&packed).unwrap();
@@ -698,13 +698,13 @@ async fn migrate_between_two_running_sidecars_verifies_over_grpc() {
     let sessions = seed(memory.as_ref()).await;
     let source = TestServer::start_serving(test_config(), memory).await;
     let target = TestServer::start().await;
-    let mut from = Endpoint::sidecar(&format!("grpc://{}", source.addr), &Default::default())
+    let mut from = Location::sidecar(&format!("grpc://{}", source.addr), &Default::default())
         .await
         .expect("source");
-    let mut to = Endpoint::sidecar(&format!("grpc://{}", target.addr), &Default::default())
+    let mut to = Location::sidecar(&format!("grpc://{}", target.addr), &Default::default())
         .await
         .expect("target");
-    let report = commands::migrate(&mut from, &mut to, &policy(), None, false)
+    let report = operations::migrate(&mut from, &mut to, &policy(), None, false)
         .await
         .expect("migrate");
     assert!(report.is_clean(), "{report}");

@@ -2,7 +2,7 @@
 //! sidecar process exports, and the bot's trace must continue through the sidecar into the
 //! backend and model-provider spans, with no message content in any attribute.
 
-use crate::common::model_server::{Reply, ScriptedModel};
+use crate::common::llm_server::{Reply, ScriptedModel};
 use crate::common::{SidecarProcess, message, user};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;

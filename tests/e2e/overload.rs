@@ -2,7 +2,7 @@
 //! RESOURCE_EXHAUSTED (no queueing), health checks never are, and the sidecar serves
 //! again as soon as load drops; a request's deadline stops its work in the sidecar.
 
-use crate::common::model_server::{Reply, ScriptedModel};
+use crate::common::llm_server::{Reply, ScriptedModel};
 use crate::common::{SidecarProcess, logged_metrics_port, scrape, user};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;

@@ -286,7 +286,7 @@ async fn redis_outage_under_load_and_recovery() {
 /// session's expiry, and the scripts are reloaded after Redis forgets them (NOSCRIPT).
 #[tokio::test]
 async fn layout_database_prefix_expiry_and_script_reload() {
-    use csai_sidecar::model::{
+    use csai_sidecar::domain::{
         Append, NewMessage, Role, SessionId, StateUpdate, Window, WriteOptions,
     };
     use csai_sidecar::store::SessionStore;

@@ -7,9 +7,9 @@ use crate::common::{
     OwnRedis, SERVING, SidecarProcess, TestServer, required_env, test_config, user, wait_for_status,
 };
 use csai_sidecar::config::Config;
+use csai_sidecar::domain::{SessionId, Window};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
-use csai_sidecar::model::{SessionId, Window};
 use csai_sidecar::store::SessionStore;
 use csai_sidecar::store::redis::{RedisOptions, RedisStore};
 use std::collections::{BTreeMap, HashMap};

@@ -5,18 +5,18 @@
 
 mod csai_layout;
 mod load;
+mod local_llm;
 mod memory;
-mod model;
 mod overload;
 mod report;
 
 use clap::{Parser, ValueEnum};
 use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
 use csai_sidecar::config::{Config, StorageType};
+use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
-use csai_sidecar::model::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::server;
 use csai_sidecar::store::SessionStore;
 use load::{Plan, Samples};
@@ -250,7 +250,7 @@ async fn run(args: Args) -> Result<(), String> {
                         the bench points its provider at the bench's own model"
                     .into());
             }
-            let url = model::start().await?;
+            let url = local_llm::start().await?;
             config.chat.providers = vec![model_provider(&url)];
             config.chat.default_provider = Some("default".into());
             Some(url)
@@ -619,7 +619,7 @@ impl DirectModel {
             .await
             .map_err(|e| e.to_string())?;
         match answer["choices"][0]["message"]["content"].as_str() {
-            Some(model::ANSWER) => Ok(()),
+            Some(local_llm::ANSWER) => Ok(()),
             _ => Err("unexpected answer".to_string()),
         }
     }

@@ -2,7 +2,7 @@
 //! latency and errors, and warns about operations slower than `slow_op_threshold`, at most
 //! once per operation every 10 seconds.
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };

@@ -5,7 +5,7 @@
 //! control characters, so no id a client writes can reach into another tenant's space, and
 //! another tenant's session reads exactly like an absent one (no existence is leaked).
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };

@@ -2,7 +2,7 @@
 //! into fragments when large), and the placement of new messages into the open list or
 //! sealed chunks.
 
-use crate::model::{Message, NewMessage};
+use crate::domain::{Message, NewMessage};
 use crate::store::{StoreError, StoreResult, new_generation};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
@@ -341,7 +341,7 @@ pub(super) fn place_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Role;
+    use crate::domain::Role;
 
     #[test]
     fn large_messages_are_split_and_joined_back() {

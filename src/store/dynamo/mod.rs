@@ -30,7 +30,7 @@
 mod batch;
 mod items;
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, tool_safe_start,

@@ -1,7 +1,7 @@
 //! How a session is laid out in MongoDB documents: the session document's fields, and
 //! messages, metadata and state as BSON.
 
-use crate::model::{JsonObject, Message, NewMessage};
+use crate::domain::{JsonObject, Message, NewMessage};
 use crate::store::{StoreError, StoreResult, new_generation};
 use mongodb::bson::{self, Bson, DateTime, Document};
 use std::time::{Duration, SystemTime};
@@ -159,7 +159,7 @@ pub(super) fn regex_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Role;
+    use crate::domain::Role;
 
     #[test]
     fn messages_round_trip_through_bson() {

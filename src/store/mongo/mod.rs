@@ -25,7 +25,7 @@
 
 mod documents;
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
@@ -727,10 +727,10 @@ impl MongoStore {
         if let Window::LastN(n) = window {
             // Tool-safe: grow backwards, a bucket at a time, past leading tool results.
             loop {
-                let start = crate::model::tool_safe_start(&messages, n as usize);
+                let start = crate::domain::tool_safe_start(&messages, n as usize);
                 let first = messages.first().map(|m| (m.seq as i64, m.body.role));
                 match first {
-                    Some((seq, crate::model::Role::Tool)) if start == 0 && seq > 1 => {
+                    Some((seq, crate::domain::Role::Tool)) if start == 0 && seq > 1 => {
                         let earlier_from = (seq - BUCKET_MESSAGES).max(1);
                         let earlier = self
                             .messages_from(session, id, &head.generation, earlier_from, seq - 1)

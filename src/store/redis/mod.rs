@@ -10,7 +10,7 @@ mod scripts;
 
 pub use connection::RedisOptions;
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
@@ -321,7 +321,7 @@ impl SessionStore for RedisStore {
             Window::LastN(n) => vec![
                 "last".to_string(),
                 n.to_string(),
-                crate::model::MAX_WINDOW_GROWTH.to_string(),
+                crate::domain::MAX_WINDOW_GROWTH.to_string(),
             ],
             Window::AfterSeq(seq) => vec!["after".to_string(), seq.to_string()],
         };

@@ -1,7 +1,7 @@
 //! The keys of encryption at rest and the `csai-enc:2` envelope: AES-256-GCM sealing bound
 //! to a value's place, opening with any configured key, and the keyed names of state keys.
 
-use crate::model::SessionId;
+use crate::domain::SessionId;
 use crate::store::{StoreError, StoreResult};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -16,15 +16,15 @@ pub(super) const PREFIX: &str = "csai-enc:2:";
 pub(super) const V1_PREFIX: &str = "csai-enc:1:";
 
 /// One AES-256 key, its id, and the HMAC key derived from it that hides state keys.
-pub struct Key {
+pub struct EncryptionKey {
     pub id: String,
     aead: LessSafeKey,
     names: hmac::Key,
 }
 
-impl fmt::Debug for Key {
+impl fmt::Debug for EncryptionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key({}, <redacted>)", self.id)
+        write!(f, "EncryptionKey({}, <redacted>)", self.id)
     }
 }
 
@@ -95,7 +95,7 @@ pub(super) fn unsealed(what: &str) -> StoreError {
 /// The primary key (first) and the older keys that may still be read.
 #[derive(Debug)]
 pub struct Keyring {
-    keys: Vec<Key>,
+    keys: Vec<EncryptionKey>,
     random: SystemRandom,
 }
 
@@ -125,7 +125,7 @@ impl Keyring {
             if bytes.len() != 32 {
                 return Err(format!("key {id}: {} bytes; AES-256 needs 32", bytes.len()));
             }
-            if keys.iter().any(|k: &Key| k.id == id) {
+            if keys.iter().any(|k: &EncryptionKey| k.id == id) {
                 return Err(format!("key {id} is given twice"));
             }
             let unbound =
@@ -134,7 +134,7 @@ impl Keyring {
                 &hmac::Key::new(hmac::HMAC_SHA256, &bytes),
                 b"csai-enc state key names",
             );
-            keys.push(Key {
+            keys.push(EncryptionKey {
                 id: id.to_string(),
                 aead: LessSafeKey::new(unbound),
                 names: hmac::Key::new(hmac::HMAC_SHA256, names.as_ref()),
@@ -224,7 +224,7 @@ impl Keyring {
             .map_err(|_| StoreError::Internal("a decrypted value is not UTF-8".into()))
     }
 
-    fn key(&self, id: &str) -> StoreResult<&Key> {
+    fn key(&self, id: &str) -> StoreResult<&EncryptionKey> {
         self.keys.iter().find(|k| k.id == id).ok_or_else(|| {
             StoreError::Internal(format!(
                 "a value is encrypted with key {id:?}, which is not configured (encryption_keys); configured: {}",

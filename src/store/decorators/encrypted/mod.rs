@@ -18,7 +18,7 @@ mod keyring;
 
 pub use keyring::{Keyring, MessageList, Place};
 
-use crate::model::{
+use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
     SessionId, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };

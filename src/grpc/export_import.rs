@@ -1,9 +1,9 @@
 //! ExportSessions and ImportSessions: whole sessions over gRPC streams.
 
+use crate::domain::{Message, Session};
 use crate::grpc::convert::{self, invalid, session_to_proto};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
-use crate::model::{Message, Session};
 use crate::service::{Policy, import, validate};
 use crate::store::SessionStore;
 use crate::transfer::{self, Existing, Imported};

@@ -2,7 +2,7 @@
 //! learning data and security logs) into the configured store, idempotently.
 
 use crate::config::RequestLimits;
-use crate::model::{
+use crate::domain::{
     FunctionCall, JsonObject, NewMessage, Role, StateUpdate, ToolCall, Usage, WriteOptions,
 };
 use crate::records::{self, LearningRecord, RecordStream, SecurityLog};
@@ -73,7 +73,7 @@ pub enum MigrateError {
 /// with their remaining TTL, `ai:learning:{date}` and `ai:security:{user}:{date}` lists.
 /// Re-running it gives the same result: sessions are replaced whole, and records get ids
 /// derived from their time and content.
-pub async fn from_cs_ai_redis(
+pub async fn copy_from_redis(
     url: &str,
     target: &dyn SessionStore,
     options: &Options,

@@ -1,9 +1,9 @@
 //! Learning data and security logs over gRPC: validation, time ranges, proto conversion.
 
+use crate::domain::{Role, SessionId, Window};
 use crate::grpc::convert::{self, invalid, json_to_struct, long_text, short_text, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
-use crate::model::{Role, SessionId, Window};
 use crate::records::{self, LearningRecord, RecordStream, SecurityLog};
 use crate::service::Policy;
 use crate::store::{SessionStore, StoreError};

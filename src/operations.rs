@@ -1,9 +1,9 @@
 //! The operations commands of the binary: backup, restore and store-to-store migrate.
 
 use crate::dial::{Authorize, DialOptions};
+use crate::domain::{Session, Window};
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_client::SessionStoreClient;
-use crate::model::{Session, Window};
 use crate::service::{Policy, import};
 use crate::store::{SessionStore, StoreError};
 use crate::transfer::{self, BackupHeader, BackupSession, Existing, Imported};
@@ -21,7 +21,7 @@ type SidecarClient = SessionStoreClient<
 >;
 
 /// Where sessions are read from or written to: a backend, or a running sidecar.
-pub enum Endpoint {
+pub enum Location {
     Store(Arc<dyn SessionStore>),
     /// `grpc://` or `grpcs://host:port`: the only way to reach a sidecar's in-memory store.
     Sidecar(SidecarClient),
@@ -29,11 +29,11 @@ pub enum Endpoint {
 
 type Sessions<'a> = Pin<Box<dyn Stream<Item = Result<Session, String>> + Send + 'a>>;
 
-impl Endpoint {
+impl Location {
     /// Connects to `grpc://host:port` (or `grpcs://` for TLS) with `dial`'s token and TLS.
     pub async fn sidecar(url: &str, dial: &DialOptions) -> Result<Self, String> {
         let channel = dial.connect(url).await?;
-        Ok(Endpoint::Sidecar(
+        Ok(Location::Sidecar(
             SessionStoreClient::with_interceptor(channel, dial.authorize()?)
                 .max_decoding_message_size(usize::MAX),
         ))
@@ -42,11 +42,11 @@ impl Endpoint {
     /// Every live session, whole.
     async fn sessions<'a>(&'a mut self, policy: &'a Policy) -> Result<Sessions<'a>, String> {
         match self {
-            Endpoint::Store(store) => Ok(Box::pin(
+            Location::Store(store) => Ok(Box::pin(
                 transfer::export(store.clone(), String::new())
                     .map(|r| r.map_err(|e| e.to_string())),
             )),
-            Endpoint::Sidecar(client) => {
+            Location::Sidecar(client) => {
                 let stream = client
                     .export_sessions(pb::ExportSessionsRequest::default())
                     .await
@@ -54,7 +54,7 @@ impl Endpoint {
                     .into_inner();
                 Ok(Box::pin(stream.map(move |item| {
                     let exported = item.map_err(|e| e.message().to_string())?;
-                    crate::grpc::transfer::session_of(exported, policy, "session")
+                    crate::grpc::export_import::session_of(exported, policy, "session")
                         .map(|(session, _)| session)
                         .map_err(|e| e.message().to_string())
                 })))
@@ -68,7 +68,7 @@ impl Endpoint {
     async fn import(&mut self, session: &Session, existing: Existing, policy: &Policy) -> Imported {
         let ttl = transfer::remaining_ttl(session);
         match self {
-            Endpoint::Store(store) => {
+            Location::Store(store) => {
                 match import::checked_session(session.clone(), ttl, policy, "session") {
                     Ok((valid, ttl)) => {
                         transfer::import(store.as_ref(), &valid, ttl, existing).await
@@ -76,7 +76,7 @@ impl Endpoint {
                     Err(error) => Imported::Failed(error.to_string()),
                 }
             }
-            Endpoint::Sidecar(client) => {
+            Location::Sidecar(client) => {
                 let request = pb::ImportSessionsRequest {
                     session: Some(pb::ExportedSession {
                         session: Some(crate::grpc::convert::session_to_proto(session.clone())),
@@ -102,12 +102,12 @@ impl Endpoint {
     /// The session with this id as the endpoint holds it now, if it exists.
     async fn get(&mut self, session: &Session, policy: &Policy) -> Result<Option<Session>, String> {
         match self {
-            Endpoint::Store(store) => match store.get(&session.id, Window::All).await {
+            Location::Store(store) => match store.get(&session.id, Window::All).await {
                 Ok(found) => Ok(Some(found)),
                 Err(StoreError::NotFound(_)) => Ok(None),
                 Err(error) => Err(error.to_string()),
             },
-            Endpoint::Sidecar(client) => {
+            Location::Sidecar(client) => {
                 let request = pb::GetSessionRequest {
                     session_id: session.id.as_str().to_string(),
                     window: None,
@@ -118,7 +118,7 @@ impl Endpoint {
                             session: response.into_inner().session,
                             remaining_ttl: None,
                         };
-                        crate::grpc::transfer::session_of(exported, policy, "session")
+                        crate::grpc::export_import::session_of(exported, policy, "session")
                             .map(|(found, _)| Some(found))
                             .map_err(|e| e.message().to_string())
                     }
@@ -229,7 +229,7 @@ impl Progress {
 /// zstd-compressed when the name ends in `.zst`). The file is written under a temporary
 /// name beside `path`, readable by this user only, and renamed over `path` only when
 /// complete: a backup that fails halfway leaves the previous one as it was.
-pub async fn backup(source: &mut Endpoint, policy: &Policy, path: &Path) -> Result<Report, String> {
+pub async fn backup(source: &mut Location, policy: &Policy, path: &Path) -> Result<Report, String> {
     let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut file = crate::files::AtomicFile::create(path).map_err(write_error)?;
     // A name ending in .zst asks for zstd compression.
@@ -268,7 +268,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Restores a backup file (plain or zstd-compressed) into `target`. A line that cannot be read is reported with its
 /// number and restores nothing of its session; the other sessions are restored.
 pub async fn restore(
-    target: &mut Endpoint,
+    target: &mut Location,
     policy: &Policy,
     path: &Path,
     existing: Existing,
@@ -364,8 +364,8 @@ impl Iterator for RawLines {
 /// it, so a re-run resumes. Each copy is read back and compared by checksum as soon as it
 /// is written, so memory stays bounded by one session however many are copied.
 pub async fn migrate(
-    source: &mut Endpoint,
-    target: &mut Endpoint,
+    source: &mut Location,
+    target: &mut Location,
     policy: &Policy,
     checkpoint: Option<&Path>,
     dry_run: bool,
