@@ -482,7 +482,7 @@ async fn put<T: serde::Serialize>(
         return Ok(Copied::Expired);
     }
     if !options.dry_run {
-        let id = records::id_at(time, content_salt(raw));
+        let id = crate::store::records::id_at(time, content_salt(raw));
         records::put_with_id(target, stream, record, &id, expire_time)
             .await
             .map_err(|e| e.to_string())?;

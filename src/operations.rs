@@ -1,11 +1,12 @@
 //! The operations commands of the binary: backup, restore and store-to-store migrate.
 
 use crate::dial::{Authorize, DialOptions};
-use crate::domain::{Session, Window};
+use crate::domain::{Message, NewMessage, Session, SessionId, StateUpdate, Window, WriteOptions};
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_client::SessionStoreClient;
 use crate::service::{Policy, import};
-use crate::store::{SessionStore, StoreError};
+use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
+use crate::store::{SessionStore, StoreError, StoreResult};
 use crate::transfer::{self, BackupHeader, BackupSession, Existing, Imported};
 use futures::{Stream, StreamExt};
 use std::collections::HashSet;
@@ -14,6 +15,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A SessionStore client of a running sidecar, sending the token if one is configured.
 type SidecarClient = SessionStoreClient<
@@ -422,4 +424,95 @@ pub async fn migrate(
     drop(sessions);
     progress.finish();
     Ok(report)
+}
+
+/// What `rotate-keys` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    pub sessions: u64,
+    pub failures: Vec<String>,
+}
+
+/// Re-encrypts every live session under the primary key: each session is read and
+/// written back with version checks (a concurrent write makes it start that session over),
+/// keeping its remaining TTL. With `accept_unsealed`, values stored in plaintext or by
+/// older versions are read and sealed; without it a session holding one is a failure.
+/// Records expire within their retention and are not rewritten.
+pub async fn rotate_keys(
+    inner: Arc<dyn SessionStore>,
+    keys: Arc<Keyring>,
+    accept_unsealed: bool,
+) -> Rotation {
+    use futures::StreamExt;
+    let encrypted = if accept_unsealed {
+        EncryptedStore::accepting_unsealed(inner.clone(), keys)
+    } else {
+        EncryptedStore::new(inner.clone(), keys)
+    };
+    let mut rotation = Rotation::default();
+    let ids: Vec<SessionId> = {
+        let sessions = transfer::export(inner, String::new());
+        futures::pin_mut!(sessions);
+        let mut ids = Vec::new();
+        while let Some(session) = sessions.next().await {
+            match session {
+                Ok(session) => ids.push(session.id),
+                Err(error) => {
+                    rotation.failures.push(format!("listing: {error}"));
+                    return rotation;
+                }
+            }
+        }
+        ids
+    };
+    for id in ids {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match rewrite(&encrypted, &id).await {
+                Ok(()) => {
+                    rotation.sessions += 1;
+                    break;
+                }
+                Err(StoreError::NotFound(_)) => break,
+                Err(StoreError::VersionMismatch { .. }) if attempts < 5 => continue,
+                Err(error) => {
+                    rotation
+                        .failures
+                        .push(format!("session {:?}: {error}", id.as_str()));
+                    break;
+                }
+            }
+        }
+    }
+    rotation
+}
+
+async fn rewrite(store: &EncryptedStore, id: &SessionId) -> StoreResult<()> {
+    let session = store.get(id, Window::All).await?;
+    let ttl = transfer::remaining_ttl(&session).max(Duration::from_secs(1));
+    let version = |v| WriteOptions {
+        expected_version: Some(v),
+        ttl,
+    };
+    // Rewritten messages keep their times.
+    let bodies = |list: Vec<Message>| list.iter().map(NewMessage::copy_of).collect::<Vec<_>>();
+    let written = store
+        .replace(id, bodies(session.messages), version(session.version))
+        .await?;
+    let written = store
+        .set_system_messages(
+            id,
+            bodies(session.system_messages),
+            version(written.version),
+        )
+        .await?;
+    store
+        .update_state(
+            id,
+            StateUpdate::Replace(session.state),
+            version(written.version),
+        )
+        .await?;
+    Ok(())
 }

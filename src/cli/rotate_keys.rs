@@ -3,8 +3,8 @@
 
 use crate::cli::args::{self, usage};
 use crate::config::{Config, StorageType};
+use crate::operations;
 use crate::server;
-use crate::store::decorators::encrypted;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::process::ExitCode;
 
@@ -36,7 +36,7 @@ pub fn run(config: &Config, arguments: &ArgMatches) -> ExitCode {
             .map_err(|e| usage(e.to_string()))?;
         let primary = keys.primary_id().to_string();
         let accept_unsealed = arguments.get_flag("accept-unsealed");
-        let rotation = encrypted::rotate(backend, keys, accept_unsealed).await;
+        let rotation = operations::rotate_keys(backend, keys, accept_unsealed).await;
         let mut text = format!(
             "re-encrypted {} sessions under key {primary:?}",
             rotation.sessions

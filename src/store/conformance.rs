@@ -8,7 +8,8 @@ use crate::domain::{
     Append, FunctionCall, JsonObject, ListQuery, NewMessage, Role, SessionId, StateUpdate,
     ToolCall, Usage, Window, WriteOptions,
 };
-use crate::records::{self, Record, RecordRange, RecordStream};
+use crate::records;
+use crate::store::records::{Record, RecordRange, RecordStream, new_id};
 use crate::store::{SessionStore, StoreError};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -974,7 +975,7 @@ fn unique_epoch() -> SystemTime {
 
 fn record_at(time: SystemTime, body: serde_json::Value) -> Record {
     Record {
-        id: records::new_id(time),
+        id: new_id(time),
         expire_time: SystemTime::now() + TTL,
         body: body.to_string(),
     }
@@ -1109,12 +1110,12 @@ pub async fn expired_records_are_never_returned(store: TestStore) {
     };
     let now = SystemTime::now();
     let short = Record {
-        id: records::new_id(now),
+        id: new_id(now),
         expire_time: now + Duration::from_secs(1),
         body: "{\"short\":true}".into(),
     };
     let long = Record {
-        id: records::new_id(now),
+        id: new_id(now),
         expire_time: now + TTL,
         body: "{\"long\":true}".into(),
     };

@@ -17,7 +17,7 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, json_bytes, tool_safe_start_by,
 };
-use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};

@@ -6,6 +6,7 @@ pub mod dynamo;
 pub mod memory;
 pub mod mongo;
 pub mod page_token;
+pub mod records;
 pub mod redis;
 pub mod stats_cache;
 
@@ -13,7 +14,7 @@ use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
-use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordRange, RecordStream};
 use async_trait::async_trait;
 use std::time::Duration;
 

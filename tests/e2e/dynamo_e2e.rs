@@ -161,7 +161,7 @@ async fn records_are_per_day_items_with_a_ttl() {
     let client = aws_sdk_dynamodb::Client::from_conf(config);
     let partition = format!(
         "#rec#security:{user}#{}",
-        records::day_name(records::day_of(time))
+        csai_sidecar::store::records::day_name(csai_sidecar::store::records::day_of(time))
     );
     let items = client
         .query()

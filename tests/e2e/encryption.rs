@@ -9,9 +9,10 @@ use base64::Engine;
 use csai_sidecar::domain::{
     Append, FunctionCall, NewMessage, Role, SessionId, StateUpdate, ToolCall, Window, WriteOptions,
 };
+use csai_sidecar::operations;
 use csai_sidecar::records::{self, RecordRange, RecordStream};
 use csai_sidecar::store::SessionStore;
-use csai_sidecar::store::decorators::encrypted::{self, EncryptedStore, Keyring};
+use csai_sidecar::store::decorators::encrypted::{EncryptedStore, Keyring};
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
@@ -193,7 +194,8 @@ where
     let error = read_back(&missing, &id).await.unwrap_err();
     assert!(error.contains("\"k1\", which is not configured"), "{error}");
 
-    let rotated = encrypted::rotate(backend.clone(), keyring(&[("k2", 2), ("k1", 1)]), false).await;
+    let rotated =
+        operations::rotate_keys(backend.clone(), keyring(&[("k2", 2), ("k1", 1)]), false).await;
     assert!(rotated.failures.is_empty(), "{:?}", rotated.failures);
     assert!(rotated.sessions >= 1);
     let k2 = keyring(&[("k2", 2)]);
@@ -333,8 +335,8 @@ async fn check_binding(backend: Arc<dyn SessionStore>, keys: Arc<Keyring>) {
     );
 
     // rotate-keys seals plaintext only when asked; moved values stay failures.
-    let strict = encrypted::rotate(backend.clone(), keys.clone(), false).await;
-    let failed = |rotation: &encrypted::Rotation, id: &SessionId| {
+    let strict = operations::rotate_keys(backend.clone(), keys.clone(), false).await;
+    let failed = |rotation: &operations::Rotation, id: &SessionId| {
         rotation.failures.iter().any(|f| f.contains(id.as_str()))
     };
     assert!(
@@ -347,7 +349,7 @@ async fn check_binding(backend: Arc<dyn SessionStore>, keys: Arc<Keyring>) {
             .iter()
             .any(|f| f.contains("--accept-unsealed"))
     );
-    let sealing = encrypted::rotate(backend.clone(), keys.clone(), true).await;
+    let sealing = operations::rotate_keys(backend.clone(), keys.clone(), true).await;
     assert!(
         !failed(&sealing, &injected) && !failed(&sealing, &plain_state),
         "{sealing:?}"

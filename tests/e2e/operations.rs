@@ -276,6 +276,14 @@ async fn a_failed_backup_leaves_the_previous_one_untouched() {
     );
 }
 
+/// A backup file of one session, written as `line`: for lines no backup would hold.
+fn one_session_backup(name: &str, line: serde_json::Value) -> PathBuf {
+    let file = scratch(name);
+    let header = r#"{"format":"csai-sidecar-backup","version":1,"created_ms":0}"#;
+    std::fs::write(&file, format!("{header}\n{line}\n")).unwrap();
+    file
+}
+
 /// Regression: a line with `expire_time_ms = u64::MAX` restored with `--existing
 /// overwrite` made the Redis script fail after it had deleted and rewritten the
 /// messages: the live session read as absent. Every restored session is now validated
@@ -295,19 +303,16 @@ async fn a_corrupt_expiry_never_destroys_a_live_session() {
         )
         .await
         .expect("a live session");
-    let file = scratch("far-expiry.jsonl");
-    let line = serde_json::json!({
-        "session_id": id.as_str(),
-        "expire_time_ms": u64::MAX,
-        "messages": [{"seq": 1, "time_ms": 1_700_000_000_000u64, "message": {"role": "user", "content": "replaced"}}],
-        "system_messages": [],
-        "state": {},
-    });
-    std::fs::write(
-        &file,
-        format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
-    )
-    .unwrap();
+    let file = one_session_backup(
+        "far-expiry.jsonl",
+        serde_json::json!({
+            "session_id": id.as_str(),
+            "expire_time_ms": u64::MAX,
+            "messages": [{"seq": 1, "time_ms": 1_700_000_000_000u64, "message": {"role": "user", "content": "replaced"}}],
+            "system_messages": [],
+            "state": {},
+        }),
+    );
     let report = restore(&target, &file, Existing::Overwrite)
         .await
         .expect("restore");
@@ -341,19 +346,16 @@ async fn a_corrupt_message_time_is_refused_before_any_write() {
         )
         .await
         .expect("a live session");
-    let file = scratch("far-message-time.jsonl");
-    let line = serde_json::json!({
-        "session_id": id.as_str(),
-        "expire_time_ms": 4_000_000_000_000u64,
-        "messages": [{"seq": 1, "time_ms": u64::MAX, "message": {"role": "user", "content": "replaced"}}],
-        "system_messages": [],
-        "state": {},
-    });
-    std::fs::write(
-        &file,
-        format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
-    )
-    .unwrap();
+    let file = one_session_backup(
+        "far-message-time.jsonl",
+        serde_json::json!({
+            "session_id": id.as_str(),
+            "expire_time_ms": 4_000_000_000_000u64,
+            "messages": [{"seq": 1, "time_ms": u64::MAX, "message": {"role": "user", "content": "replaced"}}],
+            "system_messages": [],
+            "state": {},
+        }),
+    );
     let report = restore(&target, &file, Existing::Overwrite)
         .await
         .expect("restore");
@@ -371,19 +373,16 @@ async fn a_corrupt_message_time_is_refused_before_any_write() {
 #[tokio::test]
 async fn restore_refuses_what_the_service_refuses() {
     let target = store("memory").await;
-    let file = scratch("refused.jsonl");
-    let line = serde_json::json!({
-        "session_id": "refused",
-        "expire_time_ms": 4_000_000_000_000u64,
-        "messages": [{"seq": 1, "time_ms": 1_700_000_000_000u64, "message": {"role": "tool", "content": "42"}}],
-        "system_messages": [],
-        "state": {},
-    });
-    std::fs::write(
-        &file,
-        format!("{{\"format\":\"csai-sidecar-backup\",\"version\":1,\"created_ms\":0}}\n{line}\n"),
-    )
-    .unwrap();
+    let file = one_session_backup(
+        "refused.jsonl",
+        serde_json::json!({
+            "session_id": "refused",
+            "expire_time_ms": 4_000_000_000_000u64,
+            "messages": [{"seq": 1, "time_ms": 1_700_000_000_000u64, "message": {"role": "tool", "content": "42"}}],
+            "system_messages": [],
+            "state": {},
+        }),
+    );
     let report = restore(&target, &file, Existing::Fail)
         .await
         .expect("restore");

@@ -386,7 +386,7 @@ async fn records_are_per_day_sorted_sets_that_expire() {
     let (id, time) = records::put(&store, &stream, &log, Duration::from_secs(600))
         .await
         .expect("put");
-    let day = records::day_name(records::day_of(time));
+    let day = csai_sidecar::store::records::day_name(csai_sidecar::store::records::day_of(time));
     let key = format!(
         "records-test:{{rec:security:u%7B{}%7D:{day}}}",
         std::process::id()

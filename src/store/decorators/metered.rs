@@ -7,7 +7,7 @@ use crate::domain::{
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
 use crate::observability::metrics::{self, Labels};
-use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use parking_lot::Mutex;

@@ -9,7 +9,7 @@ use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
-use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordRange, RecordStream};
 use crate::store::stats_cache::StatsCache;
 use crate::store::{SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;

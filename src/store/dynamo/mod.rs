@@ -35,7 +35,7 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, tool_safe_start,
 };
-use crate::records::{self, Record, RecordRange, RecordStream};
+use crate::store::records::{self, Record, RecordRange, RecordStream};
 use crate::store::{
     SessionStore, StoreError, StoreResult, WriteLocks, check_version, new_generation, page_token,
 };

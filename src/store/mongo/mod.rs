@@ -30,7 +30,7 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
-use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordRange, RecordStream};
 use crate::store::{
     SessionStore, StoreError, StoreResult, WriteLocks, check_version, horizon_lead, new_generation,
     page_token,

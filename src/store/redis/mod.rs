@@ -15,7 +15,7 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
-use crate::records::{self, Record, RecordRange, RecordStream};
+use crate::store::records::{self, Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError, StoreResult, page_token};
 use async_trait::async_trait;
 use connection::{Node, Redis};

@@ -22,7 +22,7 @@ use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
     SessionId, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
-use crate::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordRange, RecordStream};
 use crate::store::{SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use keyring::{PREFIX, V1_PREFIX, unsealed};
@@ -335,95 +335,4 @@ impl SessionStore for EncryptedStore {
             .map(|record| self.open_record(&name, record))
             .collect()
     }
-}
-
-/// What `rotate-keys` did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rotation {
-    pub sessions: u64,
-    pub failures: Vec<String>,
-}
-
-/// Re-encrypts every live session under the primary key: each session is read and
-/// written back with version checks (a concurrent write makes it start that session over),
-/// keeping its remaining TTL. With `accept_unsealed`, values stored in plaintext or by
-/// older versions are read and sealed; without it a session holding one is a failure.
-/// Records expire within their retention and are not rewritten.
-pub async fn rotate(
-    inner: Arc<dyn SessionStore>,
-    keys: Arc<Keyring>,
-    accept_unsealed: bool,
-) -> Rotation {
-    use futures::StreamExt;
-    let encrypted = if accept_unsealed {
-        EncryptedStore::accepting_unsealed(inner.clone(), keys)
-    } else {
-        EncryptedStore::new(inner.clone(), keys)
-    };
-    let mut rotation = Rotation::default();
-    let ids: Vec<SessionId> = {
-        let sessions = crate::transfer::export(inner, String::new());
-        futures::pin_mut!(sessions);
-        let mut ids = Vec::new();
-        while let Some(session) = sessions.next().await {
-            match session {
-                Ok(session) => ids.push(session.id),
-                Err(error) => {
-                    rotation.failures.push(format!("listing: {error}"));
-                    return rotation;
-                }
-            }
-        }
-        ids
-    };
-    for id in ids {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match rewrite(&encrypted, &id).await {
-                Ok(()) => {
-                    rotation.sessions += 1;
-                    break;
-                }
-                Err(StoreError::NotFound(_)) => break,
-                Err(StoreError::VersionMismatch { .. }) if attempts < 5 => continue,
-                Err(error) => {
-                    rotation
-                        .failures
-                        .push(format!("session {:?}: {error}", id.as_str()));
-                    break;
-                }
-            }
-        }
-    }
-    rotation
-}
-
-async fn rewrite(store: &EncryptedStore, id: &SessionId) -> StoreResult<()> {
-    let session = store.get(id, Window::All).await?;
-    let ttl = crate::transfer::remaining_ttl(&session).max(Duration::from_secs(1));
-    let version = |v| WriteOptions {
-        expected_version: Some(v),
-        ttl,
-    };
-    // Rewritten messages keep their times.
-    let bodies = |list: Vec<Message>| list.iter().map(NewMessage::copy_of).collect::<Vec<_>>();
-    let written = store
-        .replace(id, bodies(session.messages), version(session.version))
-        .await?;
-    let written = store
-        .set_system_messages(
-            id,
-            bodies(session.system_messages),
-            version(written.version),
-        )
-        .await?;
-    store
-        .update_state(
-            id,
-            StateUpdate::Replace(session.state),
-            version(written.version),
-        )
-        .await?;
-    Ok(())
 }
