@@ -1,10 +1,10 @@
 //! ExportSessions and ImportSessions: whole sessions over gRPC streams.
 
-use crate::domain::{Message, Session};
+use crate::domain::{Message, Session, SessionId};
 use crate::grpc::convert::{self, invalid, session_to_proto};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
-use crate::service::{Policy, import, validate};
+use crate::service::{Policy, import};
 use crate::store::SessionStore;
 use crate::transfer::{self, Existing, Imported};
 use futures::StreamExt;
@@ -123,7 +123,8 @@ pub fn session_of(
     )?;
     let now = SystemTime::now();
     let session = Session {
-        id: validate::session_id(&session.session_id, &format!("{field}.session.session_id"))?,
+        // Checked with the rest by `import::checked_session` below.
+        id: SessionId::new(session.session_id),
         message_count: messages.len() as u64,
         messages,
         system_messages,

@@ -390,6 +390,18 @@ impl SidecarProcess {
         Self::spawn_command(command, vars).await
     }
 
+    /// Kills the sidecar and returns everything it logged.
+    pub fn stop_and_read_logs(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut logs = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut logs).expect("read the logs");
+        }
+        logs
+    }
+
     async fn spawn_command(
         mut command: std::process::Command,
         vars: &[(&str, String)],

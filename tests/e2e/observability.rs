@@ -314,16 +314,7 @@ async fn a_paused_redis_server_shows_up_as_slow_operations() {
         .unwrap()
         .expect("the append completes once redis-server resumes");
 
-    let _ = sidecar.child.kill();
-    let _ = sidecar.child.wait();
-    let mut logs = String::new();
-    sidecar
-        .child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = sidecar.stop_and_read_logs();
     let _ = redis.kill();
     let _ = redis.wait();
     let warning = logs
@@ -372,16 +363,7 @@ async fn log_lines_show_session_ids_only_as_a_keyed_hash() {
         .exec(request)
         .await
         .expect("a corrected answer");
-    let _ = sidecar.child.kill();
-    let _ = sidecar.child.wait();
-    let mut logs = String::new();
-    sidecar
-        .child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = sidecar.stop_and_read_logs();
     let line = logs
         .lines()
         .find(|line| line.contains("answer has the wrong format"))

@@ -276,6 +276,23 @@ async fn a_failed_backup_leaves_the_previous_one_untouched() {
     );
 }
 
+/// A session holding one message, "keep me", for an hour.
+async fn live_session(target: &dyn SessionStore, name: &str) -> SessionId {
+    let id = SessionId::new(unique(name));
+    target
+        .append(
+            &id,
+            Append {
+                messages: vec![NewMessage::text(Role::User, "keep me")],
+                request_id: None,
+                options: WriteOptions::ttl(Duration::from_secs(3600)),
+            },
+        )
+        .await
+        .expect("a live session");
+    id
+}
+
 /// A backup file of one session, written as `line`: for lines no backup would hold.
 fn one_session_backup(name: &str, line: serde_json::Value) -> PathBuf {
     let file = scratch(name);
@@ -291,18 +308,7 @@ fn one_session_backup(name: &str, line: serde_json::Value) -> PathBuf {
 #[tokio::test]
 async fn a_corrupt_expiry_never_destroys_a_live_session() {
     let target = store("redis").await;
-    let id = SessionId::new(unique("live"));
-    target
-        .append(
-            &id,
-            Append {
-                messages: vec![NewMessage::text(Role::User, "keep me")],
-                request_id: None,
-                options: WriteOptions::ttl(Duration::from_secs(3600)),
-            },
-        )
-        .await
-        .expect("a live session");
+    let id = live_session(target.as_ref(), "live").await;
     let file = one_session_backup(
         "far-expiry.jsonl",
         serde_json::json!({
@@ -334,18 +340,7 @@ async fn a_corrupt_expiry_never_destroys_a_live_session() {
 #[tokio::test]
 async fn a_corrupt_message_time_is_refused_before_any_write() {
     let target = store("redis").await;
-    let id = SessionId::new(unique("live-time"));
-    target
-        .append(
-            &id,
-            Append {
-                messages: vec![NewMessage::text(Role::User, "keep me")],
-                request_id: None,
-                options: WriteOptions::ttl(Duration::from_secs(3600)),
-            },
-        )
-        .await
-        .expect("a live session");
+    let id = live_session(target.as_ref(), "live-time").await;
     let file = one_session_backup(
         "far-message-time.jsonl",
         serde_json::json!({

@@ -233,16 +233,26 @@ impl Keyring {
         })
     }
 
-    /// The stored name of state key `key` under each configured key, the primary's first:
-    /// a keyed hash, so the backend can merge by key without learning the keys.
+    /// The stored name of state key `key` under the primary key: a keyed hash, so the
+    /// backend can merge by key without learning the keys.
+    pub(super) fn state_name(&self, session: &SessionId, key: &str) -> String {
+        self.keys[0].state_name(session, key)
+    }
+
+    /// The stored names of state key `key` under every configured key, the primary's
+    /// first (a merge clears the others).
     pub(super) fn state_names(&self, session: &SessionId, key: &str) -> Vec<String> {
         self.keys
             .iter()
-            .map(|k| {
-                let tag = hmac::sign(&k.names, &framed([session.as_str(), key]));
-                format!("~{}", URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16]))
-            })
+            .map(|k| k.state_name(session, key))
             .collect()
+    }
+}
+
+impl EncryptionKey {
+    fn state_name(&self, session: &SessionId, key: &str) -> String {
+        let tag = hmac::sign(&self.names, &framed([session.as_str(), key]));
+        format!("~{}", URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16]))
     }
 }
 

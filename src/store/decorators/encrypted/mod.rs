@@ -125,17 +125,18 @@ impl EncryptedStore {
             .collect()
     }
 
-    /// One stored entry for a state key: its hashed name under the primary key and the
-    /// sealed JSON of key and value.
-    fn seal_entry(&self, id: &SessionId, key: &str, value: Value) -> StoreResult<(String, Value)> {
-        let name = self.keys.state_names(id, key).swap_remove(0);
+    /// The sealed JSON of a state key and its value, stored under `name` (the key's hashed
+    /// name under the primary key).
+    fn seal_entry(
+        &self,
+        id: &SessionId,
+        name: &str,
+        key: &str,
+        value: Value,
+    ) -> StoreResult<Value> {
         let entry = serde_json::json!({ "k": key, "v": value }).to_string();
-        let place = Place::State {
-            session: id,
-            name: &name,
-        };
-        let sealed = self.keys.seal(&entry, &place)?;
-        Ok((name, Value::String(sealed)))
+        let place = Place::State { session: id, name };
+        Ok(Value::String(self.keys.seal(&entry, &place)?))
     }
 
     /// A replace stores every entry under the primary's names; a merge also removes the
@@ -145,19 +146,26 @@ impl EncryptedStore {
             StateUpdate::Replace(state) => StateUpdate::Replace(
                 state
                     .into_iter()
-                    .map(|(key, value)| self.seal_entry(id, &key, value))
+                    .map(|(key, value)| {
+                        let name = self.keys.state_name(id, &key);
+                        let sealed = self.seal_entry(id, &name, &key, value)?;
+                        Ok((name, sealed))
+                    })
                     .collect::<StoreResult<_>>()?,
             ),
             StateUpdate::Merge(patch) => {
                 let mut stored = JsonObject::new();
                 for (key, value) in patch {
-                    for name in self.keys.state_names(id, &key) {
-                        stored.insert(name, Value::Null);
+                    let mut names = self.keys.state_names(id, &key).into_iter();
+                    let primary = names.next().expect("a keyring has a primary key");
+                    for older in names {
+                        stored.insert(older, Value::Null);
                     }
-                    if !value.is_null() {
-                        let (name, sealed) = self.seal_entry(id, &key, value)?;
-                        stored.insert(name, sealed);
-                    }
+                    let sealed = match value {
+                        Value::Null => Value::Null,
+                        value => self.seal_entry(id, &primary, &key, value)?,
+                    };
+                    stored.insert(primary, sealed);
                     stored.insert(key, Value::Null);
                 }
                 StateUpdate::Merge(stored)
@@ -189,7 +197,7 @@ impl EncryptedStore {
                             "a decrypted state entry has no key".into(),
                         ));
                     };
-                    let rank = if self.keys.state_names(id, &key)[0] == name {
+                    let rank = if self.keys.state_name(id, &key) == name {
                         2
                     } else {
                         1
