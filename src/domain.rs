@@ -385,3 +385,7 @@ pub fn json_bytes(object: &JsonObject) -> u64 {
     }
     serde_json::to_vec(object).map_or(0, |bytes| bytes.len() as u64)
 }
+
+/// The tenant a request was authenticated as; services scope every store access to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant(pub String);

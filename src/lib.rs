@@ -3,8 +3,8 @@
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod cs_ai;
-pub mod dial;
 pub mod domain;
 pub mod files;
 pub mod grpc;

@@ -1,26 +1,19 @@
 //! The operations commands of the binary: backup, restore and store-to-store migrate.
 
-use crate::dial::{Authorize, DialOptions};
 use crate::domain::{Message, NewMessage, Session, SessionId, StateUpdate, Window, WriteOptions};
-use crate::grpc::pb;
-use crate::grpc::pb::session_store_client::SessionStoreClient;
+use crate::grpc::dial::DialOptions;
+use crate::grpc::sidecar_client::{Sessions, SidecarClient};
 use crate::service::{Policy, import};
 use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
 use crate::store::{SessionStore, StoreError, StoreResult};
 use crate::transfer::{self, BackupHeader, BackupSession, Existing, Imported};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A SessionStore client of a running sidecar, sending the token if one is configured.
-type SidecarClient = SessionStoreClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorize>,
->;
 
 /// Where sessions are read from or written to: a backend, or a running sidecar.
 pub enum Location {
@@ -29,16 +22,10 @@ pub enum Location {
     Sidecar(SidecarClient),
 }
 
-type Sessions<'a> = Pin<Box<dyn Stream<Item = Result<Session, String>> + Send + 'a>>;
-
 impl Location {
     /// Connects to `grpc://host:port` (or `grpcs://` for TLS) with `dial`'s token and TLS.
     pub async fn sidecar(url: &str, dial: &DialOptions) -> Result<Self, String> {
-        let channel = dial.connect(url).await?;
-        Ok(Location::Sidecar(
-            SessionStoreClient::with_interceptor(channel, dial.authorize()?)
-                .max_decoding_message_size(usize::MAX),
-        ))
+        Ok(Location::Sidecar(SidecarClient::connect(url, dial).await?))
     }
 
     /// Every live session, whole.
@@ -48,19 +35,7 @@ impl Location {
                 transfer::export(store.clone(), String::new())
                     .map(|r| r.map_err(|e| e.to_string())),
             )),
-            Location::Sidecar(client) => {
-                let stream = client
-                    .export_sessions(pb::ExportSessionsRequest::default())
-                    .await
-                    .map_err(|e| e.message().to_string())?
-                    .into_inner();
-                Ok(Box::pin(stream.map(move |item| {
-                    let exported = item.map_err(|e| e.message().to_string())?;
-                    crate::grpc::export_import::session_of(exported, policy, "session")
-                        .map(|(session, _)| session)
-                        .map_err(|e| e.message().to_string())
-                })))
-            }
+            Location::Sidecar(client) => client.sessions(policy).await,
         }
     }
 
@@ -78,26 +53,7 @@ impl Location {
                     Err(error) => Imported::Failed(error.to_string()),
                 }
             }
-            Location::Sidecar(client) => {
-                let request = pb::ImportSessionsRequest {
-                    session: Some(pb::ExportedSession {
-                        session: Some(crate::grpc::convert::session_to_proto(session.clone())),
-                        remaining_ttl: Some(proto_duration(ttl)),
-                    }),
-                    existing: match existing {
-                        Existing::Skip => pb::ExistingSessions::Skip,
-                        Existing::Overwrite => pb::ExistingSessions::Overwrite,
-                        Existing::Fail => pb::ExistingSessions::Fail,
-                    } as i32,
-                };
-                match client
-                    .import_sessions(futures::stream::iter([request]))
-                    .await
-                {
-                    Ok(response) => outcome_of(response.into_inner()),
-                    Err(status) => Imported::Failed(status.message().to_string()),
-                }
-            }
+            Location::Sidecar(client) => client.import(session, ttl, existing).await,
         }
     }
 
@@ -109,43 +65,8 @@ impl Location {
                 Err(StoreError::NotFound(_)) => Ok(None),
                 Err(error) => Err(error.to_string()),
             },
-            Location::Sidecar(client) => {
-                let request = pb::GetSessionRequest {
-                    session_id: session.id.as_str().to_string(),
-                    window: None,
-                };
-                match client.get_session(request).await {
-                    Ok(response) => {
-                        let exported = pb::ExportedSession {
-                            session: response.into_inner().session,
-                            remaining_ttl: None,
-                        };
-                        crate::grpc::export_import::session_of(exported, policy, "session")
-                            .map(|(found, _)| Some(found))
-                            .map_err(|e| e.message().to_string())
-                    }
-                    Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-                    Err(status) => Err(status.message().to_string()),
-                }
-            }
+            Location::Sidecar(client) => client.get(&session.id, policy).await,
         }
-    }
-}
-
-fn proto_duration(duration: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: duration.subsec_nanos() as i32,
-    }
-}
-
-fn outcome_of(response: pb::ImportSessionsResponse) -> Imported {
-    use pb::import_outcome::Result as Kind;
-    match response.outcomes.into_iter().next() {
-        Some(o) if o.result == Kind::Imported as i32 => Imported::Written,
-        Some(o) if o.result == Kind::Skipped as i32 => Imported::Skipped(o.error),
-        Some(o) => Imported::Failed(o.error),
-        None => Imported::Failed("the sidecar answered no outcome".into()),
     }
 }
 

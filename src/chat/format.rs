@@ -1,6 +1,6 @@
 //! CS-AI's response-type check: does an answer have the format the request asked for?
 
-use crate::chat::provider::ResponseFormat;
+use crate::chat::completion::ResponseFormat;
 use serde_json::Value;
 
 /// Why `content` does not match `format`, or None when it does. A JSON Schema is checked

@@ -1,5 +1,6 @@
 //! Chat turns: model providers, prompt windows, the tool-calling loop and its guards.
 
+pub mod completion;
 pub mod format;
 pub mod guard;
 pub mod provider;

@@ -1,11 +1,11 @@
 //! One chat turn: the tool-calling loop, its one atomic append, and replays of retries.
 
+use crate::chat::completion::{
+    Completion, CompletionRequest, Delta, ResponseFormat, Sampling, ToolChoice, ToolSpec,
+};
 use crate::chat::format;
 use crate::chat::guard::{Limited, RateLimiter, TranscriptLog};
-use crate::chat::provider::{
-    Completion, CompletionRequest, Delta, Provider, ProviderError, ResponseFormat, Sampling,
-    ToolChoice, ToolSpec,
-};
+use crate::chat::provider::{Provider, ProviderError};
 use crate::chat::window;
 use crate::chat::{ChatSettings, TurnLimits};
 use crate::domain::{

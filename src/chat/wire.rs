@@ -1,6 +1,6 @@
 //! The OpenAI chat-completions JSON: request bodies, answers and streamed chunks.
 
-use crate::chat::provider::{Completion, CompletionRequest, Delta, ResponseFormat, ToolChoice};
+use crate::chat::completion::{Completion, CompletionRequest, Delta, ResponseFormat, ToolChoice};
 use crate::domain::{FunctionCall, NewMessage, Role, ToolCall, Usage};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -367,7 +367,7 @@ pub fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::provider::{Sampling, ToolSpec};
+    use crate::chat::completion::{Sampling, ToolSpec};
 
     #[test]
     fn a_whole_answer_with_tool_calls_and_usage_parses() {

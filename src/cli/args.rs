@@ -2,7 +2,7 @@
 //! of dialing a sidecar, the file and target arguments, and how a command reports.
 
 use crate::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
-use crate::dial::DialOptions;
+use crate::grpc::dial::DialOptions;
 use crate::operations::Location;
 use crate::server;
 use clap::parser::ValueSource;

@@ -1,8 +1,9 @@
 //! The Chat service's settings: the `chat_*` keys and the `[providers.NAME]` tables.
 
 use super::{ConfigError, Values};
+use crate::chat::completion::Sampling;
 use crate::chat::guard::RateLimits;
-use crate::chat::provider::{ApiKey, Endpoint, ProviderSettings, Sampling};
+use crate::chat::provider::{ApiKey, Endpoint, ProviderSettings};
 use crate::chat::{ChatSettings, TurnLimits};
 use std::path::PathBuf;
 

@@ -19,8 +19,7 @@ pub use chat::{DEFAULT_PROVIDER, ECHO_PROVIDER};
 
 use crate::chat::ChatSettings;
 use crate::chat::provider::Endpoint;
-use crate::observability::telemetry::SessionIdInTraces;
-use crate::server::tls::TlsFiles;
+use crate::observability::telemetry::{LogFormat, SessionIdInTraces};
 use crate::store::dynamo::DynamoOptions;
 use crate::store::memory::MemoryLimits;
 use crate::store::mongo::MongoOptions;
@@ -54,13 +53,6 @@ impl StorageType {
             StorageType::Dynamo => "dynamo",
         }
     }
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Limits the service layer enforces on every request, for every backend.
@@ -212,6 +204,17 @@ impl Default for Config {
     }
 }
 
+/// Where the server's TLS material lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by this CA (mTLS) when set.
+    pub client_ca: Option<PathBuf>,
+    /// How often the certificate files are checked for changes.
+    pub reload_interval: Duration,
+}
+
 /// A secret value: its Debug form never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -225,8 +228,8 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::completion::Sampling;
     use crate::chat::guard::RateLimits;
-    use crate::chat::provider::Sampling;
 
     #[test]
     fn defaults_mirror_cs_ai() {

@@ -2,12 +2,10 @@
 //! defaults), parsed once into a [`Config`], and rendered with secrets redacted.
 
 use super::{
-    Config, ConfigError, KEYS, LogFormat, RequestLimits, Secret, StorageType, format_duration,
+    Config, ConfigError, KEYS, RequestLimits, Secret, StorageType, TlsFiles, format_duration,
     parse_size,
 };
-use crate::observability::telemetry::SessionIdInTraces;
-use crate::server::auth::Tokens;
-use crate::server::tls::TlsFiles;
+use crate::observability::telemetry::{LogFormat, SessionIdInTraces};
 use crate::store::decorators::encrypted::Keyring;
 use crate::store::memory::MemoryLimits;
 use std::collections::BTreeMap;
@@ -317,7 +315,8 @@ impl Values {
         Ok(config)
     }
 
-    /// The bearer tokens from the environment or a file, checked now (errors never show one).
+    /// The bearer tokens from the environment or a file; the server parses them at start
+    /// (server/auth.rs), and its errors never show a token.
     pub(super) fn auth_tokens(&self) -> Result<Option<Secret>, ConfigError> {
         let text = match (
             self.optional_text("auth_tokens"),
@@ -328,7 +327,6 @@ impl Values {
                 .map_err(|e| ConfigError(format!("`auth_tokens_file`: cannot read {path}: {e}")))?,
             (None, None) => return Ok(None),
         };
-        Tokens::parse(&text).map_err(|e| ConfigError(format!("auth tokens: {e}")))?;
         Ok(Some(Secret(text)))
     }
 

@@ -1,6 +1,6 @@
 //! The Chat service: runs turns in the unary form (Exec) and the streaming form (ExecStream).
 
-use crate::chat::provider::Delta;
+use crate::chat::completion::Delta;
 use crate::chat::turn::{Bot, ChatEngine, ToolResult, TurnError};
 use crate::domain::ToolCall;
 use crate::grpc::chat_convert::{self, Form, exec_response};
@@ -150,7 +150,7 @@ impl Bot for StreamBot {
 fn tenant_of<T>(request: &Request<T>) -> Option<String> {
     request
         .extensions()
-        .get::<crate::server::auth::Tenant>()
+        .get::<crate::domain::Tenant>()
         .map(|tenant| tenant.0.clone())
 }
 

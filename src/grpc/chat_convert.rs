@@ -1,6 +1,6 @@
 //! Chat requests and results between proto and domain, with the validation of what bots send.
 
-use crate::chat::provider::{ResponseFormat, ToolChoice, ToolSpec};
+use crate::chat::completion::{ResponseFormat, ToolChoice, ToolSpec};
 use crate::chat::turn::{Overrides, ToolResult, TurnInput, TurnOutcome, TurnRequest};
 use crate::domain::{JsonObject, NewMessage, Role};
 use crate::grpc::convert::{

@@ -3,10 +3,12 @@
 pub mod chat;
 pub mod chat_convert;
 pub mod convert;
+pub mod dial;
 pub mod errors;
 pub mod export_import;
 pub mod record_rpcs;
 pub mod session_store;
+pub mod sidecar_client;
 
 /// Code generated from `proto/csai/v1`.
 #[allow(clippy::all)] // generated code; the proto comments are written for every language

@@ -1,12 +1,12 @@
 //! The SessionStore gRPC service: validates requests, applies policy, calls the store.
 
+use crate::domain::Tenant;
 use crate::domain::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{export_import, record_rpcs};
-use crate::server::auth::Tenant;
 use crate::service::Policy;
 use crate::service::validate;
 use crate::store::decorators::tenant::TenantStore;

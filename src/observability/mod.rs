@@ -1,6 +1,5 @@
-//! What the sidecar tells its operator: logs and traces, metrics, and the per-RPC span,
-//! count and latency.
+//! What the sidecar tells its operator: logs and traces, and metrics (the per-RPC layer
+//! and the scrape endpoint are parts of the server, src/server/).
 
 pub mod metrics;
-pub mod rpc_telemetry;
 pub mod telemetry;

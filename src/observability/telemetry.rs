@@ -2,7 +2,6 @@
 //! metrics over OTLP configured by the standard `OTEL_*` variables, W3C trace context in
 //! and out, and how session ids may appear in spans.
 
-use crate::config::LogFormat;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -20,6 +19,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// How a session id appears in span attributes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

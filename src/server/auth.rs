@@ -1,12 +1,9 @@
 //! Bearer-token authentication: each token names a tenant, compared in constant time.
 
+use crate::domain::Tenant;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use tonic::{Request, Status};
-
-/// The tenant a request was authenticated as; services scope every store access to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tenant(pub String);
 
 /// The configured tokens, kept only as SHA-256 digests.
 pub struct Tokens {

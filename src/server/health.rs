@@ -83,7 +83,7 @@ pub async fn probe(
     listen: std::net::SocketAddr,
     service: &str,
     tls: bool,
-    dial: &crate::dial::DialOptions,
+    dial: &crate::grpc::dial::DialOptions,
 ) -> Result<String, String> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;

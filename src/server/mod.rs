@@ -5,6 +5,8 @@ pub mod accept;
 pub mod auth;
 pub mod health;
 pub mod load_shed;
+pub mod metrics_page;
+pub mod rpc_telemetry;
 pub mod tls;
 
 use crate::chat::turn::ChatEngine;
@@ -14,9 +16,9 @@ use crate::grpc::pb::chat_server::ChatServer;
 use crate::grpc::pb::session_store_server::SessionStoreServer;
 use crate::grpc::session_store::SessionStoreService;
 use crate::observability::metrics;
-use crate::observability::rpc_telemetry::RpcTelemetryLayer;
 use crate::server::auth::Tokens;
 use crate::server::load_shed::LoadShedLayer;
+use crate::server::rpc_telemetry::RpcTelemetryLayer;
 use crate::service::Policy;
 use crate::store::SessionStore;
 use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
@@ -214,7 +216,9 @@ pub async fn serve(
                 let figures = stats.latest();
                 async move { metrics::store_gauges(figures) }
             });
-            Some(AbortOnDrop(tokio::spawn(metrics::serve(listener, gauges))))
+            Some(AbortOnDrop(tokio::spawn(metrics_page::serve(
+                listener, gauges,
+            ))))
         }
         None => None,
     };

@@ -2,29 +2,19 @@
 //! certificate, key and client CA reloaded from their files when they change, without a
 //! restart.
 
+use crate::config::TlsFiles;
 use parking_lot::RwLock;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-
-/// Where the server's TLS material lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Clients must present a certificate signed by this CA (mTLS) when set.
-    pub client_ca: Option<PathBuf>,
-    /// How often the certificate files are checked for changes.
-    pub reload_interval: Duration,
-}
 
 fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)

@@ -1,6 +1,5 @@
 //! The `SessionStore` trait every backend implements, and the errors it returns.
 
-pub mod conformance;
 pub mod decorators;
 pub mod dynamo;
 pub mod memory;
@@ -55,7 +54,7 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Storage of chat sessions. Every backend implements this with the same semantics,
-/// proved by the functions in [`conformance`]:
+/// proved by the functions in [`conformance`](crate::conformance):
 ///
 /// - writes create the session if absent and set its expiry to now + `ttl`;
 /// - `expected_version` mismatches fail with [`StoreError::VersionMismatch`] and change

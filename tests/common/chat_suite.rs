@@ -2,7 +2,8 @@
 
 use super::llm_server::{Reply, ScriptedModel, call};
 use super::{TestServer, test_config};
-use csai_sidecar::chat::provider::{ApiKey, Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::chat::completion::Sampling;
+use csai_sidecar::chat::provider::{ApiKey, Endpoint, ProviderSettings};
 use csai_sidecar::chat::{ChatSettings, TurnLimits};
 use csai_sidecar::config::Config;
 use csai_sidecar::domain::{Append, NewMessage, Role, Session, SessionId, Window, WriteOptions};
@@ -65,7 +66,7 @@ pub async fn start(config: Config, store: &Store) -> (TestServer, ChatClient<Cha
 
 /// A session id no other test uses.
 pub fn unique(name: &str) -> String {
-    csai_sidecar::store::conformance::unique_id(name)
+    csai_sidecar::conformance::unique_id(name)
         .as_str()
         .to_string()
 }

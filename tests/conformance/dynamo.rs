@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use csai_sidecar::store::conformance::TestStore;
+use csai_sidecar::conformance::TestStore;
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 /// A table of its own for every test: moto copies a whole table on every transaction,
 /// so a shared, growing table would make each test slower than the last.
 async fn dynamo_store() -> TestStore {
-    let table = csai_sidecar::store::conformance::unique_id("table");
+    let table = csai_sidecar::conformance::unique_id("table");
     let options = DynamoOptions {
         region: "us-east-1".into(),
         table: table.as_str().replace('-', "_"),

@@ -3,7 +3,7 @@
 use crate::common;
 
 use base64::Engine;
-use csai_sidecar::store::conformance::TestStore;
+use csai_sidecar::conformance::TestStore;
 use csai_sidecar::store::decorators::encrypted::{EncryptedStore, Keyring};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::redis::RedisStore;

@@ -1,4 +1,4 @@
-//! Every backend and decorator against the one conformance suite of `csai_sidecar::store::conformance`, and the in-memory store against a reference model (property test).
+//! Every backend and decorator against the one conformance suite of `csai_sidecar::conformance`, and the in-memory store against a reference model (property test).
 //!
 //! One test binary (one link of the SDKs) with a module per area; run one area with
 //! `cargo test --test conformance <module>::`.

@@ -1,6 +1,6 @@
 //! Runs the shared conformance suite against the in-memory backend.
 
-use csai_sidecar::store::conformance::TestStore;
+use csai_sidecar::conformance::TestStore;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use std::sync::Arc;
 

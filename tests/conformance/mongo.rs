@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use csai_sidecar::store::conformance::TestStore;
+use csai_sidecar::conformance::TestStore;
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use csai_sidecar::store::conformance::TestStore;
+use csai_sidecar::conformance::TestStore;
 use csai_sidecar::store::redis::{RedisOptions, RedisStore};
 use std::sync::Arc;
 

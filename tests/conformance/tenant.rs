@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use csai_sidecar::store::conformance::TestStore;
+use csai_sidecar::conformance::TestStore;
 use csai_sidecar::store::decorators::tenant::TenantStore;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::mongo::{MongoOptions, MongoStore};

@@ -5,7 +5,8 @@
 use crate::common;
 
 use crate::common::{SERVING, TestServer, health_status, message, test_config, user};
-use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::chat::completion::Sampling;
+use csai_sidecar::chat::provider::{Endpoint, ProviderSettings};
 use csai_sidecar::config::{Config, Secret};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;

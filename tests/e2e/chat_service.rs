@@ -8,8 +8,9 @@ use crate::common::chat_suite::{
 };
 use crate::common::llm_server::{Reply, ScriptedModel, call};
 use crate::common::{FaultyStore, NOT_SERVING, SERVING, TestServer, test_config, wait_for_status};
+use csai_sidecar::chat::completion::Sampling;
 use csai_sidecar::chat::guard::RateLimits;
-use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::chat::provider::{Endpoint, ProviderSettings};
 use csai_sidecar::domain::Role;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::exec_stream_request::Kind as Inbound;

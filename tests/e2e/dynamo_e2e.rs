@@ -7,9 +7,9 @@ use crate::common::{
     exercise_every_rpc, large_session_round_trips, required_env, test_config, wait_for_status,
 };
 use aws_sdk_dynamodb::types::AttributeValue;
+use csai_sidecar::conformance::unique_id;
 use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, WriteOptions};
 use csai_sidecar::store::SessionStore;
-use csai_sidecar::store::conformance::unique_id;
 use csai_sidecar::store::dynamo::{DynamoOptions, DynamoStore};
 use std::sync::Arc;
 use std::time::Duration;

@@ -38,7 +38,7 @@ fn keyring(entries: &[(&str, u8)]) -> Arc<Keyring> {
 }
 
 fn unique(name: &str) -> String {
-    csai_sidecar::store::conformance::unique_id(name)
+    csai_sidecar::conformance::unique_id(name)
         .as_str()
         .replace(['-', ':'], "_")
 }

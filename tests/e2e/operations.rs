@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn unique(name: &str) -> String {
-    csai_sidecar::store::conformance::unique_id(name)
+    csai_sidecar::conformance::unique_id(name)
         .as_str()
         .replace(['-', ':'], "_")
 }

@@ -3,9 +3,9 @@
 use crate::common;
 
 use crate::common::{TestServer, test_config};
+use csai_sidecar::config::TlsFiles;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
-use csai_sidecar::server::tls::TlsFiles;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -11,7 +11,8 @@ mod overload;
 mod report;
 
 use clap::{Parser, ValueEnum};
-use csai_sidecar::chat::provider::{Endpoint, ProviderSettings, Sampling};
+use csai_sidecar::chat::completion::Sampling;
+use csai_sidecar::chat::provider::{Endpoint, ProviderSettings};
 use csai_sidecar::config::{Config, StorageType};
 use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::grpc::pb;
