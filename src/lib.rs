@@ -4,6 +4,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod conformance;
+#[cfg(feature = "redis")]
 pub mod cs_ai;
 pub mod domain;
 pub mod files;
@@ -13,5 +14,6 @@ pub mod operations;
 pub mod records;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod store;
 pub mod transfer;

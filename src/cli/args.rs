@@ -1,10 +1,11 @@
 //! What several commands share: the configuration flags and their layering, the options
 //! of dialing a sidecar, the file and target arguments, and how a command reports.
 
-use crate::config::{Config, ConfigError, KEYS, Source, StorageType, Values};
+use crate::config::{self, Config};
 use crate::grpc::dial::DialOptions;
 use crate::operations::Location;
 use crate::server;
+use crate::settings::{ConfigError, Source, Values};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 use std::future::Future;
@@ -49,7 +50,7 @@ pub fn text<'a>(arguments: &'a ArgMatches, name: &str) -> Option<&'a String> {
 
 /// Every configuration key that has a flag, as a global flag with its variable.
 pub fn config_args(mut command: Command) -> Command {
-    for key in KEYS {
+    for key in config::catalog() {
         let Some(flag) = key.flag() else {
             continue;
         };
@@ -69,11 +70,11 @@ pub fn config_args(mut command: Command) -> Command {
 /// Gathers values: defaults, then the file, then environment and flags (clap resolves
 /// those two, flags first).
 pub fn values_from(matches: &ArgMatches) -> Result<Values, ConfigError> {
-    let mut values = Values::defaults();
+    let mut values = config::defaults();
     if let Some(path) = matches.get_one::<String>("config") {
         values = values.with_file(&PathBuf::from(path))?;
     }
-    for key in KEYS {
+    for key in config::catalog() {
         if key.env_only {
             if let Ok(value) = std::env::var(key.env) {
                 values.set(key.name, value, Source::Env(key.env));
@@ -166,7 +167,7 @@ pub fn to_arg() -> Arg {
 
 /// The configured store, refusing the in-memory one, which would vanish with the command.
 pub async fn configured_store(config: &Config, role: &str) -> Result<Location, String> {
-    if config.storage_type == StorageType::Memory {
+    if !config.storage.backend.persistent {
         return Err(format!(
             "the {role} is the configured store, and the in-memory store would vanish when \
              this command exits: set type (CSAI_STORAGE_TYPE) to redis, mongo or dynamo, \

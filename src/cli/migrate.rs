@@ -4,7 +4,7 @@
 use crate::cli::args::{
     self, Outcome, configured_store, dial_args, dial_options, endpoint, to_arg, usage,
 };
-use crate::config::{Config, Values};
+use crate::config::{self, Config};
 use crate::operations::{self, Location};
 use crate::service::Policy;
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -62,36 +62,7 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
                     .map(|rest| format!("rediss://{rest}"))
             })
     {
-        let Location::Store(store) = target else {
-            return Err(usage(
-                "CS-AI's data is migrated into a backend, not --to a sidecar".into(),
-            ));
-        };
-        if text("checkpoint").is_some() {
-            return Err(usage(
-                "--checkpoint is for --from-config and --from grpc://; a CS-AI migration can be re-run as it is".into(),
-            ));
-        }
-        let options = crate::cs_ai::Options {
-            dry_run,
-            default_ttl: config.session_ttl,
-            record_retention: config.record_retention,
-            limits: config.limits.clone(),
-        };
-        let summary = crate::cs_ai::copy_from_redis(&url, store.as_ref(), &options)
-            .await
-            .map_err(|e| (1, e.to_string()))?;
-        let verb = if dry_run {
-            "would copy (dry run)"
-        } else {
-            "copied"
-        };
-        let text = format!("{verb} into {}\n{summary}", config.storage_type.name());
-        return if summary.failures.is_empty() {
-            Ok(text)
-        } else {
-            Err((1, text))
-        };
+        return from_cs_ai(&url, target, config, dry_run, text("checkpoint").is_some()).await;
     }
     let mut source = match (text("from"), text("from-config")) {
         (Some(url), None) if url.starts_with("grpc://") || url.starts_with("grpcs://") => {
@@ -100,9 +71,9 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
                 .map_err(usage)?
         }
         (None, Some(file)) => {
-            let source_config = Values::defaults()
+            let source_config = config::defaults()
                 .with_file(&PathBuf::from(file))
-                .and_then(|v| v.parse())
+                .and_then(|v| config::parse(&v))
                 .map_err(|e| usage(e.to_string()))?;
             configured_store(&source_config, "source")
                 .await
@@ -135,4 +106,52 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
     } else {
         Err((1, text))
     }
+}
+
+/// CS-AI's Redis into a backend (cs_ai.rs).
+#[cfg(feature = "redis")]
+async fn from_cs_ai(
+    url: &str,
+    target: Location,
+    config: &Config,
+    dry_run: bool,
+    checkpoint: bool,
+) -> Outcome {
+    let Location::Store(store) = target else {
+        return Err(usage(
+            "CS-AI's data is migrated into a backend, not --to a sidecar".into(),
+        ));
+    };
+    if checkpoint {
+        return Err(usage(
+            "--checkpoint is for --from-config and --from grpc://; a CS-AI migration can be re-run as it is".into(),
+        ));
+    }
+    let options = crate::cs_ai::Options {
+        dry_run,
+        default_ttl: config.session_ttl,
+        record_retention: config.record_retention,
+        limits: config.limits.clone(),
+    };
+    let summary = crate::cs_ai::copy_from_redis(url, store.as_ref(), &options)
+        .await
+        .map_err(|e| (1, e.to_string()))?;
+    let verb = if dry_run {
+        "would copy (dry run)"
+    } else {
+        "copied"
+    };
+    let text = format!("{verb} into {}\n{summary}", config.storage.backend.name);
+    if summary.failures.is_empty() {
+        Ok(text)
+    } else {
+        Err((1, text))
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn from_cs_ai(_: &str, _: Location, _: &Config, _: bool, _: bool) -> Outcome {
+    Err(usage(
+        "this build has no Redis driver, so it cannot read CS-AI's Redis (build with the cargo feature `redis`)".into(),
+    ))
 }

@@ -10,6 +10,7 @@ mod restore;
 mod rotate_keys;
 mod serve;
 
+use crate::config;
 use crate::observability::telemetry;
 use clap::{Arg, Command};
 use std::process::ExitCode;
@@ -48,14 +49,14 @@ pub fn command() -> Command {
 /// 2 for a configuration or usage error.
 pub fn run() -> ExitCode {
     let matches = command().get_matches();
-    let (values, config) = match args::values_from(&matches).and_then(|v| v.parse().map(|c| (v, c)))
-    {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            eprintln!("csai-sidecar: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let (values, config) =
+        match args::values_from(&matches).and_then(|v| config::parse(&v).map(|c| (v, c))) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                eprintln!("csai-sidecar: {error}");
+                return ExitCode::from(2);
+            }
+        };
     telemetry::redact_panics(config.secrets());
     match matches.subcommand() {
         Some(("config", _)) => {

@@ -2,7 +2,7 @@
 //! and with `--accept-unsealed` plaintext and older envelopes sealed.
 
 use crate::cli::args::{self, usage};
-use crate::config::{Config, StorageType};
+use crate::config::Config;
 use crate::operations;
 use crate::server;
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -26,7 +26,7 @@ pub fn run(config: &Config, arguments: &ArgMatches) -> ExitCode {
             .ok_or_else(|| {
                 usage("rotate-keys needs encryption_keys (CSAI_ENCRYPTION_KEYS or encryption_keys_file)".into())
             })?;
-        if config.storage_type == StorageType::Memory {
+        if !config.storage.backend.persistent {
             return Err(usage(
                 "rotate-keys works on a backend; the in-memory store lives in the sidecar's process".into(),
             ));

@@ -1,152 +1,150 @@
 //! The Chat service's settings: the `chat_*` keys and the `[providers.NAME]` tables.
 
-use super::{ConfigError, Values};
 use crate::chat::completion::Sampling;
 use crate::chat::guard::RateLimits;
 use crate::chat::provider::{ApiKey, Endpoint, ProviderSettings};
 use crate::chat::{ChatSettings, TurnLimits};
+use crate::settings::{ConfigError, Values};
 use std::path::PathBuf;
 
-impl Values {
-    /// The Chat service's providers, limits and guards.
-    pub(super) fn chat_settings(&self) -> Result<ChatSettings, ConfigError> {
-        let defaults = Sampling {
-            temperature: self.get("chat_temperature", "a number from 0 to 2", |s| {
-                number_in(s, 0.0, 2.0)
-            })?,
-            top_p: self.get("chat_top_p", "a number from 0 to 1", |s| {
-                number_in(s, 0.0, 1.0)
-            })?,
-            max_tokens: self.get("chat_max_tokens", "a whole number from 1", |s| {
-                s.parse().ok().filter(|&n| n > 0)
-            })?,
-            frequency_penalty: self.get(
-                "chat_frequency_penalty",
-                "a number from -2 to 2",
-                |s| number_in(s, -2.0, 2.0),
-            )?,
-            presence_penalty: self.get("chat_presence_penalty", "a number from -2 to 2", |s| {
-                number_in(s, -2.0, 2.0)
-            })?,
-            stop: Vec::new(),
-            seed: None,
-        };
-        let shared = ProviderSettings {
-            name: String::new(),
-            endpoint: Endpoint::Echo,
-            model: self.text("chat_model"),
-            defaults,
-            timeout: self.get("chat_timeout", "a positive duration such as 30s", |s| {
-                humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
-            })?,
-            max_retries: self.get("chat_max_retries", "a whole number from 0 to 10", |s| {
-                s.parse().ok().filter(|&n| n <= 10)
-            })?,
-        };
+/// The Chat service's providers, limits and guards.
+pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
+    let defaults = Sampling {
+        temperature: values.get("chat_temperature", "a number from 0 to 2", |s| {
+            number_in(s, 0.0, 2.0)
+        })?,
+        top_p: values.get("chat_top_p", "a number from 0 to 1", |s| {
+            number_in(s, 0.0, 1.0)
+        })?,
+        max_tokens: values.get("chat_max_tokens", "a whole number from 1", |s| {
+            s.parse().ok().filter(|&n| n > 0)
+        })?,
+        frequency_penalty: values.get("chat_frequency_penalty", "a number from -2 to 2", |s| {
+            number_in(s, -2.0, 2.0)
+        })?,
+        presence_penalty: values.get("chat_presence_penalty", "a number from -2 to 2", |s| {
+            number_in(s, -2.0, 2.0)
+        })?,
+        stop: Vec::new(),
+        seed: None,
+    };
+    let shared = ProviderSettings {
+        name: String::new(),
+        endpoint: Endpoint::Echo,
+        model: values.text("chat_model"),
+        defaults,
+        timeout: values.get("chat_timeout", "a positive duration such as 30s", |s| {
+            humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
+        })?,
+        max_retries: values.get("chat_max_retries", "a whole number from 0 to 10", |s| {
+            s.parse().ok().filter(|&n| n <= 10)
+        })?,
+    };
 
-        let mut providers = Vec::new();
-        if self.optional_text("chat_base_url").is_some() {
-            let base_url = self.get("chat_base_url", "an http:// or https:// URL", |s| {
-                is_http_url(s).then(|| s.to_string())
-            })?;
-            let api_key = match self.optional_text("chat_api_key") {
-                Some(value) => Some(ApiKey {
-                    value,
-                    source: "CSAI_CHAT_API_KEY".into(),
-                }),
-                None => self
-                    .optional_text("chat_api_key_file")
-                    .map(|path| read_key_file(&path, "chat_api_key_file"))
-                    .transpose()?,
-            };
-            providers.push(ProviderSettings {
-                name: DEFAULT_PROVIDER.into(),
-                endpoint: Endpoint::OpenAi { base_url, api_key },
-                ..shared.clone()
-            });
-        }
-        if self.get("chat_echo", "true or false", |s| s.parse().ok())? {
-            providers.push(ProviderSettings {
-                name: ECHO_PROVIDER.into(),
-                endpoint: Endpoint::Echo,
-                model: "echo".into(),
-                ..shared.clone()
-            });
-        }
-        for (name, (table, file)) in &self.providers {
-            if providers.iter().any(|p| &p.name == name) {
-                return Err(ConfigError(format!(
-                    "[providers.{name}] in {file}: `{name}` is the name of a built-in provider; choose another"
-                )));
-            }
-            providers.push(provider_from_table(name, table, file, &shared)?);
-        }
-
-        let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
-        let known = |key: &str| -> Result<Option<String>, ConfigError> {
-            let Some(name) = self.optional_text(key) else {
-                return Ok(None);
-            };
-            if names.contains(&name.as_str()) {
-                return Ok(Some(name));
-            }
-            Err(ConfigError(format!(
-                "`{key}` names provider {name:?}, which is not configured; configured: [{}]",
-                names.join(", ")
-            )))
+    let mut providers = Vec::new();
+    if values.optional_text("chat_base_url").is_some() {
+        let base_url = values.get("chat_base_url", "an http:// or https:// URL", |s| {
+            is_http_url(s).then(|| s.to_string())
+        })?;
+        let api_key = match values.optional_text("chat_api_key") {
+            Some(value) => Some(ApiKey {
+                value,
+                source: "CSAI_CHAT_API_KEY".into(),
+            }),
+            None => values
+                .optional_text("chat_api_key_file")
+                .map(|path| read_key_file(&path, "chat_api_key_file"))
+                .transpose()?,
         };
-        let default_provider = known("chat_provider")?.or_else(|| {
-            [DEFAULT_PROVIDER, ECHO_PROVIDER]
-                .into_iter()
-                .find(|n| names.contains(n))
-                .map(String::from)
-                .or_else(|| (names.len() == 1).then(|| names[0].to_string()))
+        providers.push(ProviderSettings {
+            name: DEFAULT_PROVIDER.into(),
+            endpoint: Endpoint::OpenAi { base_url, api_key },
+            ..shared.clone()
         });
-        let rate_limited = self.get("chat_rate_limit", "true or false", |s| s.parse().ok())?;
-        let per = |key: &str| self.get(key, "a whole number (0 = no limit)", |s| s.parse().ok());
-        Ok(ChatSettings {
-            default_provider,
-            fallback_provider: known("chat_fallback_provider")?,
-            providers,
-            limits: TurnLimits {
-                history_window: self.get(
-                    "chat_history_window",
-                    "a whole number (0 = all messages)",
-                    |s| s.parse().ok(),
-                )?,
-                max_tool_rounds: self.get(
-                    "chat_max_tool_rounds",
-                    "a whole number from 1 to 100",
-                    |s| s.parse().ok().filter(|n| (1..=100).contains(n)),
-                )?,
-                tool_timeout: self.get(
-                    "chat_tool_timeout",
-                    "a positive duration such as 60s",
-                    |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
-                )?,
-                max_user_message_chars: self.get(
-                    "chat_max_user_message_length",
-                    "a whole number (0 = no limit)",
-                    |s| s.parse().ok(),
-                )?,
-            },
-            rate_limits: if rate_limited {
-                Some(RateLimits {
-                    per_minute: per("chat_rate_limit_per_minute")?,
-                    per_hour: per("chat_rate_limit_per_hour")?,
-                    per_day: per("chat_rate_limit_per_day")?,
-                })
-            } else {
-                None
-            },
-            transcript_dir: self.optional_text("chat_transcript_dir").map(PathBuf::from),
-            record_retention: self.get(
-                "record_retention",
-                "a positive duration such as 30d",
+    }
+    if values.get("chat_echo", "true or false", |s| s.parse().ok())? {
+        providers.push(ProviderSettings {
+            name: ECHO_PROVIDER.into(),
+            endpoint: Endpoint::Echo,
+            model: "echo".into(),
+            ..shared.clone()
+        });
+    }
+    for (name, table, file) in values.tables("providers") {
+        if providers.iter().any(|p| p.name == name) {
+            return Err(ConfigError(format!(
+                "[providers.{name}] in {file}: `{name}` is the name of a built-in provider; choose another"
+            )));
+        }
+        providers.push(provider_from_table(name, table, file, &shared)?);
+    }
+
+    let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    let known = |key: &str| -> Result<Option<String>, ConfigError> {
+        let Some(name) = values.optional_text(key) else {
+            return Ok(None);
+        };
+        if names.contains(&name.as_str()) {
+            return Ok(Some(name));
+        }
+        Err(ConfigError(format!(
+            "`{key}` names provider {name:?}, which is not configured; configured: [{}]",
+            names.join(", ")
+        )))
+    };
+    let default_provider = known("chat_provider")?.or_else(|| {
+        [DEFAULT_PROVIDER, ECHO_PROVIDER]
+            .into_iter()
+            .find(|n| names.contains(n))
+            .map(String::from)
+            .or_else(|| (names.len() == 1).then(|| names[0].to_string()))
+    });
+    let rate_limited = values.get("chat_rate_limit", "true or false", |s| s.parse().ok())?;
+    let per = |key: &str| values.get(key, "a whole number (0 = no limit)", |s| s.parse().ok());
+    Ok(ChatSettings {
+        default_provider,
+        fallback_provider: known("chat_fallback_provider")?,
+        providers,
+        limits: TurnLimits {
+            history_window: values.get(
+                "chat_history_window",
+                "a whole number (0 = all messages)",
+                |s| s.parse().ok(),
+            )?,
+            max_tool_rounds: values.get(
+                "chat_max_tool_rounds",
+                "a whole number from 1 to 100",
+                |s| s.parse().ok().filter(|n| (1..=100).contains(n)),
+            )?,
+            tool_timeout: values.get(
+                "chat_tool_timeout",
+                "a positive duration such as 60s",
                 |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
             )?,
-        })
-    }
+            max_user_message_chars: values.get(
+                "chat_max_user_message_length",
+                "a whole number (0 = no limit)",
+                |s| s.parse().ok(),
+            )?,
+        },
+        rate_limits: if rate_limited {
+            Some(RateLimits {
+                per_minute: per("chat_rate_limit_per_minute")?,
+                per_hour: per("chat_rate_limit_per_hour")?,
+                per_day: per("chat_rate_limit_per_day")?,
+            })
+        } else {
+            None
+        },
+        transcript_dir: values
+            .optional_text("chat_transcript_dir")
+            .map(PathBuf::from),
+        record_retention: values.get(
+            "record_retention",
+            "a positive duration such as 30d",
+            |s| humantime::parse_duration(s).ok().filter(|d| !d.is_zero()),
+        )?,
+    })
 }
 
 /// Name of the provider configured by the `chat_*` keys.

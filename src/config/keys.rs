@@ -1,61 +1,9 @@
-//! The table of every setting: its TOML key, environment variable, flag, default and help.
+//! The core settings: their TOML keys, environment variables, flags, defaults and help.
+//! Each backend declares its own section (src/store/*/config.rs).
 
-/// One configuration setting.
-pub struct Key {
-    /// Name in the TOML file; the flag is the same with '-' for '_'.
-    pub name: &'static str,
-    /// Environment variable.
-    pub env: &'static str,
-    /// Value when no source sets one ("" = unset).
-    pub default: &'static str,
-    /// One line for `--help` and docs/configuration.md.
-    pub help: &'static str,
-    /// Redacted by `csai-sidecar config`.
-    pub secret: bool,
-    /// Read from the environment only: no flag (visible in `ps`) and no config-file key
-    /// (config files get committed). For API keys.
-    pub env_only: bool,
-}
+use crate::settings::{Key, env_only_secret, key};
 
-const fn key(
-    name: &'static str,
-    env: &'static str,
-    default: &'static str,
-    help: &'static str,
-) -> Key {
-    Key {
-        name,
-        env,
-        default,
-        help,
-        secret: false,
-        env_only: false,
-    }
-}
-
-const fn env_only_secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
-    Key {
-        name,
-        env,
-        default: "",
-        help,
-        secret: true,
-        env_only: true,
-    }
-}
-
-const fn secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
-    Key {
-        name,
-        env,
-        default: "",
-        help,
-        secret: true,
-        env_only: false,
-    }
-}
-
-/// Every setting. The flag of `type` is `--storage-type` (see [`Key::flag`]).
+/// The core settings. The flag of `type` is `--storage-type` (see [`Key::flag`]).
 pub const KEYS: &[Key] = &[
     key(
         "listen",
@@ -139,108 +87,6 @@ pub const KEYS: &[Key] = &[
         "CSAI_MAX_RETRIES",
         "3",
         "retries of a transient backend error",
-    ),
-    key(
-        "redis_address",
-        "CSAI_REDIS_ADDRESS",
-        "localhost:6379",
-        "Redis host:port, redis:// URL or rediss:// URL (TLS)",
-    ),
-    key(
-        "redis_username",
-        "CSAI_REDIS_USERNAME",
-        "",
-        "Redis ACL username",
-    ),
-    secret("redis_password", "CSAI_REDIS_PASSWORD", "Redis password"),
-    key(
-        "redis_db",
-        "CSAI_REDIS_DB",
-        "0",
-        "Redis database number (standalone only)",
-    ),
-    key(
-        "redis_cluster_nodes",
-        "CSAI_REDIS_CLUSTER_NODES",
-        "",
-        "comma-separated Redis Cluster seed nodes; setting it selects Cluster mode",
-    ),
-    key(
-        "redis_tls_ca_file",
-        "CSAI_REDIS_TLS_CA_FILE",
-        "",
-        "PEM file of the CA that signed Redis's TLS certificate (rediss://); system roots when unset",
-    ),
-    key(
-        "redis_key_prefix",
-        "CSAI_REDIS_KEY_PREFIX",
-        "csai:",
-        "prefix of every Redis key (no '{' or '}')",
-    ),
-    secret(
-        "mongo_uri",
-        "CSAI_MONGO_URI",
-        "MongoDB connection string (default mongodb://localhost:27017)",
-    ),
-    key(
-        "mongo_database",
-        "CSAI_MONGO_DATABASE",
-        "cs_ai",
-        "MongoDB database",
-    ),
-    key(
-        "mongo_collection",
-        "CSAI_MONGO_COLLECTION",
-        "sessions",
-        "MongoDB collection of sessions; messages go to <collection>_messages",
-    ),
-    key(
-        "mongo_pool_size",
-        "CSAI_MONGO_POOL_SIZE",
-        "32",
-        "most connections in the MongoDB driver's pool",
-    ),
-    key(
-        "dynamo_region",
-        "CSAI_DYNAMO_REGION",
-        "us-east-1",
-        "DynamoDB region",
-    ),
-    key(
-        "dynamo_table",
-        "CSAI_DYNAMO_TABLE",
-        "cs_ai_sessions",
-        "DynamoDB table",
-    ),
-    key(
-        "dynamo_endpoint",
-        "CSAI_DYNAMO_ENDPOINT",
-        "",
-        "DynamoDB endpoint URL (local testing, VPC endpoints); no instance-metadata lookups when set",
-    ),
-    key(
-        "dynamo_create_table",
-        "CSAI_DYNAMO_CREATE_TABLE",
-        "false",
-        "create the DynamoDB table (on-demand, TTL on `ttl`) at start if it is missing",
-    ),
-    key(
-        "memory_max_sessions",
-        "CSAI_MEMORY_MAX_SESSIONS",
-        "0",
-        "in-memory store: most live sessions (0 = no limit)",
-    ),
-    key(
-        "memory_max_bytes",
-        "CSAI_MEMORY_MAX_BYTES",
-        "0",
-        "in-memory store: most stored bytes, e.g. 512MiB (0 = no limit)",
-    ),
-    key(
-        "memory_sweep_interval",
-        "CSAI_MEMORY_SWEEP_INTERVAL",
-        "1s",
-        "in-memory store: how often expired sessions are freed",
     ),
     key(
         "health_interval",
@@ -480,14 +326,3 @@ pub const KEYS: &[Key] = &[
         "log filter (tracing EnvFilter syntax, e.g. info,csai_sidecar=debug)",
     ),
 ];
-
-impl Key {
-    /// The command-line flag, without the leading dashes (env-only keys have none).
-    pub fn flag(&self) -> Option<String> {
-        match self.name {
-            _ if self.env_only => None,
-            "type" => Some("storage-type".to_string()),
-            name => Some(name.replace('_', "-")),
-        }
-    }
-}

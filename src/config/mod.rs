@@ -1,57 +1,66 @@
 //! The typed configuration, read from flags, environment variables and a TOML file.
 //!
-//! One table, [`KEYS`], names every setting once: its TOML key (CS-AI's StorageConfig
-//! names), its environment variable, its flag and its default. Values are gathered as
-//! text with their source (flags > environment > file > defaults) and parsed once, so every
-//! error names the key, where the bad value came from, and what is accepted.
+//! Every setting is named once, in [`catalog`]: the core table [`KEYS`] and each
+//! backend's own section (src/store/*/config.rs), with their TOML keys (CS-AI's
+//! StorageConfig names), environment variables, flags and defaults. Values are gathered as
+//! text with their source (flags > environment > file > defaults, src/settings/) and
+//! parsed once, so every error names the key, where the bad value came from, and what is
+//! accepted.
 
 mod chat;
 mod keys;
-mod units;
-mod values;
+mod parse;
 
-pub use keys::{KEYS, Key};
-pub use units::{format_duration, parse_size};
-use values::url_password;
-pub use values::{Source, Values};
-
-pub use chat::{DEFAULT_PROVIDER, ECHO_PROVIDER};
+pub use keys::KEYS;
+pub use parse::parse;
 
 use crate::chat::ChatSettings;
 use crate::chat::provider::Endpoint;
 use crate::observability::telemetry::{LogFormat, SessionIdInTraces};
-use crate::store::dynamo::DynamoOptions;
-use crate::store::memory::MemoryLimits;
-use crate::store::mongo::MongoOptions;
-use crate::store::redis::RedisOptions;
+use crate::settings::{Key, Values};
+use crate::store::open::{BACKENDS, Backend, Configured, Shared};
+use crate::store::{SessionStore, StoreResult};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-/// A configuration error; the message names the key, the source and what is accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("configuration error: {0}")]
-pub struct ConfigError(pub String);
+pub use chat::{DEFAULT_PROVIDER, ECHO_PROVIDER};
 
-/// The storage backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StorageType {
-    Memory,
-    Redis,
-    Mongo,
-    Dynamo,
+/// Every key that may be set: the core keys, then each compiled-in backend's section.
+pub fn catalog() -> &'static [&'static Key] {
+    static CATALOG: LazyLock<Vec<&'static Key>> = LazyLock::new(|| {
+        KEYS.iter()
+            .chain(BACKENDS.iter().flat_map(|backend| backend.keys))
+            .collect()
+    });
+    &CATALOG
 }
 
-impl StorageType {
-    /// The name used in config and stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            StorageType::Memory => "memory",
-            StorageType::Redis => "redis",
-            StorageType::Mongo => "mongo",
-            StorageType::Dynamo => "dynamo",
-        }
+/// The defaults of every key; the file, environment and flags go on top.
+pub fn defaults() -> Values {
+    Values::defaults(catalog(), &["providers"])
+}
+
+/// The chosen storage backend, its section read and checked.
+#[derive(Clone)]
+pub struct Storage {
+    pub backend: &'static Backend,
+    pub shared: Shared,
+    options: Arc<dyn Configured>,
+}
+
+impl Storage {
+    /// Opens the backend as it is, without decorators.
+    pub async fn open(&self) -> StoreResult<Arc<dyn SessionStore>> {
+        self.options.open().await
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Storage({})", self.backend.name)
     }
 }
 
@@ -65,7 +74,7 @@ pub struct RequestLimits {
 }
 
 /// The effective configuration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     /// TLS of the gRPC server, when on.
@@ -73,28 +82,9 @@ pub struct Config {
     /// Bearer tokens (`tenant:token` entries), when authentication is on.
     pub auth_tokens: Option<Secret>,
     pub reflection: bool,
-    pub storage_type: StorageType,
+    pub storage: Storage,
     pub session_ttl: Duration,
     pub sliding_ttl_on_read: bool,
-    pub timeout: Duration,
-    pub max_retries: u32,
-    pub redis_address: String,
-    pub redis_username: Option<String>,
-    pub redis_password: Option<String>,
-    pub redis_db: i64,
-    pub redis_cluster_nodes: Vec<String>,
-    pub redis_tls_ca_file: Option<PathBuf>,
-    pub redis_key_prefix: String,
-    pub mongo_uri: String,
-    pub mongo_database: String,
-    pub mongo_collection: String,
-    pub mongo_pool_size: u32,
-    pub dynamo_region: String,
-    pub dynamo_table: String,
-    pub dynamo_endpoint: Option<String>,
-    pub dynamo_create_table: bool,
-    pub memory_limits: MemoryLimits,
-    pub memory_sweep_interval: Duration,
     pub health_interval: Duration,
     pub stats_refresh_interval: Duration,
     pub shutdown_grace: Duration,
@@ -112,26 +102,15 @@ pub struct Config {
     pub trace_session_id_key: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Secret values and passwords inside URLs of every setting, whichever backend is on.
+    pub setting_secrets: Vec<String>,
 }
 
 impl Config {
     /// Every secret value of the configuration, for redaction: passwords, API keys,
     /// tokens and encryption keys.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = self.redis_password.iter().cloned().collect();
-        for url in self
-            .redis_address
-            .split(',')
-            .chain(self.redis_cluster_nodes.iter().map(String::as_str))
-        {
-            secrets.extend(url_password(url.trim()).map(String::from));
-        }
-        if let Some((_, rest)) = self.mongo_uri.split_once("://")
-            && let Some((userinfo, _)) = rest.split_once('@')
-            && let Some((_, password)) = userinfo.split_once(':')
-        {
-            secrets.push(password.to_string());
-        }
+        let mut secrets = self.setting_secrets.clone();
         for provider in &self.chat.providers {
             if let Endpoint::OpenAi {
                 api_key: Some(key), ..
@@ -155,52 +134,11 @@ impl Config {
         secrets.retain(|s| !s.is_empty());
         secrets
     }
-
-    /// The DynamoDB connection options.
-    pub fn dynamo_options(&self) -> DynamoOptions {
-        DynamoOptions {
-            region: self.dynamo_region.clone(),
-            table: self.dynamo_table.clone(),
-            endpoint: self.dynamo_endpoint.clone(),
-            create_table: self.dynamo_create_table,
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-        }
-    }
-
-    /// The MongoDB connection options.
-    pub fn mongo_options(&self) -> MongoOptions {
-        MongoOptions {
-            uri: self.mongo_uri.clone(),
-            database: self.mongo_database.clone(),
-            collection: self.mongo_collection.clone(),
-            pool_size: self.mongo_pool_size,
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-        }
-    }
-
-    /// The Redis connection options.
-    pub fn redis_options(&self) -> RedisOptions {
-        RedisOptions {
-            address: self.redis_address.clone(),
-            cluster_nodes: self.redis_cluster_nodes.clone(),
-            tls_ca_file: self.redis_tls_ca_file.clone(),
-            username: self.redis_username.clone(),
-            password: self.redis_password.clone(),
-            db: self.redis_db,
-            key_prefix: self.redis_key_prefix.clone(),
-            timeout: self.timeout,
-            max_retries: self.max_retries,
-        }
-    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Values::defaults()
-            .parse()
-            .expect("the built-in defaults are valid")
+        parse(&defaults()).expect("the built-in defaults are valid")
     }
 }
 
@@ -230,71 +168,69 @@ mod tests {
     use super::*;
     use crate::chat::completion::Sampling;
     use crate::chat::guard::RateLimits;
+    use crate::settings::{ConfigError, Source};
+    use crate::store::dynamo::DynamoOptions;
+    use crate::store::memory::{MemoryLimits, MemoryOptions};
+    use crate::store::mongo::MongoOptions;
 
     #[test]
     fn defaults_mirror_cs_ai() {
         let config = Config::default();
         assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(config.storage_type, StorageType::Memory);
+        assert_eq!(config.storage.backend.name, "memory");
         assert_eq!(config.session_ttl, Duration::from_secs(12 * 3600));
-        assert_eq!(config.mongo_database, "cs_ai");
-        assert_eq!(config.mongo_collection, "sessions");
-        assert_eq!(config.dynamo_table, "cs_ai_sessions");
         assert_eq!(config.max_grpc_message_size, 4 << 20);
-        assert_eq!(config.memory_limits, MemoryLimits::default());
+        let values = defaults();
+        let shared = config.storage.shared;
+        let mongo = MongoOptions::read(&values, &shared).unwrap();
+        assert_eq!(
+            (mongo.database.as_str(), mongo.collection.as_str()),
+            ("cs_ai", "sessions")
+        );
+        assert_eq!(
+            DynamoOptions::read(&values, &shared).unwrap().table,
+            "cs_ai_sessions"
+        );
+        assert_eq!(
+            MemoryOptions::read(&values).unwrap().limits,
+            MemoryLimits::default()
+        );
     }
 
     #[test]
     fn later_sources_override_earlier_ones() {
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set("session_ttl", "1h".into(), Source::File("f.toml".into()));
         values.set("session_ttl", "30m".into(), Source::Env("CSAI_SESSION_TTL"));
         assert_eq!(
-            values.parse().unwrap().session_ttl,
+            parse(&values).unwrap().session_ttl,
             Duration::from_secs(1800)
         );
     }
 
     #[test]
     fn errors_name_key_source_and_accepted_values() {
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set("type", "cassandra".into(), Source::Env("CSAI_STORAGE_TYPE"));
-        let error = values.parse().unwrap_err().to_string();
+        let error = parse(&values).unwrap_err().to_string();
         assert!(error.contains("`type`"), "{error}");
         assert!(error.contains("CSAI_STORAGE_TYPE"), "{error}");
         assert!(error.contains("memory, redis, mongo, dynamo"), "{error}");
         assert!(error.contains("cassandra"), "{error}");
 
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set(
             "session_ttl",
             "forever".into(),
             Source::Flag("session-ttl".into()),
         );
-        let error = values.parse().unwrap_err().to_string();
+        let error = parse(&values).unwrap_err().to_string();
         assert!(error.contains("flag --session-ttl"), "{error}");
     }
 
     #[test]
-    fn durations_format_in_whole_units() {
-        assert_eq!(format_duration(Duration::from_secs(365 * 86_400)), "365d");
-        assert_eq!(format_duration(Duration::from_secs(12 * 3600)), "12h");
-        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size("4MiB"), Some(4 << 20));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("1 GB"), Some(1_000_000_000));
-        assert_eq!(parse_size("12 parsecs"), None);
-        assert_eq!(parse_size(""), None);
-    }
-
-    #[test]
     fn secrets_are_redacted() {
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set(
             "redis_password",
             "hunter2".into(),
@@ -320,7 +256,7 @@ mod tests {
             shown.contains("redis://:<redacted>@cache:6379/0"),
             "{shown}"
         );
-        let config = values.parse().expect("a valid configuration");
+        let config = parse(&values).expect("a valid configuration");
         assert!(config.secrets().contains(&"pw-in-url".to_string()));
         assert!(
             shown.contains("mongodb://app:<redacted>@db:27017/?tls=true"),
@@ -335,7 +271,7 @@ mod tests {
             text.len()
         ));
         std::fs::write(&path, text).unwrap();
-        let values = Values::defaults().with_file(&path);
+        let values = defaults().with_file(&path);
         std::fs::remove_file(&path).unwrap();
         values
     }
@@ -351,7 +287,7 @@ mod tests {
 
     #[test]
     fn the_default_provider_comes_from_the_chat_keys() {
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set(
             "chat_base_url",
             "https://api.deepseek.com/v1".into(),
@@ -363,7 +299,7 @@ mod tests {
             Source::Env("CSAI_CHAT_API_KEY"),
         );
         values.set("chat_rate_limit", "true".into(), Source::Default);
-        let chat = values.parse().unwrap().chat;
+        let chat = parse(&values).unwrap().chat;
         assert_eq!(chat.default_provider.as_deref(), Some(DEFAULT_PROVIDER));
         let provider = &chat.providers[0];
         assert_eq!(provider.model, "deepseek-chat");
@@ -387,7 +323,7 @@ mod tests {
              [providers.local]\nbase_url = \"http://localhost:11434/v1\"\nmodel = \"llama3.1\"\ntimeout = \"300s\"\n",
         )
         .unwrap();
-        let chat = values.parse().unwrap().chat;
+        let chat = parse(&values).unwrap().chat;
         assert_eq!(chat.default_provider.as_deref(), Some("openai"));
         assert_eq!(chat.fallback_provider.as_deref(), Some("local"));
         let openai = chat.providers.iter().find(|p| p.name == "openai").unwrap();
@@ -403,7 +339,7 @@ mod tests {
         assert_eq!(local.timeout, Duration::from_secs(300));
 
         values.set("chat_fallback_provider", "nowhere".into(), Source::Default);
-        let error = values.parse().unwrap_err().to_string();
+        let error = parse(&values).unwrap_err().to_string();
         assert!(
             error.contains("nowhere") && error.contains("openai"),
             "{error}"
@@ -417,18 +353,16 @@ mod tests {
             .to_string();
         assert!(error.contains("CSAI_CHAT_API_KEY"), "{error}");
         assert!(!error.contains("sk-in-a-file"), "{error}");
-        let error = file_values("[providers.x]\nbase_url = \"ftp://x\"\n").unwrap();
+        let values = file_values("[providers.x]\nbase_url = \"ftp://x\"\n").unwrap();
         assert!(
-            error
-                .parse()
+            parse(&values)
                 .unwrap_err()
                 .to_string()
                 .contains("[providers.x] base_url")
         );
-        let error = file_values("[providers.x]\necho = true\ncolour = 1\n").unwrap();
+        let values = file_values("[providers.x]\necho = true\ncolour = 1\n").unwrap();
         assert!(
-            error
-                .parse()
+            parse(&values)
                 .unwrap_err()
                 .to_string()
                 .contains("unknown key")
@@ -440,16 +374,16 @@ mod tests {
             ("chat_base_url", "api.deepseek.com"),
             ("chat_provider", "missing"),
         ] {
-            let mut values = Values::defaults();
+            let mut values = defaults();
             values.set(key, value.into(), Source::Default);
-            let error = values.parse().unwrap_err().to_string();
+            let error = parse(&values).unwrap_err().to_string();
             assert!(error.contains(key), "{key}: {error}");
         }
     }
 
     #[test]
     fn every_secret_is_known_for_redaction() {
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set("redis_password", "hunter22".into(), Source::Default);
         values.set(
             "mongo_uri",
@@ -467,7 +401,7 @@ mod tests {
             "shop-a:token-aaaaaaaaaaaaaaaa".into(),
             Source::Default,
         );
-        let secrets = values.parse().unwrap().secrets();
+        let secrets = parse(&values).unwrap().secrets();
         for secret in [
             "hunter22",
             "s3cret-pw",
@@ -480,8 +414,8 @@ mod tests {
 
     #[test]
     fn session_ttl_may_not_exceed_max_ttl() {
-        let mut values = Values::defaults();
+        let mut values = defaults();
         values.set("session_ttl", "400d".into(), Source::Default);
-        assert!(values.parse().unwrap_err().to_string().contains("max_ttl"));
+        assert!(parse(&values).unwrap_err().to_string().contains("max_ttl"));
     }
 }

@@ -10,7 +10,7 @@ pub mod rpc_telemetry;
 pub mod tls;
 
 use crate::chat::turn::ChatEngine;
-use crate::config::{Config, StorageType};
+use crate::config::Config;
 use crate::grpc::chat::ChatService;
 use crate::grpc::pb::chat_server::ChatServer;
 use crate::grpc::pb::session_store_server::SessionStoreServer;
@@ -23,10 +23,6 @@ use crate::service::Policy;
 use crate::store::SessionStore;
 use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
 use crate::store::decorators::metered::MeteredStore;
-use crate::store::dynamo::DynamoStore;
-use crate::store::memory::MemoryStore;
-use crate::store::mongo::MongoStore;
-use crate::store::redis::RedisStore;
 use crate::store::stats_cache::StatsCache;
 use std::future::Future;
 use std::pin::Pin;
@@ -95,30 +91,11 @@ pub fn keyring(config: &Config) -> Result<Option<Arc<Keyring>>, ServeError> {
 
 /// Opens the configured backend as it is, without encryption (for `rotate-keys`).
 pub async fn open_backend(config: &Config) -> Result<Arc<dyn SessionStore>, ServeError> {
-    match config.storage_type {
-        StorageType::Memory => {
-            let store = Arc::new(MemoryStore::new(config.memory_limits));
-            store.spawn_sweeper(config.memory_sweep_interval);
-            Ok(store)
-        }
-        StorageType::Redis => {
-            let store = RedisStore::new(&config.redis_options())
-                .map_err(|e| ServeError::Store(e.to_string()))?;
-            Ok(Arc::new(store))
-        }
-        StorageType::Mongo => {
-            let store = MongoStore::new(&config.mongo_options())
-                .await
-                .map_err(|e| ServeError::Store(e.to_string()))?;
-            Ok(Arc::new(store))
-        }
-        StorageType::Dynamo => {
-            let store = DynamoStore::new(&config.dynamo_options())
-                .await
-                .map_err(|e| ServeError::Store(e.to_string()))?;
-            Ok(Arc::new(store))
-        }
-    }
+    config
+        .storage
+        .open()
+        .await
+        .map_err(|e| ServeError::Store(e.to_string()))
 }
 
 /// Binds the configured listen address.
@@ -160,7 +137,7 @@ pub async fn serve(
         store.clone(),
         reporter.clone(),
         config.health_interval,
-        config.timeout,
+        config.storage.shared.timeout,
         chat_configured,
     ));
 

@@ -1,8 +1,9 @@
 //! The checks of what a client writes, on domain types: ids, TTLs, messages, tool results.
 //! Each failure names the offending field, as the client spelled it.
 
-use crate::config::{RequestLimits, format_duration};
+use crate::config::RequestLimits;
 use crate::domain::{MAX_WINDOW_GROWTH, NewMessage, Role, SessionId};
+use crate::settings::format_duration;
 use std::fmt;
 use std::time::Duration;
 

@@ -1,11 +1,15 @@
 //! The `SessionStore` trait every backend implements, and the errors it returns.
 
 pub mod decorators;
+#[cfg(feature = "dynamo")]
 pub mod dynamo;
 pub mod memory;
+#[cfg(feature = "mongo")]
 pub mod mongo;
+pub mod open;
 pub mod page_token;
 pub mod records;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod stats_cache;
 

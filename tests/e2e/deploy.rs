@@ -1,7 +1,7 @@
 //! The deployment files under `deploy/` parse, and agree with the server and the docs:
 //! probe port and health service names, image name, and every configuration variable.
 
-use csai_sidecar::config::KEYS;
+use csai_sidecar::config::catalog;
 use csai_sidecar::server::health;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ fn dockerfile_port() -> u64 {
 }
 
 fn known_env_names() -> Vec<&'static str> {
-    KEYS.iter().map(|key| key.env).collect()
+    catalog().iter().map(|key| key.env).collect()
 }
 
 /// A ConfigMap's or Secret's variables; every CSAI_* one must be a configuration key.
@@ -196,7 +196,7 @@ fn the_configmap_and_secret_are_a_configuration_the_sidecar_accepts() {
     let config = variables(&yaml("deploy/kubernetes/configmap.yaml"), "data");
     let secret = variables(&yaml("deploy/kubernetes/secret.yaml"), "stringData");
     // The Secret holds the secret keys, the ConfigMap none of them.
-    let is_secret = |name: &str| KEYS.iter().any(|key| key.env == name && key.secret);
+    let is_secret = |name: &str| catalog().iter().any(|key| key.env == name && key.secret);
     for name in secret.keys() {
         assert!(is_secret(name), "{name} is not a secret key");
     }
@@ -294,7 +294,7 @@ fn the_dynamodb_definitions_agree() {
         template["Parameters"]["TableName"]["Default"].as_str(),
         cli["TableName"].as_str()
     );
-    let default_table = KEYS
+    let default_table = catalog()
         .iter()
         .find(|key| key.env == "CSAI_DYNAMO_TABLE")
         .unwrap()

@@ -1,7 +1,7 @@
 //! Keeps the documentation in step with the code: every setting and every RPC is
 //! documented, and every link between the README and `docs/` leads somewhere.
 
-use csai_sidecar::config::KEYS;
+use csai_sidecar::config::catalog;
 use std::path::Path;
 
 const CONFIGURATION: &str = include_str!("../../docs/configuration.md");
@@ -13,7 +13,7 @@ const PROTOS: [&str; 2] = [
 
 #[test]
 fn the_configuration_chapter_documents_every_setting() {
-    for key in KEYS {
+    for key in catalog() {
         let flag = key
             .flag()
             .map_or_else(|| "(environment only)".to_string(), |f| format!("`--{f}`"));

@@ -28,10 +28,8 @@ fn options() -> DynamoOptions {
 
 async fn server() -> TestServer {
     let store = DynamoStore::new(&options()).await.expect("store");
-    let config = csai_sidecar::config::Config {
-        timeout: Duration::from_secs(30),
-        ..test_config()
-    };
+    let mut config = test_config();
+    config.storage.shared.timeout = Duration::from_secs(30);
     TestServer::start_serving(config, Arc::new(store)).await
 }
 

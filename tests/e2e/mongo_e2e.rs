@@ -26,10 +26,8 @@ fn options(database: &str) -> MongoOptions {
 
 async fn server(database: &str) -> TestServer {
     let store = MongoStore::new(&options(database)).await.expect("store");
-    let config = csai_sidecar::config::Config {
-        timeout: Duration::from_secs(30),
-        ..test_config()
-    };
+    let mut config = test_config();
+    config.storage.shared.timeout = Duration::from_secs(30);
     TestServer::start_serving(config, Arc::new(store)).await
 }
 

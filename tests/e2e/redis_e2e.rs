@@ -195,11 +195,11 @@ async fn redis_outage_under_load_and_recovery() {
         .port();
     let mut redis = common::OwnRedis::start(port, None);
     let interval = Duration::from_secs(1);
-    let config = Config {
+    let mut config = Config {
         health_interval: interval,
-        timeout: Duration::from_secs(1),
         ..test_config()
     };
+    config.storage.shared.timeout = Duration::from_secs(1);
     let store =
         RedisStore::new(&redis_options(format!("127.0.0.1:{}", redis.port))).expect("store");
     let server = Arc::new(TestServer::start_serving(config.clone(), Arc::new(store)).await);
@@ -264,9 +264,9 @@ async fn redis_outage_under_load_and_recovery() {
             "an outage must be UNAVAILABLE or DEADLINE_EXCEEDED, got {code:?}"
         );
         assert!(
-            *took < config.timeout + Duration::from_millis(500),
+            *took < config.storage.shared.timeout + Duration::from_millis(500),
             "an RPC hung for {took:?} (timeout {:?})",
-            config.timeout
+            config.storage.shared.timeout
         );
     }
     assert!(

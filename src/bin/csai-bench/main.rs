@@ -13,12 +13,13 @@ mod report;
 use clap::{Parser, ValueEnum};
 use csai_sidecar::chat::completion::Sampling;
 use csai_sidecar::chat::provider::{Endpoint, ProviderSettings};
-use csai_sidecar::config::{Config, StorageType};
+use csai_sidecar::config::{self, Config};
 use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use csai_sidecar::server;
+use csai_sidecar::settings::Source;
 use csai_sidecar::store::SessionStore;
 use load::{Plan, Samples};
 use report::Row;
@@ -145,29 +146,27 @@ async fn main() {
 }
 
 fn config(args: &Args) -> Result<Config, String> {
-    let storage_type = match args.backend.as_str() {
-        "memory" => StorageType::Memory,
-        "redis" => StorageType::Redis,
-        "mongo" => StorageType::Mongo,
-        "dynamo" => StorageType::Dynamo,
-        other => {
-            return Err(format!(
-                "unknown backend {other:?}: memory, redis, mongo or dynamo"
-            ));
-        }
+    let mut values = config::defaults();
+    let mut set = |name: &'static str, value: &str| {
+        values.set(
+            name,
+            value.to_string(),
+            Source::Flag(name.replace('_', "-")),
+        );
     };
-    Ok(Config {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        storage_type,
-        redis_address: args.redis_address.clone(),
-        redis_key_prefix: "csai-bench:".into(),
-        mongo_uri: args.mongo_uri.clone(),
-        dynamo_endpoint: args.dynamo_endpoint.clone(),
-        dynamo_create_table: true,
-        // The bench measures the sidecar, not its load shedding.
-        max_concurrent_requests: 0,
-        ..Config::default()
-    })
+    set("type", &args.backend);
+    set("listen", "127.0.0.1:0");
+    set("redis_address", &args.redis_address);
+    set("redis_key_prefix", "csai-bench:");
+    set("mongo_uri", &args.mongo_uri);
+    set(
+        "dynamo_endpoint",
+        args.dynamo_endpoint.as_deref().unwrap_or(""),
+    );
+    set("dynamo_create_table", "true");
+    // The bench measures the sidecar, not its load shedding.
+    set("max_concurrent_requests", "0");
+    config::parse(&values).map_err(|e| e.to_string())
 }
 
 fn plan(args: &Args) -> Plan {

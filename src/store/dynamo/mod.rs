@@ -28,7 +28,10 @@
 //! session never sees old chunks.
 
 mod batch;
+mod config;
 mod items;
+
+pub use config::{BACKEND, DynamoOptions};
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
@@ -64,23 +67,6 @@ const MAX_CONFLICT_RETRIES: u32 = 100;
 const MAX_SCANS_PER_PAGE: usize = 50;
 /// Bytes counted per session for the meta item's fixed attributes.
 const META_OVERHEAD_BYTES: u64 = 200;
-
-/// How to reach DynamoDB.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DynamoOptions {
-    pub region: String,
-    pub table: String,
-    /// Custom endpoint (local testing, VPC endpoints). When set, credentials come from
-    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` or are placeholders: never from instance
-    /// metadata.
-    pub endpoint: Option<String>,
-    /// Create the table (on-demand billing, TTL on `ttl`) at start if it is missing.
-    pub create_table: bool,
-    /// Bound of one operation, retries included.
-    pub timeout: Duration,
-    /// Retries of a throttled or failed request (the SDK's standard retry mode).
-    pub max_retries: u32,
-}
 
 /// The DynamoDB session store.
 pub struct DynamoStore {

@@ -23,7 +23,10 @@
 //! buckets, and deleting, replacing or recreating a session deletes its old buckets in
 //! the same transaction.
 
+mod config;
 mod documents;
+
+pub use config::{BACKEND, MongoOptions};
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
@@ -57,22 +60,6 @@ const BUCKET_BYTES: i64 = 4 << 20;
 const REMEMBERED_REQUEST_IDS: i32 = 64;
 /// Conflicting transactions are retried this often before giving up.
 const MAX_CONFLICT_RETRIES: u32 = 200;
-
-/// How to reach MongoDB.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MongoOptions {
-    /// Connection string; auth, TLS and replica-set options go here.
-    pub uri: String,
-    pub database: String,
-    /// Session documents; messages go to `<collection>_messages`.
-    pub collection: String,
-    /// Most connections in the driver's pool.
-    pub pool_size: u32,
-    /// Bound of one operation, retries included; also the connect and server-selection timeout.
-    pub timeout: Duration,
-    /// Retries of a transient network failure.
-    pub max_retries: u32,
-}
 
 /// The MongoDB session store.
 pub struct MongoStore {

@@ -7,6 +7,7 @@
 //! and both are created lazily: the sidecar starts (NOT_SERVING) while Redis is down and
 //! recovers when it returns.
 
+use super::config::RedisOptions;
 use crate::store::StoreError;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -17,30 +18,8 @@ use redis::{
     Value,
 };
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-
-/// How to reach Redis.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RedisOptions {
-    /// `host:port`, `redis://...` or `rediss://...` (TLS) of a standalone server.
-    pub address: String,
-    /// Seed nodes of a Cluster; when not empty, Cluster mode is used and `address` ignored.
-    pub cluster_nodes: Vec<String>,
-    /// PEM file of the CA to trust for `rediss://` instead of the system roots.
-    pub tls_ca_file: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// Database number (standalone only; a Cluster has only database 0).
-    pub db: i64,
-    /// Prepended to every key; must not contain `{` or `}`.
-    pub key_prefix: String,
-    /// Bound of one operation, retries included.
-    pub timeout: Duration,
-    /// Retries of a transient failure.
-    pub max_retries: u32,
-}
 
 /// A cheap, cloneable handle on the connection.
 #[derive(Clone)]

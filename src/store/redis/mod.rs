@@ -4,11 +4,12 @@
 //! of all keys change together in one round trip. An append sends only the new messages
 //! and pushes them onto a list: its cost does not depend on the session's length.
 
+mod config;
 mod connection;
 mod keys;
 mod scripts;
 
-pub use connection::RedisOptions;
+pub use config::{BACKEND, RedisOptions};
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,

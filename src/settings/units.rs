@@ -38,3 +38,25 @@ pub fn parse_size(text: &str) -> Option<u64> {
     };
     number.checked_mul(multiplier)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_format_in_whole_units() {
+        assert_eq!(format_duration(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(format_duration(Duration::from_secs(12 * 3600)), "12h");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4MiB"), Some(4 << 20));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("1 GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size(""), None);
+    }
+}

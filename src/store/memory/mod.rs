@@ -27,18 +27,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+mod config;
+
+pub use config::{BACKEND, MemoryLimits, MemoryOptions};
+
 const SHARDS: usize = 64;
 /// Request ids remembered per session for idempotent appends.
 const REMEMBERED_REQUEST_IDS: usize = 64;
 /// Bytes counted for a session besides its messages and state.
 const SESSION_OVERHEAD_BYTES: u64 = 256;
-
-/// Optional limits of the in-memory store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryLimits {
-    pub max_sessions: Option<u64>,
-    pub max_bytes: Option<u64>,
-}
 
 /// The in-memory session store.
 pub struct MemoryStore {
