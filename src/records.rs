@@ -4,7 +4,7 @@
 use crate::domain::JsonObject;
 use crate::store::records::{ID_LEN, new_id, time_of_id};
 pub use crate::store::records::{Record, RecordRange, RecordStream};
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{RecordStore, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -71,7 +71,7 @@ pub fn message_hash(message: &str) -> String {
 
 /// Stores a record made now in `stream`, kept for `retention`; returns its id and time.
 pub async fn put<T: Serialize>(
-    store: &dyn SessionStore,
+    store: &dyn RecordStore,
     stream: &RecordStream,
     record: &T,
     retention: Duration,
@@ -85,7 +85,7 @@ pub async fn put<T: Serialize>(
 
 /// Stores a record under a given id (which carries its time) until `expire_time`.
 pub async fn put_with_id<T: Serialize>(
-    store: &dyn SessionStore,
+    store: &dyn RecordStore,
     stream: &RecordStream,
     record: &T,
     id: &str,
@@ -109,7 +109,7 @@ pub async fn put_with_id<T: Serialize>(
 /// One page of `stream`'s records made in `[from, to)`. The page token is the id of the
 /// last record of the previous page.
 pub async fn list<T: for<'de> Deserialize<'de>>(
-    store: &dyn SessionStore,
+    store: &dyn RecordStore,
     stream: &RecordStream,
     from: SystemTime,
     to: SystemTime,

@@ -15,7 +15,7 @@ use csai_sidecar::records::{Record, RecordRange, RecordStream};
 use csai_sidecar::server::{self, ServeError};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use csai_sidecar::store::redis::RedisOptions;
-use csai_sidecar::store::{SessionStore, StoreError, StoreResult};
+use csai_sidecar::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -277,10 +277,15 @@ impl SessionStore for FaultyStore {
         self.check()?;
         self.inner.health_check().await
     }
+}
+
+#[async_trait::async_trait]
+impl RecordStore for FaultyStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         self.check()?;
         self.inner.put_record(stream, record).await
     }
+
     async fn list_records(
         &self,
         stream: &RecordStream,

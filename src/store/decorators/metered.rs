@@ -8,7 +8,7 @@ use crate::domain::{
 };
 use crate::observability::metrics::{self, Labels};
 use crate::store::records::{Record, RecordRange, RecordStream};
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -193,7 +193,10 @@ impl SessionStore for MeteredStore {
     async fn health_check(&self) -> StoreResult<()> {
         self.timed("health_check", self.inner.health_check()).await
     }
+}
 
+#[async_trait]
+impl RecordStore for MeteredStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         self.timed("put_record", self.inner.put_record(stream, record))
             .await

@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::store::records::{Record, RecordRange, RecordStream};
 use crate::store::stats_cache::StatsCache;
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,7 +199,10 @@ impl SessionStore for TenantStore {
     async fn health_check(&self) -> StoreResult<()> {
         self.inner.health_check().await
     }
+}
 
+#[async_trait]
+impl RecordStore for TenantStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         self.inner.put_record(&self.stream(stream), record).await
     }

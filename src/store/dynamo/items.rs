@@ -3,7 +3,8 @@
 //! sealed chunks.
 
 use crate::domain::{Message, NewMessage};
-use crate::store::{StoreError, StoreResult, new_generation};
+use crate::store::optimistic::new_generation;
+use crate::store::{StoreError, StoreResult};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -113,7 +114,7 @@ pub(super) fn chunk_key(generation: &str, chunk: u64) -> String {
 }
 
 pub(super) fn horizon_lead_ms(ttl: Duration) -> u64 {
-    crate::store::horizon_lead(ttl).as_millis() as u64
+    crate::store::optimistic::horizon_lead(ttl).as_millis() as u64
 }
 
 /// DynamoDB's TTL attribute: whole seconds, rounded up so items never go early.

@@ -38,10 +38,9 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, tool_safe_start,
 };
+use crate::store::optimistic::{WriteLocks, new_generation};
 use crate::store::records::{self, Record, RecordRange, RecordStream};
-use crate::store::{
-    SessionStore, StoreError, StoreResult, WriteLocks, check_version, new_generation, page_token,
-};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
@@ -1195,6 +1194,22 @@ impl SessionStore for DynamoStore {
         .await
     }
 
+    async fn health_check(&self) -> StoreResult<()> {
+        self.bounded("health check", async {
+            self.client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| sdk_error("health check", e))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RecordStore for DynamoStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         let day = records::day_of(record.time());
         let expire_ms = items::to_ms(record.expire_time);
@@ -1270,19 +1285,6 @@ impl SessionStore for DynamoStore {
                 }
             }
             Ok(found)
-        })
-        .await
-    }
-
-    async fn health_check(&self) -> StoreResult<()> {
-        self.bounded("health check", async {
-            self.client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map(drop)
-                .map_err(|e| sdk_error("health check", e))
         })
         .await
     }

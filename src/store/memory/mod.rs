@@ -18,7 +18,7 @@ use crate::domain::{
     WriteOutcome, json_bytes, tool_safe_start_by,
 };
 use crate::store::records::{Record, RecordRange, RecordStream};
-use crate::store::{SessionStore, StoreError, StoreResult, check_version, page_token};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -612,7 +612,10 @@ impl SessionStore for MemoryStore {
     async fn health_check(&self) -> StoreResult<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl RecordStore for MemoryStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         // Records count toward max_bytes like sessions: thirty 1 MB security logs must not
         // fit under a 4 MiB limit.

@@ -2,7 +2,8 @@
 //! messages, metadata and state as BSON.
 
 use crate::domain::{JsonObject, Message, NewMessage};
-use crate::store::{StoreError, StoreResult, new_generation};
+use crate::store::optimistic::new_generation;
+use crate::store::{StoreError, StoreResult};
 use mongodb::bson::{self, Bson, DateTime, Document};
 use std::time::{Duration, SystemTime};
 

@@ -33,11 +33,9 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
+use crate::store::optimistic::{WriteLocks, horizon_lead, new_generation};
 use crate::store::records::{Record, RecordRange, RecordStream};
-use crate::store::{
-    SessionStore, StoreError, StoreResult, WriteLocks, check_version, horizon_lead, new_generation,
-    page_token,
-};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
@@ -944,6 +942,20 @@ impl SessionStore for MongoStore {
         })
     }
 
+    async fn health_check(&self) -> StoreResult<()> {
+        self.ensure_ready().await?;
+        let admin = self.client.database("admin");
+        match tokio::time::timeout(self.timeout, admin.run_command(doc! {"ping": 1})).await {
+            Ok(result) => result.map(drop).map_err(|e| store_error("ping", e)),
+            Err(_) => Err(StoreError::Timeout(
+                "MongoDB did not answer ping in time".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl RecordStore for MongoStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         self.ensure_ready().await?;
         let document = doc! {
@@ -1015,16 +1027,5 @@ impl SessionStore for MongoStore {
                 })
             })
             .collect()
-    }
-
-    async fn health_check(&self) -> StoreResult<()> {
-        self.ensure_ready().await?;
-        let admin = self.client.database("admin");
-        match tokio::time::timeout(self.timeout, admin.run_command(doc! {"ping": 1})).await {
-            Ok(result) => result.map(drop).map_err(|e| store_error("ping", e)),
-            Err(_) => Err(StoreError::Timeout(
-                "MongoDB did not answer ping in time".into(),
-            )),
-        }
     }
 }

@@ -17,7 +17,7 @@ use crate::domain::{
     WriteOutcome,
 };
 use crate::store::records::{self, Record, RecordRange, RecordStream};
-use crate::store::{SessionStore, StoreError, StoreResult, page_token};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, page_token};
 use async_trait::async_trait;
 use connection::{Node, Redis};
 use redis::{Script, Value};
@@ -599,6 +599,25 @@ impl SessionStore for RedisStore {
         Ok(stats)
     }
 
+    async fn health_check(&self) -> StoreResult<()> {
+        for node in self.redis.nodes().await? {
+            let pong: String = self
+                .redis
+                .on_node(&node, "PING", redis::cmd("PING"))
+                .await?;
+            if pong != "PONG" {
+                return Err(StoreError::Unavailable(format!(
+                    "{} answered PING with {pong:?}",
+                    node.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RecordStore for RedisStore {
     async fn put_record(&self, stream: &RecordStream, record: Record) -> StoreResult<()> {
         let day = records::day_name(records::day_of(record.time()));
         let key = keys::record_key(&self.prefix, &stream.name(), &day);
@@ -680,22 +699,6 @@ impl SessionStore for RedisStore {
             }
         }
         Ok(found)
-    }
-
-    async fn health_check(&self) -> StoreResult<()> {
-        for node in self.redis.nodes().await? {
-            let pong: String = self
-                .redis
-                .on_node(&node, "PING", redis::cmd("PING"))
-                .await?;
-            if pong != "PONG" {
-                return Err(StoreError::Unavailable(format!(
-                    "{} answered PING with {pong:?}",
-                    node.name()
-                )));
-            }
-        }
-        Ok(())
     }
 }
 

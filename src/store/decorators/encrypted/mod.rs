@@ -23,7 +23,7 @@ use crate::domain::{
     SessionId, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
 use crate::store::records::{Record, RecordRange, RecordStream};
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use keyring::{PREFIX, V1_PREFIX, unsealed};
 use serde_json::Value;
@@ -319,7 +319,10 @@ impl SessionStore for EncryptedStore {
     async fn health_check(&self) -> StoreResult<()> {
         self.inner.health_check().await
     }
+}
 
+#[async_trait]
+impl RecordStore for EncryptedStore {
     async fn put_record(&self, stream: &RecordStream, mut record: Record) -> StoreResult<()> {
         let name = stream.name();
         let place = Place::Record {
