@@ -4,7 +4,8 @@
 #![no_main]
 
 use csai_sidecar::chat::turn::ChatEngine;
-use csai_sidecar::config::{Config, Source, Values};
+use csai_sidecar::config::{self, Config};
+use csai_sidecar::settings::Source;
 use csai_sidecar::grpc::chat::ChatService;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_server::Chat;
@@ -24,9 +25,9 @@ struct Services {
 }
 
 static SERVICES: LazyLock<Services> = LazyLock::new(|| {
-    let mut values = Values::defaults();
+    let mut values = config::defaults();
     values.set("chat_echo", "true".into(), Source::Env("CSAI_CHAT_ECHO"));
-    let config: Config = values.parse().expect("config");
+    let config: Config = config::parse(&values).expect("config");
     let store = Arc::new(MemoryStore::new(MemoryLimits::default()));
     let engine = ChatEngine::new(&config.chat).expect("chat engine");
     Services {

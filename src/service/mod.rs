@@ -2,6 +2,7 @@
 //! migrations) checks and decides before a write, without any transport type. The gRPC
 //! layer converts proto types and maps [`ValidationError`] to INVALID_ARGUMENT.
 
+pub mod chat_rules;
 pub mod import;
 pub mod policy;
 pub mod validate;

@@ -614,17 +614,28 @@ pub async fn exercise_every_rpc(channel: Channel, session_prefix: &str) {
     assert_eq!(full.state.as_ref(), Some(&state));
     assert_eq!(full.expire_time, touched.expire_time);
 
-    let listed = client
-        .list_sessions(pb::ListSessionsRequest {
-            page_size: 10,
-            id_prefix: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListSessions")
-        .into_inner();
-    assert_eq!(listed.sessions.len(), 1);
-    assert_eq!(listed.sessions[0].session_id, id);
+    // A page may be empty while the listing goes on (a shared test Redis holds many other
+    // keys, and one page scans a bounded number): follow the tokens to the end.
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_sessions(pb::ListSessionsRequest {
+                page_size: 10,
+                id_prefix: id.clone(),
+                page_token,
+            })
+            .await
+            .expect("ListSessions")
+            .into_inner();
+        listed.extend(page.sessions);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session_id, id);
 
     let stats = client
         .get_stats(pb::GetStatsRequest {})

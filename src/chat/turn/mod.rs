@@ -20,6 +20,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// Metadata keys the turn writes on the messages it stores.
+mod model_calls;
+mod replay;
+mod session_io;
+mod tool_rounds;
+
+use replay::replay;
+use tool_rounds::{answered_calls, continue_with, key_of, tool_messages};
+
 const META_REQUEST_ID: &str = "request_id";
 const META_FINISH_REASON: &str = "finish_reason";
 const META_PROVIDER: &str = "provider";
@@ -191,10 +199,6 @@ struct Loaded {
 /// A tool call's function and arguments: identical calls share one answer in a turn.
 type CallKey = (String, String);
 
-fn key_of(call: &ToolCall) -> CallKey {
-    (call.function.name.clone(), call.function.arguments.clone())
-}
-
 impl ChatEngine {
     /// An engine for `settings`; fails if a provider's HTTP client cannot be built.
     pub fn new(settings: &ChatSettings) -> Result<Self, String> {
@@ -254,15 +258,6 @@ impl ChatEngine {
             1.0,
         );
         result
-    }
-
-    /// The `model` label of a turn's metrics: see [`Provider::model_label`].
-    fn model_label(&self, provider: &str, message: &NewMessage) -> String {
-        self.providers
-            .get(provider)
-            .map(|p| p.model_label(message.model.as_deref().unwrap_or(&p.settings.model)))
-            .unwrap_or_default()
-            .to_string()
     }
 
     async fn run_turn(
@@ -406,26 +401,6 @@ impl ChatEngine {
         .await
     }
 
-    fn provider(&self, name: Option<&str>) -> Result<&Provider, TurnError> {
-        let name = match name {
-            Some(name) => name,
-            None => self
-                .default_provider
-                .as_deref()
-                .ok_or(TurnError::NoProvider)?,
-        };
-        self.providers.get(name).ok_or_else(|| {
-            TurnError::Invalid(format!(
-                "provider: no provider is named {name:?}; configured: {}",
-                self.providers
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
-    }
-
     fn check_length(&self, user: &NewMessage) -> Result<(), TurnError> {
         let max = self.limits.max_user_message_chars;
         let length = user.content.chars().count();
@@ -487,257 +462,6 @@ impl ChatEngine {
         }
         Ok(())
     }
-
-    /// Reads the session with enough history for the window, and for a continued turn
-    /// the whole open turn however long it is.
-    async fn load(
-        &self,
-        store: &dyn SessionStore,
-        id: &SessionId,
-        window: u32,
-        continuing: bool,
-    ) -> Result<Loaded, TurnError> {
-        let read = |w: Window| async move {
-            match store.get(id, w).await {
-                Ok(session) => Ok(Loaded {
-                    version: session.version,
-                    system: session.system_messages,
-                    messages: session.messages,
-                }),
-                Err(StoreError::NotFound(_)) => Ok(Loaded {
-                    version: 0,
-                    system: Vec::new(),
-                    messages: Vec::new(),
-                }),
-                Err(e) => Err(TurnError::Store(e)),
-            }
-        };
-        if window == 0 {
-            return read(Window::All).await;
-        }
-        let loaded = read(Window::LastN(window)).await?;
-        let starts_at_one = loaded.messages.first().is_none_or(|m| m.seq == 1);
-        let enough = match window::turn_start(&loaded.messages) {
-            _ if !continuing || starts_at_one => true,
-            Some(start) => start >= window as usize,
-            None => false,
-        };
-        if enough {
-            return Ok(loaded);
-        }
-        read(Window::All).await
-    }
-
-    /// One model answer, with the fallback provider after a retryable failure and one
-    /// corrective retry when the answer has the wrong format.
-    async fn complete(
-        &self,
-        primary: &Provider,
-        request: &TurnRequest,
-        mut messages: Vec<NewMessage>,
-        at_tool_limit: bool,
-        bot: &mut dyn Bot,
-    ) -> Result<(Completion, String), TurnError> {
-        let mut corrected = false;
-        loop {
-            let (completion, by) = self
-                .complete_with_fallback(primary, request, &messages, at_tool_limit, bot)
-                .await?;
-            let problem = if completion.message.tool_calls.is_empty() {
-                format::mismatch(&request.response_format, &completion.message.content)
-            } else {
-                None
-            };
-            let Some(problem) = problem else {
-                return Ok((completion, by));
-            };
-            if corrected {
-                return Err(TurnError::Format(problem));
-            }
-            tracing::info!(session = %crate::observability::telemetry::logged(request.session.as_str()), %problem, "answer has the wrong format; asking once more");
-            corrected = true;
-            messages.push(completion.message);
-            messages.push(NewMessage::text(Role::User, format::correction(&problem)));
-        }
-    }
-
-    async fn complete_with_fallback(
-        &self,
-        primary: &Provider,
-        request: &TurnRequest,
-        messages: &[NewMessage],
-        at_tool_limit: bool,
-        bot: &mut dyn Bot,
-    ) -> Result<(Completion, String), TurnError> {
-        let fallback = self
-            .fallback_provider
-            .as_deref()
-            .filter(|name| *name != primary.name())
-            .and_then(|name| self.providers.get(name));
-        let mut streamed = false;
-        let first = self
-            .call(
-                primary,
-                request,
-                messages,
-                at_tool_limit,
-                bot,
-                &mut streamed,
-                true,
-            )
-            .await;
-        match (first, fallback) {
-            (Ok(completion), _) => Ok((completion, primary.name().to_string())),
-            (Err(error), Some(fallback)) if error.is_retryable() && !streamed => {
-                tracing::warn!(%error, fallback = fallback.name(), "primary provider failed; trying the fallback");
-                let completion = self
-                    .call(
-                        fallback,
-                        request,
-                        messages,
-                        at_tool_limit,
-                        bot,
-                        &mut streamed,
-                        false,
-                    )
-                    .await?;
-                Ok((completion, fallback.name().to_string()))
-            }
-            (Err(error), _) => Err(error.into()),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn call(
-        &self,
-        provider: &Provider,
-        request: &TurnRequest,
-        messages: &[NewMessage],
-        at_tool_limit: bool,
-        bot: &mut dyn Bot,
-        streamed: &mut bool,
-        is_primary: bool,
-    ) -> Result<Completion, ProviderError> {
-        let settings = &provider.settings;
-        // A requested model names a model of the requested provider, not the fallback's.
-        let model = match (&request.overrides.model, is_primary) {
-            (Some(model), true) => model.clone(),
-            _ => settings.model.clone(),
-        };
-        let completion = CompletionRequest {
-            model,
-            messages: messages.to_vec(),
-            tools: request.tools.clone(),
-            tool_choice: if at_tool_limit {
-                ToolChoice::None
-            } else {
-                request.tool_choice.clone()
-            },
-            sampling: request.overrides.apply(&settings.defaults),
-            response_format: request.response_format.clone(),
-        };
-        if bot.streams() {
-            let mut forward = |delta: Delta| {
-                *streamed = true;
-                bot.delta(delta);
-            };
-            provider.complete(&completion, Some(&mut forward)).await
-        } else {
-            provider.complete(&completion, None).await
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn store_turn(
-        &self,
-        store: &dyn SessionStore,
-        request: &TurnRequest,
-        loaded: &Loaded,
-        mut new: Vec<NewMessage>,
-        usage: Usage,
-        finish_reason: String,
-        tool_rounds: u32,
-        pending: Vec<ToolCall>,
-        provider: String,
-    ) -> Result<TurnOutcome, TurnError> {
-        if let Some(request_id) = &request.request_id {
-            for message in &mut new {
-                message
-                    .metadata
-                    .insert(META_REQUEST_ID.into(), request_id.clone().into());
-            }
-        }
-        let append = Append {
-            messages: new.clone(),
-            request_id: request.request_id.clone(),
-            options: WriteOptions {
-                expected_version: Some(loaded.version),
-                ttl: request.ttl,
-            },
-        };
-        let outcome = match store.append(&request.session, append).await {
-            Ok(outcome) => outcome,
-            Err(StoreError::VersionMismatch { .. }) => {
-                return Err(TurnError::Conflict {
-                    session: request.session.to_string(),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let stored = store
-            .get(&request.session, Window::AfterSeq(outcome.first_seq - 1))
-            .await?
-            .messages;
-        let stored: Vec<Message> = stored
-            .into_iter()
-            .take_while(|m| m.seq < outcome.first_seq + outcome.count)
-            .collect();
-        if outcome.deduplicated {
-            // A concurrent call with this request_id stored the step: the turn is what
-            // was loaded before it, then the step.
-            let turn: Vec<Message> = loaded
-                .messages
-                .iter()
-                .filter(|m| m.seq < outcome.first_seq)
-                .cloned()
-                .chain(stored.iter().cloned())
-                .collect();
-            return replay(
-                &turn,
-                request.request_id.as_deref().unwrap_or_default(),
-                outcome.version,
-            )
-            .ok_or_else(|| {
-                StoreError::Internal("a deduplicated turn cannot be read back".into()).into()
-            });
-        }
-        if let Some(transcripts) = &self.transcripts
-            && let Err(error) = transcripts
-                .record(request.tenant.as_deref(), &request.session, &stored)
-                .await
-        {
-            tracing::warn!(session = %crate::observability::telemetry::logged(request.session.as_str()), %error, "cannot write the transcript log");
-        }
-        let assistant = stored
-            .iter()
-            .rev()
-            .find(|m| m.body.role == Role::Assistant)
-            .cloned()
-            .ok_or_else(|| {
-                StoreError::Internal("the stored turn has no assistant message".into())
-            })?;
-        Ok(TurnOutcome {
-            assistant,
-            pending,
-            usage,
-            finish_reason,
-            tool_rounds,
-            version: outcome.version,
-            provider,
-            first_seq: outcome.first_seq,
-            last_seq: outcome.first_seq + outcome.count - 1,
-        })
-    }
 }
 
 /// Who a turn's user is for abuse controls: the participant name, else the session.
@@ -745,165 +469,8 @@ fn participant(session: &SessionId, user: &NewMessage) -> String {
     user.name.clone().unwrap_or_else(|| session.to_string())
 }
 
-/// Answers of the tool calls in `turn`, by function and arguments.
-fn answered_calls(turn: &[NewMessage]) -> HashMap<CallKey, (String, bool)> {
-    let mut keys: HashMap<&str, CallKey> = HashMap::new();
-    let mut answers = HashMap::new();
-    for message in turn {
-        for call in &message.tool_calls {
-            keys.insert(&call.id, key_of(call));
-        }
-        if let Some(key) = message.tool_call_id.as_deref().and_then(|id| keys.get(id)) {
-            let is_error = message.metadata.get(META_IS_ERROR) == Some(&true.into());
-            answers.insert(key.clone(), (message.content.clone(), is_error));
-        }
-    }
-    answers
-}
-
-/// Tool messages for `calls`, in their order, from the answers known so far.
-fn tool_messages(
-    calls: &[ToolCall],
-    answers: &HashMap<CallKey, (String, bool)>,
-) -> Vec<NewMessage> {
-    calls
-        .iter()
-        .filter_map(|call| {
-            let (content, is_error) = answers.get(&key_of(call))?;
-            let mut message = NewMessage::text(Role::Tool, content.clone());
-            message.tool_call_id = Some(call.id.clone());
-            if *is_error {
-                message.metadata.insert(META_IS_ERROR.into(), true.into());
-            }
-            Some(message)
-        })
-        .collect()
-}
-
-/// The tool messages that answer the open turn's pending calls with `results`.
-fn continue_with(
-    session: &SessionId,
-    turn: &[NewMessage],
-    results: Vec<ToolResult>,
-    cache: &mut HashMap<CallKey, (String, bool)>,
-) -> Result<Vec<NewMessage>, TurnError> {
-    let Some(last_call) = turn.iter().rposition(|m| !m.tool_calls.is_empty()) else {
-        return Err(no_pending(session));
-    };
-    let answered: Vec<&str> = turn[last_call + 1..]
-        .iter()
-        .filter_map(|m| m.tool_call_id.as_deref())
-        .collect();
-    let pending: Vec<&ToolCall> = turn[last_call]
-        .tool_calls
-        .iter()
-        .filter(|c| !answered.contains(&c.id.as_str()))
-        .collect();
-    if pending.is_empty() {
-        return Err(no_pending(session));
-    }
-    for (i, result) in results.iter().enumerate() {
-        let Some(call) = pending.iter().find(|c| c.id == result.tool_call_id) else {
-            return Err(TurnError::Invalid(format!(
-                "tool_results[{i}].tool_call_id: {:?} is not a pending tool call of session {session}; pending: {}",
-                result.tool_call_id,
-                pending
-                    .iter()
-                    .map(|c| c.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
-        cache.insert(key_of(call), (result.content.clone(), result.is_error));
-    }
-    let missing: Vec<&str> = pending
-        .iter()
-        .filter(|c| !cache.contains_key(&key_of(c)))
-        .map(|c| c.id.as_str())
-        .collect();
-    if !missing.is_empty() {
-        return Err(TurnError::Invalid(format!(
-            "tool_results: the pending tool calls {} have no result; answer every pending call in one request",
-            missing.join(", ")
-        )));
-    }
-    let pending: Vec<ToolCall> = pending.into_iter().cloned().collect();
-    Ok(tool_messages(&pending, cache))
-}
-
-/// Tool rounds of the turn up to the end of the step with this request_id, as the step
-/// first reported them: the whole turn's, not only the step's.
-fn turn_rounds(messages: &[Message], request_id: &str) -> u32 {
-    let Some(last) = messages.iter().rposition(|m| {
-        m.body
-            .metadata
-            .get(META_REQUEST_ID)
-            .and_then(|v| v.as_str())
-            == Some(request_id)
-    }) else {
-        return 0;
-    };
-    let start = window::turn_start(&messages[..=last]).unwrap_or(0);
-    messages[start..=last]
-        .iter()
-        .filter(|m| !m.body.tool_calls.is_empty())
-        .count() as u32
-}
-
 fn no_pending(session: &SessionId) -> TurnError {
     TurnError::Precondition(format!(
         "session {session} has no pending tool calls; start a new turn with user_message"
     ))
-}
-
-/// The outcome of an earlier step with this request_id, from the stored messages of its
-/// turn (the step's own and the turn's earlier steps, for `tool_rounds`).
-fn replay(messages: &[Message], request_id: &str, version: u64) -> Option<TurnOutcome> {
-    let tagged = |m: &&Message| {
-        m.body
-            .metadata
-            .get(META_REQUEST_ID)
-            .and_then(|v| v.as_str())
-            == Some(request_id)
-    };
-    let step: Vec<&Message> = messages.iter().filter(tagged).collect();
-    let assistant = step.iter().rev().find(|m| m.body.role == Role::Assistant)?;
-    let answered: Vec<&str> = step
-        .iter()
-        .filter_map(|m| m.body.tool_call_id.as_deref())
-        .collect();
-    let mut pending: Vec<ToolCall> = Vec::new();
-    for call in &assistant.body.tool_calls {
-        if !answered.contains(&call.id.as_str())
-            && !pending.iter().any(|p| key_of(p) == key_of(call))
-        {
-            pending.push(call.clone());
-        }
-    }
-    let mut usage = Usage::default();
-    for message in &step {
-        if let Some(u) = message.body.usage {
-            usage += u;
-        }
-    }
-    let text = |key: &str| {
-        assistant
-            .body
-            .metadata
-            .get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    Some(TurnOutcome {
-        assistant: (*assistant).clone(),
-        pending,
-        usage,
-        finish_reason: text(META_FINISH_REASON),
-        tool_rounds: turn_rounds(messages, request_id),
-        version,
-        provider: text(META_PROVIDER),
-        first_seq: step.first().map_or(0, |m| m.seq),
-        last_seq: step.last().map_or(0, |m| m.seq),
-    })
 }

@@ -1,0 +1,138 @@
+//! What a turn reads and writes in the store: the session's window at the start, and the
+//! whole turn as one atomic append at the end.
+
+use super::*;
+
+impl ChatEngine {
+    /// Reads the session with enough history for the window, and for a continued turn
+    /// the whole open turn however long it is.
+    pub(super) async fn load(
+        &self,
+        store: &dyn SessionStore,
+        id: &SessionId,
+        window: u32,
+        continuing: bool,
+    ) -> Result<Loaded, TurnError> {
+        let read = |w: Window| async move {
+            match store.get(id, w).await {
+                Ok(session) => Ok(Loaded {
+                    version: session.version,
+                    system: session.system_messages,
+                    messages: session.messages,
+                }),
+                Err(StoreError::NotFound(_)) => Ok(Loaded {
+                    version: 0,
+                    system: Vec::new(),
+                    messages: Vec::new(),
+                }),
+                Err(e) => Err(TurnError::Store(e)),
+            }
+        };
+        if window == 0 {
+            return read(Window::All).await;
+        }
+        let loaded = read(Window::LastN(window)).await?;
+        let starts_at_one = loaded.messages.first().is_none_or(|m| m.seq == 1);
+        let enough = match window::turn_start(&loaded.messages) {
+            _ if !continuing || starts_at_one => true,
+            Some(start) => start >= window as usize,
+            None => false,
+        };
+        if enough {
+            return Ok(loaded);
+        }
+        read(Window::All).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn store_turn(
+        &self,
+        store: &dyn SessionStore,
+        request: &TurnRequest,
+        loaded: &Loaded,
+        mut new: Vec<NewMessage>,
+        usage: Usage,
+        finish_reason: String,
+        tool_rounds: u32,
+        pending: Vec<ToolCall>,
+        provider: String,
+    ) -> Result<TurnOutcome, TurnError> {
+        if let Some(request_id) = &request.request_id {
+            for message in &mut new {
+                message
+                    .metadata
+                    .insert(META_REQUEST_ID.into(), request_id.clone().into());
+            }
+        }
+        let append = Append {
+            messages: new.clone(),
+            request_id: request.request_id.clone(),
+            options: WriteOptions {
+                expected_version: Some(loaded.version),
+                ttl: request.ttl,
+            },
+        };
+        let outcome = match store.append(&request.session, append).await {
+            Ok(outcome) => outcome,
+            Err(StoreError::VersionMismatch { .. }) => {
+                return Err(TurnError::Conflict {
+                    session: request.session.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stored = store
+            .get(&request.session, Window::AfterSeq(outcome.first_seq - 1))
+            .await?
+            .messages;
+        let stored: Vec<Message> = stored
+            .into_iter()
+            .take_while(|m| m.seq < outcome.first_seq + outcome.count)
+            .collect();
+        if outcome.deduplicated {
+            // A concurrent call with this request_id stored the step: the turn is what
+            // was loaded before it, then the step.
+            let turn: Vec<Message> = loaded
+                .messages
+                .iter()
+                .filter(|m| m.seq < outcome.first_seq)
+                .cloned()
+                .chain(stored.iter().cloned())
+                .collect();
+            return replay(
+                &turn,
+                request.request_id.as_deref().unwrap_or_default(),
+                outcome.version,
+            )
+            .ok_or_else(|| {
+                StoreError::Internal("a deduplicated turn cannot be read back".into()).into()
+            });
+        }
+        if let Some(transcripts) = &self.transcripts
+            && let Err(error) = transcripts
+                .record(request.tenant.as_deref(), &request.session, &stored)
+                .await
+        {
+            tracing::warn!(session = %crate::observability::telemetry::logged(request.session.as_str()), %error, "cannot write the transcript log");
+        }
+        let assistant = stored
+            .iter()
+            .rev()
+            .find(|m| m.body.role == Role::Assistant)
+            .cloned()
+            .ok_or_else(|| {
+                StoreError::Internal("the stored turn has no assistant message".into())
+            })?;
+        Ok(TurnOutcome {
+            assistant,
+            pending,
+            usage,
+            finish_reason,
+            tool_rounds,
+            version: outcome.version,
+            provider,
+            first_seq: outcome.first_seq,
+            last_seq: outcome.first_seq + outcome.count - 1,
+        })
+    }
+}
