@@ -17,8 +17,10 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
     cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
 fi
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build -s none requests
-binary=fuzz/target/x86_64-unknown-linux-gnu/release/requests
+# The dev profile of fuzz/Cargo.toml (opt-level 1, debug assertions on, no debug info)
+# builds in ~7 minutes on two cores instead of ~9 for release, at ~60% of its speed.
+cargo fuzz build --dev -s none requests
+binary=fuzz/target/x86_64-unknown-linux-gnu/debug/requests
 regressions=(fuzz/regressions/requests/*)
 if [ -e "${regressions[0]}" ]; then
     echo "replaying ${#regressions[@]} saved crash input(s)"

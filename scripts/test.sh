@@ -23,11 +23,11 @@ done
 # (a fresh CI build ran out of space with them). Set CARGO_INCREMENTAL=1 to keep them.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-echo "== cargo fmt --check"
+echo "== cargo fmt --check (at ${SECONDS}s)"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
+echo "== cargo clippy --all-targets -- -D warnings (at ${SECONDS}s)"
 cargo clippy --all-targets -- -D warnings
-echo "== test servers"
+echo "== test servers (at ${SECONDS}s)"
 # Real servers on free loopback ports, data under the ignored .data/ folder; stopped on
 # exit, also when a test fails.
 servers=.data/test-servers
@@ -48,7 +48,7 @@ source "$servers/redis/env"
 # shellcheck source=/dev/null
 source "$servers/documents/env"
 
-echo "== clients and proto"
+echo "== clients and proto (at ${SECONDS}s)"
 # Python client (PyPI, venv .venv-client), Go with Debian's gRPC libraries, buf (npm).
 scripts/clients.sh install
 scripts/clients.sh lint
@@ -57,11 +57,12 @@ scripts/clients.sh build-go .data/clients/go-bot
 export CSAI_TEST_CLIENT_PYTHON="$PWD/.venv-client/bin/python"
 export CSAI_TEST_GO_BOT="$PWD/.data/clients/go-bot"
 
-echo "== cargo test"
+echo "== cargo test (at ${SECONDS}s)"
 cargo test --no-fail-fast 2>&1 | tee "$log"
 # One closing line over every test binary, so the total is plain to read.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
 
-echo "== fuzz"
+echo "== fuzz (at ${SECONDS}s)"
 scripts/fuzz.sh 60
+echo "== done in ${SECONDS}s"
