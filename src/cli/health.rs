@@ -17,7 +17,7 @@ pub fn command() -> Command {
                 .long("service")
                 .value_name("NAME")
                 .default_value("")
-                .help("health service name: empty for the server, or csai.v1.SessionStore, csai.v1.Chat"),
+                .help("health service name: empty for the process (liveness), or csai.v1.SessionStore (the backend: readiness), csai.v1.Chat"),
         )
         .args(dial_args())
 }

@@ -1,4 +1,5 @@
-//! `grpc.health.v1` statuses, driven by a periodic check of the storage backend.
+//! `grpc.health.v1` statuses: `""` says the process serves (liveness), the csai services
+//! follow a periodic check of the storage backend (readiness).
 
 use crate::store::SessionStore;
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// Health service names: the whole server, and each csai service.
+/// Health service names: the process, and each csai service.
 pub const SERVER: &str = "";
 pub const SESSION_STORE: &str = "csai.v1.SessionStore";
 pub const CHAT: &str = "csai.v1.Chat";
@@ -19,10 +20,13 @@ fn status(serving: bool) -> ServingStatus {
     }
 }
 
-/// Sets the status of the server and both services. Chat needs the store and a provider.
+/// Sets the statuses. `""` is SERVING whatever the backend does: a liveness probe on it
+/// must not restart every sidecar during a backend outage that they recover from by
+/// themselves (it turns NOT_SERVING only at shutdown). SessionStore follows the backend;
+/// Chat needs the backend and a provider.
 pub async fn report(reporter: &HealthReporter, store_serving: bool, chat_configured: bool) {
     reporter
-        .set_service_status(SERVER, status(store_serving))
+        .set_service_status(SERVER, ServingStatus::Serving)
         .await;
     reporter
         .set_service_status(SESSION_STORE, status(store_serving))

@@ -84,7 +84,11 @@ class Sidecar:
             raise
 
     def health(self, service: str = "") -> str:
-        """The serving status of `service` ("" = the whole server), e.g. "SERVING"."""
+        """The serving status of `service`, e.g. "SERVING".
+
+        "" is the sidecar process (SERVING until it shuts down); the csai services follow
+        the storage backend.
+        """
         stub = health_pb2_grpc.HealthStub(self.channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
