@@ -5,7 +5,7 @@ use crate::config::{self, Config};
 use crate::grpc::dial::DialOptions;
 use crate::operations::Location;
 use crate::server;
-use crate::settings::{ConfigError, Source, Values};
+use crate::settings::{ConfigError, Key, Source, Values};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 use std::future::Future;
@@ -54,17 +54,50 @@ pub fn config_args(mut command: Command) -> Command {
         let Some(flag) = key.flag() else {
             continue;
         };
-        command = command.arg(
-            Arg::new(key.name)
-                .long(flag)
-                .env(key.env)
-                .hide_env_values(key.secret)
-                .value_name("VALUE")
-                .global(true)
-                .help(key.help),
-        );
+        let help = match key.default {
+            "" => key.help.to_string(),
+            default => format!("{} [default: {default}]", key.help),
+        };
+        let arg = Arg::new(key.name)
+            .long(flag)
+            .env(key.env)
+            .hide_env_values(key.secret)
+            .global(true)
+            .help(help);
+        command = command.arg(if is_switch(key) {
+            // `--sliding-ttl-on-read` turns it on; `--reflection=false` turns one off.
+            arg.num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true")
+                .value_name("BOOL")
+        } else {
+            arg.value_name(placeholder(key))
+        });
     }
     command
+}
+
+/// A true/false setting, given as a switch.
+fn is_switch(key: &Key) -> bool {
+    matches!(key.default, "true" | "false")
+}
+
+/// What a flag's value looks like, for `--help`.
+fn placeholder(key: &Key) -> &'static str {
+    let name = key.name;
+    if name.ends_with("_file") {
+        "FILE"
+    } else if name == "listen" || name.ends_with("_listen") {
+        "HOST:PORT"
+    } else if name.ends_with("_bytes") || key.default.ends_with("iB") {
+        "SIZE"
+    } else if !key.default.is_empty() && key.default.bytes().all(|b| b.is_ascii_digit()) {
+        "N"
+    } else if humantime::parse_duration(key.default).is_ok() {
+        "DURATION"
+    } else {
+        "VALUE"
+    }
 }
 
 /// Gathers values: defaults, then the file, then environment and flags (clap resolves

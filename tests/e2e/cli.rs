@@ -42,6 +42,35 @@ fn scratch_file(name: &str, contents: &str) -> std::path::PathBuf {
     path
 }
 
+/// True/false settings are switches: the flag alone turns one on, `=false` turns it off,
+/// and `--help` shows defaults and what a value looks like.
+#[test]
+fn boolean_flags_are_switches_and_help_shows_defaults() {
+    let (code, stdout, stderr) =
+        run(sidecar().args(["config", "--sliding-ttl-on-read", "--reflection=false"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("sliding_ttl_on_read = \"true\"  # flag --sliding-ttl-on-read"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reflection = \"false\"  # flag --reflection"),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = run(sidecar().args(["serve", "--help"]));
+    assert_eq!(code, 0, "{stderr}");
+    for shown in [
+        "--session-ttl <DURATION>",
+        "[default: 12h]",
+        "--max-grpc-message-size <SIZE>",
+        "--tls-cert-file <FILE>",
+        "--sliding-ttl-on-read[=<BOOL>]",
+    ] {
+        assert!(stdout.contains(shown), "{shown} missing from:\n{stdout}");
+    }
+}
+
 #[test]
 fn config_prints_effective_values_with_their_sources() {
     let file = scratch_file(
