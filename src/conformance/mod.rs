@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             expected_version_guards_every_write,
             request_id_makes_append_idempotent,
             ttl_expires_sessions_and_touch_extends,
+            millisecond_ttls_expire_on_time,
             windows_select_messages,
             last_n_window_is_tool_safe,
             window_growth_is_bounded,

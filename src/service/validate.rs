@@ -13,8 +13,9 @@ pub const MAX_SESSION_ID_BYTES: usize = 256;
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 /// Longest participant name, tool call id, function name or model name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
-/// Shortest TTL a request may ask for.
-pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Shortest TTL a request may ask for: every backend keeps expiries to the millisecond
+/// (CS-AI's own storage tests use 100 ms).
+pub const MIN_TTL: Duration = Duration::from_millis(1);
 
 /// A request value the service refuses: which field, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +88,7 @@ pub fn request_id(raw: String, field: &str) -> Checked<Option<String>> {
     Ok(Some(raw).filter(|r| !r.is_empty()))
 }
 
-/// The error of a TTL outside 1s..=max_ttl (or negative).
+/// The error of a TTL outside 1ms..=max_ttl (or negative).
 pub fn ttl_out_of_range(limits: &RequestLimits, field: &str) -> ValidationError {
     ValidationError::new(
         field,
@@ -99,7 +100,7 @@ pub fn ttl_out_of_range(limits: &RequestLimits, field: &str) -> ValidationError 
     )
 }
 
-/// A request's TTL: the default when unset, else within 1s..=max_ttl.
+/// A request's TTL: the default when unset, else within 1ms..=max_ttl.
 pub fn ttl(
     requested: Option<Duration>,
     default: Duration,
@@ -288,6 +289,11 @@ mod tests {
         let long = NewMessage::text(Role::User, "x".repeat(limits.max_content_bytes + 1));
         assert_eq!(message(&long, &limits, "m").unwrap_err().field, "m.content");
         assert!(session_id("a\nb", "session_id").is_err());
-        assert!(ttl(Some(Duration::from_millis(10)), MIN_TTL, &limits, "ttl").is_err());
+        assert_eq!(
+            ttl(Some(Duration::from_millis(100)), MIN_TTL, &limits, "ttl"),
+            Ok(Duration::from_millis(100))
+        );
+        assert!(ttl(Some(Duration::ZERO), MIN_TTL, &limits, "ttl").is_err());
+        assert!(ttl(Some(Duration::from_micros(999)), MIN_TTL, &limits, "ttl").is_err());
     }
 }

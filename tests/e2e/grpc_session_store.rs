@@ -557,7 +557,7 @@ async fn invalid_arguments_name_the_field() {
                 ttl: Some(seconds(0)),
                 ..append("s", vec![user("x")])
             },
-            "ttl: must be between 1s and 365d",
+            "ttl: must be between 1ms and 365d",
         ),
         (
             pb::AppendMessagesRequest {
