@@ -144,3 +144,39 @@ fn overload_sheds_only_with_a_limit() {
     assert_eq!(unlimited["errors"], 0, "{unlimited}");
     assert!(unlimited["note"].as_str().unwrap().contains("peak"));
 }
+
+/// Regression: against a `--target` on Redis with the default key prefix, `get` failed
+/// with NOT_FOUND on every request: the bench prefilled its sessions in its own store,
+/// under its own prefix. It prefills the target through AppendMessages now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_reads_the_sessions_the_bench_prefilled_through_it() {
+    let url = common::required_env("CSAI_TEST_REDIS_URL");
+    let (sidecar, _channel) = common::SidecarProcess::spawn(&[
+        ("CSAI_STORAGE_TYPE", "redis".into()),
+        ("CSAI_REDIS_ADDRESS", url.clone()),
+    ])
+    .await;
+    let target = format!("127.0.0.1:{}", sidecar.port);
+    let address = url.trim_start_matches("redis://").to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--target",
+            &target,
+            "--backend",
+            "redis",
+            "--redis-address",
+            &address,
+            "--ops",
+            "get",
+            "--window",
+            "5",
+            "--requests",
+            "50",
+        ])
+    })
+    .await
+    .expect("bench");
+    let get = row(&report["rows"], "get via sidecar");
+    assert_eq!(get["requests"], 50, "{get}");
+    assert_eq!(get["errors"], 0, "{get}");
+}

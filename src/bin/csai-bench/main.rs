@@ -447,8 +447,13 @@ impl Bench {
         .await
     }
 
-    /// Gives every session of `tag` `length` messages, directly in the store.
+    /// Gives every session of `tag` `length` messages: directly in the bench's store (the
+    /// in-process sidecar's, and the direct floor's), and for a `--target` also over its
+    /// AppendMessages (its key prefix, backend and limits are its own).
     async fn prefill(&self, tag: &str, length: usize) -> Result<(), String> {
+        if self.args.target.is_some() {
+            self.prefill_over_grpc(tag, length).await?;
+        }
         let content = self.content();
         for s in 0..self.args.sessions as u64 {
             let id = SessionId::new(self.session(tag, s));
@@ -469,6 +474,36 @@ impl Bench {
                     )
                     .await
                     .map_err(|e| format!("prefill {id}: {e}"))?;
+                left -= batch;
+            }
+        }
+        Ok(())
+    }
+
+    async fn prefill_over_grpc(&self, tag: &str, length: usize) -> Result<(), String> {
+        let content = self.content();
+        // Within the default limits: 1,000 messages and 4 MiB a request.
+        let per_request = (3 << 20) / (content.len() + 64).max(1);
+        let mut client = SessionStoreClient::new(self.channels[0].clone());
+        for s in 0..self.args.sessions as u64 {
+            let id = self.session(tag, s);
+            let mut left = length;
+            while left > 0 {
+                let batch = left.min(per_request.clamp(1, 1000));
+                client
+                    .append_messages(pb::AppendMessagesRequest {
+                        session_id: id.clone(),
+                        messages: (0..batch)
+                            .map(|_| pb::Message {
+                                role: pb::Role::User as i32,
+                                content: content.clone(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| format!("prefill {id} on the target: {}", e.message()))?;
                 left -= batch;
             }
         }
