@@ -9,9 +9,21 @@ use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use serde_json::json;
 
+/// How a bot is told where the sidecar is.
+enum Address {
+    /// `bot HOST:PORT SESSION_ID`, as the README runs it.
+    Argument,
+    /// `bot SESSION_ID` with CSAI_SIDECAR_ADDRESS, as the Kubernetes example sets it.
+    Environment,
+}
+
 /// Runs one example bot against a fresh sidecar; returns what it printed and the session
 /// as the sidecar stored it.
-async fn run_bot(program: &str, leading_args: &[&str]) -> (String, pb::Session, ScriptedModel) {
+async fn run_bot(
+    program: &str,
+    leading_args: &[&str],
+    address: Address,
+) -> (String, pb::Session, ScriptedModel) {
     let model = ScriptedModel::start(vec![
         Reply::ToolCalls(vec![call("call_1", "lookup_order", json!({"order_id": 7}))]),
         Reply::Text("Order 7 has shipped and arrives tomorrow.".into()),
@@ -23,9 +35,14 @@ async fn run_bot(program: &str, leading_args: &[&str]) -> (String, pb::Session, 
     ])
     .await;
     let session = "bot-customer-42";
-    let output = tokio::process::Command::new(program)
-        .args(leading_args)
-        .arg(format!("127.0.0.1:{}", sidecar.port))
+    let target = format!("127.0.0.1:{}", sidecar.port);
+    let mut command = tokio::process::Command::new(program);
+    command.args(leading_args).env_remove("CSAI_SIDECAR_ADDRESS");
+    match address {
+        Address::Argument => command.arg(&target),
+        Address::Environment => command.env("CSAI_SIDECAR_ADDRESS", &target),
+    };
+    let output = command
         .arg(session)
         .output()
         .await
@@ -109,7 +126,7 @@ async fn the_python_example_bot_runs() {
         env!("CARGO_MANIFEST_DIR"),
         "/clients/python/examples/bot.py"
     );
-    let (stdout, stored, model) = run_bot(&python, &[bot]).await;
+    let (stdout, stored, model) = run_bot(&python, &[bot], Address::Argument).await;
     check(&stdout, &stored);
     assert_eq!(model.requests().await.len(), 2);
 }
@@ -117,7 +134,7 @@ async fn the_python_example_bot_runs() {
 #[tokio::test]
 async fn the_go_example_bot_runs() {
     let bot = required_env("CSAI_TEST_GO_BOT");
-    let (stdout, stored, model) = run_bot(&bot, &[]).await;
+    let (stdout, stored, model) = run_bot(&bot, &[], Address::Environment).await;
     check(&stdout, &stored);
     assert_eq!(model.requests().await.len(), 2);
 }

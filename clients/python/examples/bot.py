@@ -3,6 +3,9 @@ NOT_FOUND and ABORTED cases, and a streamed chat turn with one tool.
 
     pip install ./clients/python
     python clients/python/examples/bot.py 127.0.0.1:50051 customer-42
+
+With only the session id, the address comes from CSAI_SIDECAR_ADDRESS (as in the
+Kubernetes example), else 127.0.0.1:50051.
 """
 
 import sys
@@ -63,4 +66,9 @@ def main(target, session_id):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if len(sys.argv) == 2:
+        main(None, sys.argv[1])
+    elif len(sys.argv) == 3:
+        main(sys.argv[1], sys.argv[2])
+    else:
+        sys.exit("usage: bot.py [HOST:PORT] SESSION_ID")

@@ -51,10 +51,20 @@ func orderTool() *csaiv1.Tool {
 }
 
 func main() {
-	if len(os.Args) != 3 {
-		log.Fatal("usage: bot HOST:PORT SESSION_ID")
+	// bot HOST:PORT SESSION_ID, or bot SESSION_ID with the address in
+	// CSAI_SIDECAR_ADDRESS (as the Kubernetes example sets it), else 127.0.0.1:50051.
+	var target, sessionID string
+	switch len(os.Args) {
+	case 3:
+		target, sessionID = os.Args[1], os.Args[2]
+	case 2:
+		target, sessionID = os.Getenv("CSAI_SIDECAR_ADDRESS"), os.Args[1]
+		if target == "" {
+			target = "127.0.0.1:50051"
+		}
+	default:
+		log.Fatal("usage: bot [HOST:PORT] SESSION_ID")
 	}
-	target, sessionID := os.Args[1], os.Args[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// grpc.DialContext and WithInsecure: the API of grpc-go 1.33 (Debian 12); newer

@@ -1,6 +1,7 @@
 """A thin helper over the generated csai.v1 stubs for the calls a bot makes most."""
 
 import json
+import os
 import queue
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -36,11 +37,15 @@ def tool(name: str, description: str, parameters: dict, function: Callable[..., 
 
 
 class Sidecar:
-    """The sidecar at `target` (host:port). With `token`, every call carries it as a
-    bearer token; `timeout` is each call's deadline in seconds."""
+    """The sidecar at `target` (host:port; default: the CSAI_SIDECAR_ADDRESS variable the
+    Kubernetes example sets, else 127.0.0.1:50051). With `token` (default: the
+    CSAI_SIDECAR_TOKEN variable), every call carries it as a bearer token; `timeout` is
+    each call's deadline in seconds."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", token: Optional[str] = None,
+    def __init__(self, target: Optional[str] = None, token: Optional[str] = None,
                  timeout: float = 10.0):
+        target = target or os.environ.get("CSAI_SIDECAR_ADDRESS") or "127.0.0.1:50051"
+        token = token or os.environ.get("CSAI_SIDECAR_TOKEN")
         self.channel = grpc.insecure_channel(target)
         self.sessions = session_store_pb2_grpc.SessionStoreStub(self.channel)
         self.chat = chat_pb2_grpc.ChatStub(self.channel)
