@@ -345,7 +345,33 @@ fn message_of(value: &Value) -> Result<NewMessage, String> {
             total_tokens: number(usage, "total_tokens"),
             cached_tokens: cached.max(number(usage, "prompt_cache_hit_tokens")),
             reasoning_tokens: 0,
+            cache_miss_tokens: number(usage, "prompt_cache_miss_tokens"),
         });
+    }
+    // CS-AI's `reasoning` (summaries, effort, its own reasoning usage counters) and
+    // `aggregated_usage` (a turn's sum) have no field of their own: they are kept whole in
+    // the metadata. The summary is the reasoning content, its token count the reasoning
+    // tokens.
+    if let Some(reasoning) = value.get("reasoning").filter(|r| r.is_object()) {
+        message.reasoning_content = text(reasoning, "summary_text");
+        let tokens = reasoning
+            .pointer("/usage/tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32;
+        if tokens > 0 {
+            message
+                .usage
+                .get_or_insert_with(Usage::default)
+                .reasoning_tokens = tokens;
+        }
+        message
+            .metadata
+            .insert("cs_ai_reasoning".into(), reasoning.clone());
+    }
+    if let Some(aggregated) = value.get("aggregated_usage").filter(|u| u.is_object()) {
+        message
+            .metadata
+            .insert("cs_ai_aggregated_usage".into(), aggregated.clone());
     }
     Ok(message)
 }
@@ -503,13 +529,33 @@ mod tests {
                             "function": {"name": "lookup", "arguments": "{\"id\":7}"}}],
             "model": "deepseek-chat",
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
-                      "prompt_cache_hit_tokens": 4}
+                      "prompt_cache_hit_tokens": 4, "prompt_cache_miss_tokens": 6}
         });
         let message = message_of(&assistant).unwrap();
         assert_eq!(message.name, None);
         assert_eq!(message.tool_call_id, None);
         assert_eq!(message.tool_calls[0].function.arguments, "{\"id\":7}");
-        assert_eq!(message.usage.unwrap().cached_tokens, 4);
+        let usage = message.usage.unwrap();
+        assert_eq!((usage.cached_tokens, usage.cache_miss_tokens), (4, 6));
+
+        let reasoning = json!({"summary_text": "checks the order first", "effort_used": "high",
+                               "usage": {"tokens": 42, "cached_context_tokens": 7}});
+        let mut thinking = json!({"content": "Shipped.", "role": "assistant",
+                                  "usage": {"prompt_tokens": 10, "completion_tokens": 50,
+                                            "total_tokens": 60},
+                                  "aggregated_usage": {"total_tokens": 90}});
+        thinking["reasoning"] = reasoning.clone();
+        let message = message_of(&thinking).unwrap();
+        assert_eq!(
+            message.reasoning_content.as_deref(),
+            Some("checks the order first")
+        );
+        assert_eq!(message.usage.unwrap().reasoning_tokens, 42);
+        assert_eq!(message.metadata["cs_ai_reasoning"], reasoning);
+        assert_eq!(
+            message.metadata["cs_ai_aggregated_usage"]["total_tokens"],
+            90
+        );
         let user = json!({"content": "hi", "name": "Budi", "role": "user", "tool_calls": null, "tool_call_id": ""});
         let message = message_of(&user).unwrap();
         assert_eq!(

@@ -84,6 +84,10 @@ pub struct Usage {
     /// Completion tokens spent on reasoning, where the provider reports them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reasoning_tokens: u32,
+    /// Prompt tokens the provider did not find in its cache, where it reports them
+    /// (DeepSeek's `prompt_cache_miss_tokens`, which CS-AI keeps).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_miss_tokens: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -97,6 +101,7 @@ impl std::ops::AddAssign for Usage {
         self.total_tokens += other.total_tokens;
         self.cached_tokens += other.cached_tokens;
         self.reasoning_tokens += other.reasoning_tokens;
+        self.cache_miss_tokens += other.cache_miss_tokens;
     }
 }
 

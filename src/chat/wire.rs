@@ -156,6 +156,9 @@ struct WireUsage {
     completion_tokens_details: Option<CompletionDetails>,
     /// DeepSeek's name for cached prompt tokens.
     prompt_cache_hit_tokens: Option<u32>,
+    /// DeepSeek's prompt tokens that missed its cache.
+    #[serde(default)]
+    prompt_cache_miss_tokens: u32,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +186,7 @@ impl From<WireUsage> for Usage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
+            cache_miss_tokens: wire.prompt_cache_miss_tokens,
         }
     }
 }
@@ -374,7 +378,7 @@ mod tests {
         let body = br#"{"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":null,
             "tool_calls":[{"id":"call_1","type":"function","function":{"name":"order_status","arguments":"{\"id\":7}"}}]},
             "finish_reason":"tool_calls"}],"usage":{"prompt_tokens":20,"completion_tokens":5,"total_tokens":25,
-            "prompt_cache_hit_tokens":16,"completion_tokens_details":{"reasoning_tokens":3}}}"#;
+            "prompt_cache_hit_tokens":16,"prompt_cache_miss_tokens":4,"completion_tokens_details":{"reasoning_tokens":3}}}"#;
         let completion = parse_answer(body).unwrap();
         assert_eq!(completion.finish_reason, "tool_calls");
         assert_eq!(completion.message.content, "");
@@ -391,9 +395,10 @@ mod tests {
             (
                 usage.total_tokens,
                 usage.cached_tokens,
-                usage.reasoning_tokens
+                usage.reasoning_tokens,
+                usage.cache_miss_tokens
             ),
-            (25, 16, 3)
+            (25, 16, 3, 4)
         );
     }
 

@@ -655,6 +655,7 @@ pub async fn every_message_field_round_trips(store: TestStore) {
         total_tokens: 150,
         cached_tokens: 64,
         reasoning_tokens: 12,
+        cache_miss_tokens: 56,
     });
     assistant.reasoning_content = Some("The user wants order status.".into());
     assistant.metadata =

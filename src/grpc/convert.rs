@@ -128,6 +128,7 @@ pub fn message_body(raw: pb::Message, field: &str) -> Result<NewMessage, Status>
             total_tokens: u.total_tokens,
             cached_tokens: u.cached_tokens,
             reasoning_tokens: u.reasoning_tokens,
+            cache_miss_tokens: u.cache_miss_tokens,
         }),
         reasoning_content: optional(raw.reasoning_content),
         metadata: raw
@@ -213,6 +214,7 @@ pub fn usage_to_proto(usage: Usage) -> pb::Usage {
         total_tokens: usage.total_tokens,
         cached_tokens: usage.cached_tokens,
         reasoning_tokens: usage.reasoning_tokens,
+        cache_miss_tokens: usage.cache_miss_tokens,
     }
 }
 

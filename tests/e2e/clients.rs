@@ -37,7 +37,9 @@ async fn run_bot(
     let session = "bot-customer-42";
     let target = format!("127.0.0.1:{}", sidecar.port);
     let mut command = tokio::process::Command::new(program);
-    command.args(leading_args).env_remove("CSAI_SIDECAR_ADDRESS");
+    command
+        .args(leading_args)
+        .env_remove("CSAI_SIDECAR_ADDRESS");
     match address {
         Address::Argument => command.arg(&target),
         Address::Environment => command.env("CSAI_SIDECAR_ADDRESS", &target),

@@ -155,6 +155,7 @@ async fn tool_calls_round_trip_and_window_keeps_them_together() {
             total_tokens: 15,
             cached_tokens: 4,
             reasoning_tokens: 2,
+            cache_miss_tokens: 6,
         }),
         reasoning_content: "look it up".into(),
         metadata: Some(object(&[
