@@ -69,17 +69,18 @@ pub fn message_hash(message: &str) -> String {
         .collect()
 }
 
-/// Stores a record made now in `stream`, kept for `retention`; returns its id and time.
+/// Stores a record made at `time` in `stream`, kept for `retention` after it; returns its
+/// id and time (to the microsecond, as the id keeps it).
 pub async fn put<T: Serialize>(
     store: &dyn RecordStore,
     stream: &RecordStream,
     record: &T,
+    time: SystemTime,
     retention: Duration,
 ) -> StoreResult<(String, SystemTime)> {
-    let now = SystemTime::now();
-    let id = new_id(now);
-    put_with_id(store, stream, record, &id, now + retention).await?;
-    let time = time_of_id(&id).unwrap_or(now);
+    let id = new_id(time);
+    put_with_id(store, stream, record, &id, time + retention).await?;
+    let time = time_of_id(&id).unwrap_or(time);
     Ok((id, time))
 }
 

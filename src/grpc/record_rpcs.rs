@@ -5,7 +5,7 @@ use crate::grpc::convert::{self, invalid, json_to_struct, long_text, short_text,
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::records::{self, LearningRecord, RecordStream, SecurityLog};
-use crate::service::Policy;
+use crate::service::{Policy, validate};
 use crate::store::{SessionStore, StoreError};
 use std::time::{Duration, SystemTime};
 use tonic::Status;
@@ -60,10 +60,12 @@ pub async fn record_feedback(
         }
         fill_from_session(store, &mut record).await?;
     }
+    let time = record_time(raw.create_time, policy)?;
     let (id, time) = records::put(
         store,
         &RecordStream::Learning,
         &record,
+        time,
         policy.record_retention,
     )
     .await
@@ -126,6 +128,18 @@ async fn fill_from_session(
     Ok(())
 }
 
+/// A record's `create_time`: the caller's (checked by the service) or now.
+fn record_time(raw: Option<prost_types::Timestamp>, policy: &Policy) -> Result<SystemTime, Status> {
+    let requested = raw
+        .map(|t| SystemTime::try_from(t).map_err(|_| invalid("create_time", "is not a valid time")))
+        .transpose()?;
+    Ok(validate::record_time(
+        requested,
+        policy.record_retention,
+        "create_time",
+    )?)
+}
+
 /// Lists learning data in a time range.
 pub async fn list_learning(
     store: &dyn SessionStore,
@@ -185,7 +199,8 @@ pub async fn record_security(
     let stream = RecordStream::Security {
         user: log.user_id.clone(),
     };
-    let (id, time) = records::put(store, &stream, &log, policy.record_retention)
+    let time = record_time(raw.create_time, policy)?;
+    let (id, time) = records::put(store, &stream, &log, time, policy.record_retention)
         .await
         .map_err(status_of)?;
     log.id = id;

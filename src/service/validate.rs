@@ -5,7 +5,7 @@ use crate::config::RequestLimits;
 use crate::domain::{MAX_WINDOW_GROWTH, NewMessage, Role, SessionId};
 use crate::settings::format_duration;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Longest session id, in bytes.
 pub const MAX_SESSION_ID_BYTES: usize = 256;
@@ -112,6 +112,36 @@ pub fn ttl(
         Some(ttl) if (MIN_TTL..=limits.max_ttl).contains(&ttl) => Ok(ttl),
         Some(_) => Err(ttl_out_of_range(limits, field)),
     }
+}
+
+/// How far ahead of the sidecar's clock a caller's record time may be (clock skew).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The time of a record (learning data, a security log): now when the caller gives none;
+/// a caller's time (an import of history) must lie within `retention` before now, where
+/// it would not have expired yet, and not in the future beyond [`MAX_CLOCK_SKEW`].
+pub fn record_time(
+    requested: Option<SystemTime>,
+    retention: Duration,
+    field: &str,
+) -> Checked<SystemTime> {
+    let now = SystemTime::now();
+    let Some(time) = requested else {
+        return Ok(now);
+    };
+    if time > now + MAX_CLOCK_SKEW {
+        return Err(ValidationError::new(field, "is in the future"));
+    }
+    if now.duration_since(time).is_ok_and(|age| age >= retention) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "is older than record_retention ({}): the record would be expired already",
+                format_duration(retention)
+            ),
+        ));
+    }
+    Ok(time)
 }
 
 /// A name-like text: at most 256 bytes.

@@ -145,9 +145,15 @@ async fn records_are_per_day_items_with_a_ttl() {
     let user = unique_id("records-user").as_str().to_string();
     let stream = RecordStream::Security { user: user.clone() };
     let body = serde_json::json!({"allowed": true});
-    let (id, time) = records::put(&store, &stream, &body, Duration::from_secs(600))
-        .await
-        .expect("put");
+    let (id, time) = records::put(
+        &store,
+        &stream,
+        &body,
+        std::time::SystemTime::now(),
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("put");
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))

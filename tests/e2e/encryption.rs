@@ -115,9 +115,15 @@ async fn write_secrets(store: &dyn SessionStore, id: &SessionId) {
         .await
         .expect("merge");
     let log = serde_json::json!({"reason": SECRET});
-    records::put(store, &security_stream(id), &log, Duration::from_secs(600))
-        .await
-        .expect("record");
+    records::put(
+        store,
+        &security_stream(id),
+        &log,
+        std::time::SystemTime::now(),
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("record");
 }
 
 /// Everything `write_secrets` wrote, as text (state sorted: backends do not keep the

@@ -926,3 +926,95 @@ async fn edge_requests_get_the_documented_codes() {
         ("hi", "hello")
     );
 }
+
+/// History can be imported: a record keeps the caller's `create_time` (within the
+/// retention), lists under that time, and expires `record_retention` after it; a time in
+/// the future or past the retention is refused.
+#[tokio::test]
+async fn records_keep_the_callers_time() {
+    let server = TestServer::start().await;
+    let mut client = server.sessions().await;
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    let stamp = |time: SystemTime| Some(prost_types::Timestamp::from(time));
+    let feedback = client
+        .record_feedback(pb::RecordFeedbackRequest {
+            query: "where is my order?".into(),
+            response: "shipped".into(),
+            feedback_score: 1.0,
+            create_time: stamp(two_days_ago),
+            ..Default::default()
+        })
+        .await
+        .expect("feedback from two days ago")
+        .into_inner();
+    let kept = SystemTime::try_from(feedback.create_time.expect("create_time")).unwrap();
+    let drift = kept
+        .duration_since(two_days_ago)
+        .unwrap_or_else(|e| e.duration());
+    assert!(
+        drift < Duration::from_millis(1),
+        "kept {kept:?}, sent {two_days_ago:?}"
+    );
+
+    let listed = |days: u32| pb::ListLearningDataRequest {
+        range: Some(pb::TimeRange {
+            days,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ids = |response: pb::ListLearningDataResponse| -> Vec<String> {
+        response.records.into_iter().map(|r| r.id).collect()
+    };
+    let last_three_days = client
+        .list_learning_data(listed(3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ids(last_three_days).contains(&feedback.id));
+    let last_day = client
+        .list_learning_data(listed(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ids(last_day).contains(&feedback.id));
+
+    let log = client
+        .record_security_log(pb::RecordSecurityLogRequest {
+            user_id: "u-1".into(),
+            message: "hi".into(),
+            allowed: true,
+            create_time: stamp(two_days_ago),
+            ..Default::default()
+        })
+        .await
+        .expect("a security log from two days ago")
+        .into_inner();
+    assert!(
+        SystemTime::try_from(log.create_time.unwrap())
+            .unwrap()
+            .duration_since(two_days_ago)
+            .unwrap_or_else(|e| e.duration())
+            < Duration::from_millis(1)
+    );
+
+    let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    let forty_days_ago = SystemTime::now() - Duration::from_secs(40 * 86_400);
+    for (time, problem) in [
+        (in_an_hour, "is in the future"),
+        (forty_days_ago, "is older than record_retention (30d)"),
+    ] {
+        expect_code(
+            client
+                .record_feedback(pb::RecordFeedbackRequest {
+                    query: "q".into(),
+                    create_time: stamp(time),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            &format!("create_time: {problem}"),
+        )
+        .await;
+    }
+}

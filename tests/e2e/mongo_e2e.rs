@@ -211,6 +211,7 @@ async fn records_have_a_ttl_index_and_a_range_index() {
         &store,
         &RecordStream::Learning,
         &body,
+        std::time::SystemTime::now(),
         Duration::from_secs(600),
     )
     .await

@@ -388,9 +388,15 @@ async fn records_are_per_day_sorted_sets_that_expire() {
         allowed: true,
         reason: String::new(),
     };
-    let (id, time) = records::put(&store, &stream, &log, Duration::from_secs(600))
-        .await
-        .expect("put");
+    let (id, time) = records::put(
+        &store,
+        &stream,
+        &log,
+        std::time::SystemTime::now(),
+        Duration::from_secs(600),
+    )
+    .await
+    .expect("put");
     let day = csai_sidecar::store::records::day_name(csai_sidecar::store::records::day_of(time));
     let key = format!(
         "records-test:{{rec:security:u%7B{}%7D:{day}}}",

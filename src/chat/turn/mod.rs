@@ -17,7 +17,7 @@ use crate::store::{SessionStore, StoreError};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Metadata keys the turn writes on the messages it stores.
 mod model_calls;
@@ -440,7 +440,15 @@ impl ChatEngine {
         let stream = RecordStream::Security {
             user: log.user_id.clone(),
         };
-        if let Err(error) = records::put(store, &stream, &log, self.record_retention).await {
+        if let Err(error) = records::put(
+            store,
+            &stream,
+            &log,
+            SystemTime::now(),
+            self.record_retention,
+        )
+        .await
+        {
             tracing::warn!(session = %crate::observability::telemetry::logged(session.as_str()), %error, "cannot record the security log of a turn");
         }
     }

@@ -256,7 +256,7 @@ class LearningRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., session_id: _Optional[str] = ..., message_seq: _Optional[int] = ..., query: _Optional[str] = ..., response: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., feedback_score: _Optional[float] = ..., participant: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecordFeedbackRequest(_message.Message):
-    __slots__ = ("session_id", "message_seq", "query", "response", "tools", "context", "feedback_score", "participant")
+    __slots__ = ("session_id", "message_seq", "query", "response", "tools", "context", "feedback_score", "participant", "create_time")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_SEQ_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +265,7 @@ class RecordFeedbackRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_SCORE_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     message_seq: int
     query: str
@@ -273,7 +274,8 @@ class RecordFeedbackRequest(_message.Message):
     context: _struct_pb2.Struct
     feedback_score: float
     participant: str
-    def __init__(self, session_id: _Optional[str] = ..., message_seq: _Optional[int] = ..., query: _Optional[str] = ..., response: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., feedback_score: _Optional[float] = ..., participant: _Optional[str] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, session_id: _Optional[str] = ..., message_seq: _Optional[int] = ..., query: _Optional[str] = ..., response: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., feedback_score: _Optional[float] = ..., participant: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TimeRange(_message.Message):
     __slots__ = ("start_time", "end_time", "days")
@@ -324,7 +326,7 @@ class SecurityLog(_message.Message):
     def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., message_hash: _Optional[str] = ..., spam_score: _Optional[float] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecordSecurityLogRequest(_message.Message):
-    __slots__ = ("user_id", "session_id", "message", "message_hash", "spam_score", "allowed", "reason")
+    __slots__ = ("user_id", "session_id", "message", "message_hash", "spam_score", "allowed", "reason", "create_time")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +334,7 @@ class RecordSecurityLogRequest(_message.Message):
     SPAM_SCORE_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     message: str
@@ -339,7 +342,8 @@ class RecordSecurityLogRequest(_message.Message):
     spam_score: float
     allowed: bool
     reason: str
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., message: _Optional[str] = ..., message_hash: _Optional[str] = ..., spam_score: _Optional[float] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., message: _Optional[str] = ..., message_hash: _Optional[str] = ..., spam_score: _Optional[float] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListSecurityLogsRequest(_message.Message):
     __slots__ = ("user_id", "range", "page_size", "page_token")
