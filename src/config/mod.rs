@@ -102,15 +102,20 @@ pub struct Config {
     pub trace_session_id_key: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
-    /// Secret values and passwords inside URLs of every setting, whichever backend is on.
-    pub setting_secrets: Vec<String>,
+    /// Secret values and passwords inside URLs of every setting, whichever backend is on
+    /// (their Debug form hides them).
+    pub setting_secrets: Vec<Secret>,
 }
 
 impl Config {
     /// Every secret value of the configuration, for redaction: passwords, API keys,
     /// tokens and encryption keys.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets = self.setting_secrets.clone();
+        let mut secrets: Vec<String> = self
+            .setting_secrets
+            .iter()
+            .map(|Secret(value)| value.clone())
+            .collect();
         for provider in &self.chat.providers {
             if let Endpoint::OpenAi {
                 api_key: Some(key), ..
@@ -257,7 +262,16 @@ mod tests {
             "{shown}"
         );
         let config = parse(&values).expect("a valid configuration");
-        assert!(config.secrets().contains(&"pw-in-url".to_string()));
+        for secret in ["pw-in-url", "hunter2", "s3cret"] {
+            assert!(config.secrets().contains(&secret.to_string()), "{secret}");
+        }
+        // The backend's options live behind the registry; the Debug form of the whole
+        // configuration (as a panic or a log line might print it) shows no secret.
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cret") && !debug.contains("pw-in-url"),
+            "{debug}"
+        );
         assert!(
             shown.contains("mongodb://app:<redacted>@db:27017/?tls=true"),
             "{shown}"

@@ -101,7 +101,7 @@ pub fn parse(values: &Values) -> Result<Config, ConfigError> {
             _ => None,
         })?,
         log_level: values.text("log_level"),
-        setting_secrets: values.secrets(),
+        setting_secrets: values.secrets().into_iter().map(Secret).collect(),
     };
     if config.session_ttl > config.limits.max_ttl {
         return Err(ConfigError(format!(
