@@ -5,10 +5,12 @@
 //! with [`conformance_tests!`](crate::conformance_tests). It lives outside `store` because it
 //! also proves the record paging of `records` built on top of the stores.
 
+mod expiry;
 mod listing;
 mod records;
 mod sessions;
 
+pub use expiry::*;
 pub use listing::*;
 pub use records::*;
 pub use sessions::*;
