@@ -62,7 +62,7 @@ pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
             ..shared.clone()
         });
     }
-    if values.get("chat_echo", "true or false", |s| s.parse().ok())? {
+    if values.boolean("chat_echo")? {
         providers.push(ProviderSettings {
             name: ECHO_PROVIDER.into(),
             endpoint: Endpoint::Echo,
@@ -99,7 +99,7 @@ pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
             .map(String::from)
             .or_else(|| (names.len() == 1).then(|| names[0].to_string()))
     });
-    let rate_limited = values.get("chat_rate_limit", "true or false", |s| s.parse().ok())?;
+    let rate_limited = values.boolean("chat_rate_limit")?;
     let per = |key: &str| values.get(key, "a whole number (0 = no limit)", |s| s.parse().ok());
     Ok(ChatSettings {
         default_provider,

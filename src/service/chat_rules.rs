@@ -6,15 +6,13 @@ use crate::chat::completion::{ResponseFormat, ToolChoice, ToolSpec};
 use crate::chat::turn::{Overrides, ToolResult, TurnInput, TurnRequest};
 use crate::config::RequestLimits;
 use crate::domain::Role;
-use crate::service::validate::{self, ValidationError};
+use crate::service::validate::{self, Checked, ValidationError};
 use std::collections::HashSet;
 
 /// Longest function or schema name, as the OpenAI API allows.
 const MAX_FUNCTION_NAME: usize = 64;
 /// Most stop sequences, as the OpenAI API allows.
 const MAX_STOP_SEQUENCES: usize = 4;
-
-type Checked<T> = Result<T, ValidationError>;
 
 /// Checks a whole turn request (converted from an ExecRequest or ExecStream's `start`).
 pub fn turn_request(request: &TurnRequest, limits: &RequestLimits) -> Checked<()> {

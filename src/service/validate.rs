@@ -42,7 +42,8 @@ impl fmt::Display for ValidationError {
 
 impl std::error::Error for ValidationError {}
 
-type Checked<T> = Result<T, ValidationError>;
+/// A checked value, or the field that is wrong and why.
+pub type Checked<T> = Result<T, ValidationError>;
 
 fn has_control_chars(text: &str) -> bool {
     text.chars().any(char::is_control)

@@ -63,23 +63,15 @@ pub const fn key(
 /// A secret that only the environment may set (tokens, API keys, encryption keys).
 pub const fn env_only_secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
     Key {
-        name,
-        env,
-        default: "",
-        help,
-        secret: true,
         env_only: true,
+        ..secret(name, env, help)
     }
 }
 
 /// A secret that any source may set (a password in a connection string, say).
 pub const fn secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
     Key {
-        name,
-        env,
-        default: "",
-        help,
         secret: true,
-        env_only: false,
+        ..key(name, env, "", help)
     }
 }

@@ -133,6 +133,13 @@ fn weighted_op(text: &str) -> Result<(Op, u32), String> {
     Ok((op, weight))
 }
 
+/// The sizes of the requests that write `length` messages, at most `most` a request.
+fn batches(length: usize, most: usize) -> impl Iterator<Item = usize> {
+    (0..length)
+        .step_by(most)
+        .map(move |start| most.min(length - start))
+}
+
 /// Which operation each request runs: request i runs `schedule[i % len]`.
 type Schedule = Arc<Vec<Op>>;
 
@@ -457,9 +464,7 @@ impl Bench {
         let content = self.content();
         for s in 0..self.args.sessions as u64 {
             let id = SessionId::new(self.session(tag, s));
-            let mut left = length;
-            while left > 0 {
-                let batch = left.min(1000);
+            for batch in batches(length, 1000) {
                 let messages = (0..batch)
                     .map(|_| NewMessage::text(Role::User, content.clone()))
                     .collect();
@@ -474,7 +479,6 @@ impl Bench {
                     )
                     .await
                     .map_err(|e| format!("prefill {id}: {e}"))?;
-                left -= batch;
             }
         }
         Ok(())
@@ -483,13 +487,11 @@ impl Bench {
     async fn prefill_over_grpc(&self, tag: &str, length: usize) -> Result<(), String> {
         let content = self.content();
         // Within the default limits: 1,000 messages and 4 MiB a request.
-        let per_request = (3 << 20) / (content.len() + 64).max(1);
+        let per_request = ((3 << 20) / (content.len() + 64)).clamp(1, 1000);
         let mut client = SessionStoreClient::new(self.channels[0].clone());
         for s in 0..self.args.sessions as u64 {
             let id = self.session(tag, s);
-            let mut left = length;
-            while left > 0 {
-                let batch = left.min(per_request.clamp(1, 1000));
+            for batch in batches(length, per_request) {
                 client
                     .append_messages(pb::AppendMessagesRequest {
                         session_id: id.clone(),
@@ -504,7 +506,6 @@ impl Bench {
                     })
                     .await
                     .map_err(|e| format!("prefill {id} on the target: {}", e.message()))?;
-                left -= batch;
             }
         }
         Ok(())
