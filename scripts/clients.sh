@@ -5,7 +5,7 @@
 #   scripts/clients.sh install        Python venv .venv-client (PyPI, pinned) with the
 #                                     client installed; Go, protoc and plugins (Debian);
 #                                     buf (npm) under .tools/
-#   scripts/clients.sh lint           buf lint of proto/ (rules in buf.yaml)
+#   scripts/clients.sh lint           buf lint of proto/ (rules in buf.yaml), gofmt of clients/go
 #   scripts/clients.sh generate       rewrites the committed stubs from proto/
 #   scripts/clients.sh check          fails when the committed stubs differ from proto/
 #   scripts/clients.sh build-go OUT   builds the Go example bot to OUT, offline, against
@@ -109,7 +109,14 @@ build_go() {
 
 case "${1:-}" in
     install) install ;;
-    lint) "$buf" lint && echo "buf lint: proto/ is clean" ;;
+    lint)
+        "$buf" lint && echo "buf lint: proto/ is clean"
+        unformatted=$(gofmt -l clients/go)
+        if [ -n "$unformatted" ]; then
+            echo "scripts/clients.sh: gofmt -w these files: $unformatted" >&2
+            exit 1
+        fi
+        echo "gofmt: clients/go is formatted" ;;
     generate) generate ;;
     check) check ;;
     build-go) build_go "${2:?usage: scripts/clients.sh build-go OUT}" ;;

@@ -63,6 +63,10 @@ cargo test --no-fail-fast 2>&1 | tee "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
 
+echo "== README quick start (at ${SECONDS}s)"
+# The README's first commands as written: release build, sidecar, first calls, stop.
+CSAI_QUICKSTART_GO_BOT="$CSAI_TEST_GO_BOT" scripts/quickstart.sh
+
 echo "== fuzz (at ${SECONDS}s)"
 scripts/fuzz.sh 60
 echo "== done in ${SECONDS}s"

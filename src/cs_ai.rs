@@ -5,6 +5,7 @@ use crate::config::RequestLimits;
 use crate::domain::{
     FunctionCall, JsonObject, NewMessage, Role, StateUpdate, ToolCall, Usage, WriteOptions,
 };
+use crate::progress::{Progress, Unit};
 use crate::records::{self, LearningRecord, RecordStream, SecurityLog};
 use crate::service::validate;
 use crate::store::{SessionStore, StoreError};
@@ -99,7 +100,9 @@ pub async fn copy_from_redis(
             }
         }
     }
+    let mut progress = Progress::start("cs-ai import", Unit::Sessions, Some(ids.len() as u64));
     for id in ids {
+        progress.add(1);
         match copy_session(&mut redis, target, &id, options).await {
             Ok(Some(messages)) => {
                 summary.sessions += 1;
@@ -109,6 +112,7 @@ pub async fn copy_from_redis(
             Err(problem) => summary.failures.push(format!("session {id:?}: {problem}")),
         }
     }
+    progress.finish();
 
     for key in scan(&mut redis, "ai:learning:*")
         .await

@@ -346,6 +346,9 @@ pub struct StoreStats {
     pub active_sessions: u64,
     pub total_messages: u64,
     pub approximate_bytes: u64,
+    /// Live learning records and security logs.
+    pub learning_records: u64,
+    pub security_logs: u64,
 }
 
 /// Index of the first message of a tool-safe "last N" window over `messages`.

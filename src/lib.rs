@@ -11,6 +11,7 @@ pub mod files;
 pub mod grpc;
 pub mod observability;
 pub mod operations;
+pub mod progress;
 pub mod records;
 pub mod server;
 pub mod service;

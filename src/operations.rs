@@ -1,8 +1,10 @@
-//! The operations commands of the binary: backup, restore and store-to-store migrate.
+//! The operations commands of the binary: backup, restore, store-to-store migrate and
+//! key rotation.
 
 use crate::domain::{Message, NewMessage, Session, SessionId, StateUpdate, Window, WriteOptions};
 use crate::grpc::dial::DialOptions;
 use crate::grpc::sidecar_client::{Sessions, SidecarClient};
+use crate::progress::{Progress, Unit};
 use crate::service::{Policy, import};
 use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
 use crate::store::{SessionStore, StoreError, StoreResult};
@@ -10,7 +12,7 @@ use crate::transfer::{self, BackupHeader, BackupSession, Existing, Imported};
 use futures::StreamExt;
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,15 @@ impl Location {
     /// Connects to `grpc://host:port` (or `grpcs://` for TLS) with `dial`'s token and TLS.
     pub async fn sidecar(url: &str, dial: &DialOptions) -> Result<Self, String> {
         Ok(Location::Sidecar(SidecarClient::connect(url, dial).await?))
+    }
+
+    /// How many live sessions it holds, for a progress total (one counting pass of the
+    /// backend, as GetStats makes); None when it cannot say.
+    async fn session_count(&mut self) -> Option<u64> {
+        match self {
+            Location::Store(store) => store.stats().await.ok().map(|s| s.active_sessions),
+            Location::Sidecar(client) => client.session_count().await,
+        }
     }
 
     /// Every live session, whole.
@@ -120,34 +131,6 @@ impl Report {
     }
 }
 
-/// Progress on stderr, only when it is a terminal.
-struct Progress {
-    on: bool,
-    done: u64,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            on: std::io::stderr().is_terminal(),
-            done: 0,
-        }
-    }
-
-    fn tick(&mut self) {
-        self.done += 1;
-        if self.on && self.done.is_multiple_of(100) {
-            eprint!("\r{} sessions", self.done);
-        }
-    }
-
-    fn finish(&self) {
-        if self.on && self.done >= 100 {
-            eprintln!();
-        }
-    }
-}
-
 /// Writes every live session of `source` to a backup file (JSON Lines, a header first;
 /// zstd-compressed when the name ends in `.zst`). The file is written under a temporary
 /// name beside `path`, readable by this user only, and renamed over `path` only when
@@ -166,7 +149,8 @@ pub async fn backup(source: &mut Location, policy: &Policy, path: &Path) -> Resu
     let header = serde_json::to_string(&BackupHeader::now()).map_err(|e| e.to_string())?;
     writeln!(out, "{header}").map_err(write_error)?;
     let mut report = Report::default();
-    let mut progress = Progress::new();
+    let total = source.session_count().await;
+    let mut progress = Progress::start("backup", Unit::Sessions, total);
     let mut sessions = source.sessions(policy).await?;
     while let Some(session) = sessions.next().await {
         let session = session?;
@@ -174,7 +158,7 @@ pub async fn backup(source: &mut Location, policy: &Policy, path: &Path) -> Resu
             serde_json::to_string(&BackupSession::from(&session)).map_err(|e| e.to_string())?;
         writeln!(out, "{line}").map_err(write_error)?;
         report.count(&session, Imported::Written, line.len() as u64 + 1);
-        progress.tick();
+        progress.add(1);
     }
     drop(sessions);
     out.flush().map_err(write_error)?;
@@ -201,11 +185,15 @@ pub async fn restore(
     let mut magic = [0u8; 4];
     let compressed =
         std::io::Read::read_exact(&mut open()?, &mut magic).is_ok() && magic == ZSTD_MAGIC;
+    // Progress is the share of the file read, compressed or not.
+    let file_size = std::fs::metadata(path).map(|m| m.len()).ok();
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let file = CountingReader(open()?, read.clone());
     let reader: Box<dyn BufRead> = if compressed {
-        let decoder = zstd::Decoder::new(open()?).map_err(|e| format!("zstd: {e}"))?;
+        let decoder = zstd::Decoder::new(file).map_err(|e| format!("zstd: {e}"))?;
         Box::new(std::io::BufReader::new(decoder))
     } else {
-        Box::new(std::io::BufReader::new(open()?))
+        Box::new(std::io::BufReader::new(file))
     };
     let mut lines = RawLines(reader);
     let header = lines
@@ -224,7 +212,7 @@ pub async fn restore(
         ));
     }
     let mut report = Report::default();
-    let mut progress = Progress::new();
+    let mut progress = Progress::start("restore", Unit::Bytes, file_size);
     for (index, line) in lines.enumerate() {
         let number = index + 2;
         // A read error (a truncated zstd frame) ends the file: nothing after it can be
@@ -254,10 +242,22 @@ pub async fn restore(
                 "line {number}: {problem} (truncated or corrupt; nothing of it restored)"
             )),
         }
-        progress.tick();
+        progress.set_position(read.load(std::sync::atomic::Ordering::Relaxed));
     }
     progress.finish();
     Ok(report)
+}
+
+/// A file that counts the bytes read from it, for restore's progress.
+struct CountingReader(std::fs::File, Arc<std::sync::atomic::AtomicU64>);
+
+impl std::io::Read for CountingReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buffer)?;
+        self.1
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// The lines of a reader as bytes, without their line feed: a line that is not UTF-8
@@ -312,11 +312,12 @@ pub async fn migrate(
         _ => None,
     };
     let mut report = Report::default();
-    let mut progress = Progress::new();
+    let total = source.session_count().await;
+    let mut progress = Progress::start("migrate", Unit::Sessions, total);
     let mut sessions = source.sessions(policy).await?;
     while let Some(session) = sessions.next().await {
         let session = session?;
-        progress.tick();
+        progress.add(1);
         if done.contains(session.id.as_str()) {
             report.skipped += 1;
             continue;
@@ -386,7 +387,9 @@ pub async fn rotate_keys(
         }
         ids
     };
+    let mut progress = Progress::start("rotate-keys", Unit::Sessions, Some(ids.len() as u64));
     for id in ids {
+        progress.add(1);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -406,6 +409,7 @@ pub async fn rotate_keys(
             }
         }
     }
+    progress.finish();
     rotation
 }
 

@@ -48,6 +48,10 @@ pub fn text<'a>(arguments: &'a ArgMatches, name: &str) -> Option<&'a String> {
     arguments.try_get_one::<String>(name).ok().flatten()
 }
 
+/// The settings whose flags `--help` shows; the other ~100 work the same but are listed
+/// by `csai-sidecar config` and docs/configuration.md, so that help fits a screen.
+const FLAGS_IN_HELP: &[&str] = &["listen", "type", "session_ttl", "log_level"];
+
 /// Every configuration key that has a flag, as a global flag with its variable.
 pub fn config_args(mut command: Command) -> Command {
     for key in config::catalog() {
@@ -63,6 +67,8 @@ pub fn config_args(mut command: Command) -> Command {
             .env(key.env)
             .hide_env_values(key.secret)
             .global(true)
+            .hide(!FLAGS_IN_HELP.contains(&key.name))
+            .help_heading("Settings")
             .help(help);
         command = command.arg(if is_switch(key) {
             // `--sliding-ttl-on-read` turns it on; `--reflection=false` turns one off.
@@ -195,7 +201,7 @@ pub fn to_arg() -> Arg {
     Arg::new("to")
         .long("to")
         .value_name("URL")
-        .help("grpc://host:port (grpcs:// for TLS): write into a running sidecar instead of the configured store")
+        .help("grpc://host:port (grpcs:// for TLS, unix:///path): write into a running sidecar instead of the configured store")
 }
 
 /// The configured store, refusing the in-memory one, which would vanish with the command.

@@ -17,7 +17,7 @@ pub fn command() -> Command {
             Arg::new("from")
                 .long("from")
                 .value_name("URL")
-                .help("grpc://host:port (grpcs:// for TLS): back up a running sidecar (its in-memory store too)"),
+                .help("grpc://host:port (grpcs:// for TLS, unix:///path): back up a running sidecar (its in-memory store too)"),
         )
         .args(dial_args())
 }

@@ -38,7 +38,7 @@ pub fn run(config: &Config, arguments: &ArgMatches) -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|runtime| {
                 runtime.block_on(crate::server::health::probe(
-                    config.listen,
+                    &config.listen,
                     service,
                     config.tls.is_some(),
                     &dial,

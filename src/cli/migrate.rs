@@ -18,7 +18,7 @@ pub fn command() -> Command {
             Arg::new("from")
                 .long("from")
                 .value_name("URL")
-                .help("cs-ai-redis://[user:password@]host:port/db (CS-AI's Redis; cs-ai-rediss:// for TLS) or grpc://host:port (a running sidecar)"),
+                .help("cs-ai-redis://[user:password@]host:port/db (CS-AI's Redis; cs-ai-rediss:// for TLS) or grpc://host:port, grpcs://, unix:///path (a running sidecar)"),
         )
         .arg(
             Arg::new("from-config")
@@ -65,7 +65,11 @@ async fn migrate(config: &Config, arguments: &ArgMatches) -> Outcome {
         return from_cs_ai(&url, target, config, dry_run, text("checkpoint").is_some()).await;
     }
     let mut source = match (text("from"), text("from-config")) {
-        (Some(url), None) if url.starts_with("grpc://") || url.starts_with("grpcs://") => {
+        (Some(url), None)
+            if ["grpc://", "grpcs://", "unix:"]
+                .iter()
+                .any(|s| url.starts_with(s)) =>
+        {
             Location::sidecar(url, &dial_options(arguments).map_err(usage)?)
                 .await
                 .map_err(usage)?

@@ -15,15 +15,18 @@ use crate::observability::telemetry;
 use clap::{Arg, Command};
 use std::process::ExitCode;
 
+/// The end of every command's help: where the settings not shown are.
+const SETTINGS_HELP: &str = "Every setting (storage, TLS, tokens, limits, chat, telemetry: about \
+    100) is a flag like those above, an environment variable and a config-file key; flags win, \
+    then variables, then the file, then defaults. `csai-sidecar config` prints each with its \
+    value and source; docs/configuration.md explains each.";
+
 /// The whole command tree.
 pub fn command() -> Command {
     let root = Command::new("csai-sidecar")
         .version(env!("CARGO_PKG_VERSION"))
         .about("gRPC sidecar that keeps the chat sessions of AI customer-service bots")
-        .after_help(
-            "Settings are read from flags, then environment variables, then the config file, \
-             then defaults. `csai-sidecar config` shows the effective values.",
-        )
+        .after_help(SETTINGS_HELP)
         .arg(
             Arg::new("config")
                 .long("config")
@@ -32,16 +35,19 @@ pub fn command() -> Command {
                 .global(true)
                 .help("TOML configuration file"),
         )
-        .subcommand(serve::command())
-        .subcommand(health::command())
-        .subcommand(
-            Command::new("config")
-                .about("Validate and print the effective configuration, secrets redacted"),
-        )
-        .subcommand(migrate::command())
-        .subcommand(rotate_keys::command())
-        .subcommand(backup::command())
-        .subcommand(restore::command());
+        .subcommands(
+            [
+                serve::command(),
+                health::command(),
+                Command::new("config")
+                    .about("Validate and print the effective configuration, secrets redacted"),
+                migrate::command(),
+                rotate_keys::command(),
+                backup::command(),
+                restore::command(),
+            ]
+            .map(|command| command.after_help(SETTINGS_HELP)),
+        );
     args::config_args(root)
 }
 
@@ -58,6 +64,7 @@ pub fn run() -> ExitCode {
             }
         };
     telemetry::redact_panics(config.secrets());
+    crate::progress::set_line_interval(config.progress_interval);
     match matches.subcommand() {
         Some(("config", _)) => {
             print!("{}", values.render());

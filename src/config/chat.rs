@@ -92,12 +92,20 @@ pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
             names.join(", ")
         )))
     };
+    // A configured model before the echo one: echo answers only when nothing else would.
+    let models: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|&n| n != ECHO_PROVIDER)
+        .collect();
     let default_provider = known("chat_provider")?.or_else(|| {
-        [DEFAULT_PROVIDER, ECHO_PROVIDER]
-            .into_iter()
-            .find(|n| names.contains(n))
-            .map(String::from)
-            .or_else(|| (names.len() == 1).then(|| names[0].to_string()))
+        if models.contains(&DEFAULT_PROVIDER) {
+            Some(DEFAULT_PROVIDER.to_string())
+        } else if models.len() == 1 {
+            Some(models[0].to_string())
+        } else {
+            (models.is_empty() && names.contains(&ECHO_PROVIDER)).then(|| ECHO_PROVIDER.to_string())
+        }
     });
     let rate_limited = values.boolean("chat_rate_limit")?;
     let per = |key: &str| values.get(key, "a whole number (0 = no limit)", |s| s.parse().ok());

@@ -9,7 +9,13 @@ pub const KEYS: &[Key] = &[
         "listen",
         "CSAI_LISTEN",
         "127.0.0.1:50051",
-        "gRPC listen address (host:port)",
+        "gRPC listen address: host:port, or unix:///path for a Unix domain socket",
+    ),
+    key(
+        "listen_socket_mode",
+        "CSAI_LISTEN_SOCKET_MODE",
+        "0660",
+        "file mode of the Unix socket when `listen` is unix:///path (octal)",
     ),
     env_only_secret(
         "auth_tokens",
@@ -221,8 +227,8 @@ pub const KEYS: &[Key] = &[
     key(
         "chat_echo",
         "CSAI_CHAT_ECHO",
-        "false",
-        "add the `echo` provider, which answers with the user's message (local development)",
+        "true",
+        "offer the built-in `echo` model, which answers with the user's message; turns go to it when no other provider is configured (false: refuse them)",
     ),
     key(
         "chat_provider",
@@ -324,5 +330,11 @@ pub const KEYS: &[Key] = &[
         "CSAI_LOG_LEVEL",
         "info",
         "log filter (tracing EnvFilter syntax, e.g. info,csai_sidecar=debug)",
+    ),
+    key(
+        "progress_interval",
+        "CSAI_PROGRESS_INTERVAL",
+        "5s",
+        "how often long commands (backup, restore, migrate, rotate-keys, bench) print a progress line when stderr is not a terminal",
     ),
 ];

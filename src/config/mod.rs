@@ -64,6 +64,23 @@ impl fmt::Debug for Storage {
     }
 }
 
+/// Where the gRPC server listens: a TCP address, or a Unix domain socket for a bot in the
+/// same Pod (`unix:///path`), created with `mode` and removed at shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix { path: PathBuf, mode: u32 },
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(address) => write!(f, "{address}"),
+            Listen::Unix { path, .. } => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
 /// Limits the service layer enforces on every request, for every backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -76,7 +93,7 @@ pub struct RequestLimits {
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: Listen,
     /// TLS of the gRPC server, when on.
     pub tls: Option<TlsFiles>,
     /// Bearer tokens (`tenant:token` entries), when authentication is on.
@@ -102,6 +119,8 @@ pub struct Config {
     pub trace_session_id_key: Option<Secret>,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Between the progress lines of long commands, when stderr is not a terminal.
+    pub progress_interval: Duration,
     /// Secret values and passwords inside URLs of every setting, whichever backend is on
     /// (their Debug form hides them).
     pub setting_secrets: Vec<Secret>,
@@ -214,6 +233,59 @@ mod tests {
     }
 
     #[test]
+    fn listen_takes_a_unix_socket_with_its_mode_but_not_with_tls() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut values = defaults();
+            for (key, value) in pairs {
+                values.set(key, value.to_string(), Source::Env("CSAI_TEST"));
+            }
+            parse(&values)
+        };
+        let config = with(&[("listen", "unix:///run/csai/sidecar.sock")]).unwrap();
+        assert_eq!(
+            config.listen,
+            Listen::Unix {
+                path: PathBuf::from("/run/csai/sidecar.sock"),
+                mode: 0o660
+            }
+        );
+        assert_eq!(config.listen.to_string(), "unix:///run/csai/sidecar.sock");
+        let relative = with(&[
+            ("listen", "unix:sidecar.sock"),
+            ("listen_socket_mode", "600"),
+        ]);
+        assert_eq!(
+            relative.unwrap().listen,
+            Listen::Unix {
+                path: PathBuf::from("sidecar.sock"),
+                mode: 0o600
+            }
+        );
+        for (pairs, expected) in [
+            (vec![("listen", "unix://")], "unix:///path"),
+            (
+                vec![("listen", "unix:///s"), ("listen_socket_mode", "0999")],
+                "octal file mode",
+            ),
+            (
+                vec![("listen", "unix:///s"), ("listen_socket_mode", "0400")],
+                "octal file mode",
+            ),
+            (
+                vec![
+                    ("listen", "unix:///s"),
+                    ("tls_cert_file", "c.pem"),
+                    ("tls_key_file", "k.pem"),
+                ],
+                "TLS is for TCP listeners",
+            ),
+        ] {
+            let error = with(&pairs).unwrap_err().to_string();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+        }
+    }
+
+    #[test]
     fn errors_name_key_source_and_accepted_values() {
         let mut values = defaults();
         values.set("type", "cassandra".into(), Source::Env("CSAI_STORAGE_TYPE"));
@@ -291,12 +363,37 @@ mod tests {
     }
 
     #[test]
-    fn chat_defaults_are_cs_ai_and_no_provider_is_configured() {
+    fn chat_defaults_are_cs_ai_with_only_the_echo_model() {
         let chat = Config::default().chat;
-        assert!(chat.providers.is_empty());
-        assert_eq!(chat.default_provider, None);
+        let names: Vec<&str> = chat.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, [ECHO_PROVIDER]);
+        assert_eq!(chat.default_provider.as_deref(), Some(ECHO_PROVIDER));
         assert_eq!(chat.limits.max_tool_rounds, 10);
         assert_eq!(chat.rate_limits, None);
+
+        let mut values = defaults();
+        values.set("chat_echo", "false".into(), Source::Default);
+        let chat = parse(&values).unwrap().chat;
+        assert!(chat.providers.is_empty());
+        assert_eq!(chat.default_provider, None);
+    }
+
+    #[test]
+    fn a_configured_model_comes_before_the_echo_one() {
+        let one = file_values(
+            "[providers.ollama]\nbase_url = \"http://localhost:11434/v1\"\nmodel = \"llama3.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&one).unwrap().chat.default_provider.as_deref(),
+            Some("ollama")
+        );
+        // Two models and no chat_provider: requests must name one; echo never stands in.
+        let two = file_values(
+            "[providers.a]\nbase_url = \"http://a/v1\"\n[providers.b]\nbase_url = \"http://b/v1\"\n",
+        )
+        .unwrap();
+        assert_eq!(parse(&two).unwrap().chat.default_provider, None);
     }
 
     #[test]

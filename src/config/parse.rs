@@ -1,7 +1,7 @@
 //! Turns layered text values into the typed [`Config`]: every value parsed once, every
 //! error naming the key, where the value came from and what is accepted.
 
-use super::{Config, RequestLimits, Secret, TlsFiles, chat};
+use super::{Config, Listen, RequestLimits, Secret, TlsFiles, chat};
 use crate::observability::telemetry::{LogFormat, SessionIdInTraces};
 use crate::settings::{ConfigError, Values, format_duration, parse_size};
 use crate::store::decorators::encrypted::Keyring;
@@ -15,9 +15,7 @@ pub fn parse(values: &Values) -> Result<Config, ConfigError> {
     let duration = |s: &str| humantime::parse_duration(s).ok();
 
     let config = Config {
-        listen: values.get("listen", "host:port, e.g. 127.0.0.1:50051", |s| {
-            s.parse().ok()
-        })?,
+        listen: listen(values)?,
         tls: tls(values)?,
         auth_tokens: auth_tokens(values)?,
         reflection: values.boolean("reflection")?,
@@ -101,8 +99,15 @@ pub fn parse(values: &Values) -> Result<Config, ConfigError> {
             _ => None,
         })?,
         log_level: values.text("log_level"),
+        progress_interval: values.positive_duration("progress_interval")?,
         setting_secrets: values.secrets().into_iter().map(Secret).collect(),
     };
+    if config.tls.is_some() && matches!(config.listen, Listen::Unix { .. }) {
+        return Err(ConfigError(
+            "TLS is for TCP listeners: a Unix socket (`listen` = unix://...) is guarded by its file mode (`listen_socket_mode`) and its folder"
+                .into(),
+        ));
+    }
     if config.session_ttl > config.limits.max_ttl {
         return Err(ConfigError(format!(
             "`session_ttl` ({}) is longer than `max_ttl` ({})",
@@ -111,6 +116,33 @@ pub fn parse(values: &Values) -> Result<Config, ConfigError> {
         )));
     }
     Ok(config)
+}
+
+/// `host:port`, or `unix:///absolute/path` (also `unix:relative/path`) with the socket
+/// file's mode.
+fn listen(values: &Values) -> Result<Listen, ConfigError> {
+    let accepted = "host:port (e.g. 127.0.0.1:50051) or unix:///path/to/socket";
+    if values.text("listen").starts_with("unix:") {
+        let path = values.get("listen", accepted, |s| {
+            let path = s
+                .strip_prefix("unix://")
+                .or_else(|| s.strip_prefix("unix:"))?;
+            (!path.is_empty()).then(|| PathBuf::from(path))
+        })?;
+        let mode = values.get(
+            "listen_socket_mode",
+            "an octal file mode from 0600 to 0777, such as 0660",
+            |s| {
+                u32::from_str_radix(s, 8)
+                    .ok()
+                    .filter(|m| (0o600..=0o777).contains(m))
+            },
+        )?;
+        return Ok(Listen::Unix { path, mode });
+    }
+    Ok(Listen::Tcp(
+        values.get("listen", accepted, |s| s.parse().ok())?,
+    ))
 }
 
 /// The bearer tokens from the environment or a file; the server parses them at start

@@ -59,6 +59,7 @@ macro_rules! conformance_tests {
             list_pages_without_duplicates_or_gaps,
             listing_under_churn_returns_each_stable_session_once,
             stats_count_what_is_stored,
+            stats_count_records,
             every_message_field_round_trips,
             unicode_and_large_contents_round_trip,
             records_round_trip_in_time_order,

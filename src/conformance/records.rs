@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::records;
+use crate::store::RecordStore;
 use crate::store::records::{Record, RecordRange, RecordStream, new_id};
 
 /// A moment no other test (or earlier run) puts records near: a unique hour in the years
@@ -186,4 +187,41 @@ pub async fn expired_records_are_never_returned(store: TestStore) {
         .map(|r| (r.id.as_str(), r.body.as_str()))
         .collect();
     assert_eq!(left, [(long.id.as_str(), long.body.as_str())]);
+}
+
+/// Stats count the live learning records and security logs; a tenant's, its own only.
+pub async fn stats_count_records(store: TestStore) {
+    use crate::store::decorators::tenant::TenantStore;
+    let tenant = TenantStore::new(store.clone(), unique_id("counted").as_str());
+    let other = TenantStore::new(store.clone(), unique_id("other").as_str());
+    let stats = tenant.stats().await.expect("stats");
+    assert_eq!((stats.learning_records, stats.security_logs), (0, 0));
+    let now = SystemTime::now();
+    for _ in 0..3 {
+        tenant
+            .put_record(&RecordStream::Learning, record_at(now, json!({"q": "?"})))
+            .await
+            .expect("put learning");
+    }
+    for user in ["ana", "budi"] {
+        let stream = RecordStream::Security { user: user.into() };
+        tenant
+            .put_record(&stream, record_at(now, json!({"e": "login"})))
+            .await
+            .expect("put security log");
+    }
+    other
+        .put_record(&RecordStream::Learning, record_at(now, json!({"q": "!"})))
+        .await
+        .expect("put the other tenant's");
+    let stats = tenant.stats().await.expect("stats");
+    assert_eq!((stats.learning_records, stats.security_logs), (3, 2));
+    let stats = other.stats().await.expect("stats");
+    assert_eq!((stats.learning_records, stats.security_logs), (1, 0));
+    // The whole store counts every tenant's (and whatever other tests put meanwhile).
+    let whole = store.stats().await.expect("stats");
+    assert!(
+        whole.learning_records >= 4 && whole.security_logs >= 2,
+        "{whole:?}"
+    );
 }

@@ -1,5 +1,5 @@
-//! How the commands dial a running sidecar (`grpc://` or `grpcs://host:port`): the bearer
-//! token and TLS/mTLS they need to reach a protected one.
+//! How the commands dial a running sidecar (`grpc://` or `grpcs://host:port`, or
+//! `unix:///path`): the bearer token and TLS/mTLS they need to reach a protected one.
 
 use std::path::PathBuf;
 use tonic::metadata::MetadataValue;
@@ -35,14 +35,22 @@ impl DialOptions {
             .filter(|t| !t.is_empty()))
     }
 
-    /// A channel to `url` (`grpc://host:port` or `grpcs://host:port`).
+    /// A channel to `url` (`grpc://host:port`, `grpcs://host:port` or `unix:///path`).
     pub async fn connect(&self, url: &str) -> Result<Channel, String> {
+        if let Some(path) = url
+            .strip_prefix("unix://")
+            .or_else(|| url.strip_prefix("unix:"))
+        {
+            return connect_unix(PathBuf::from(path))
+                .await
+                .map_err(|e| format!("cannot connect to the sidecar at {url}: {e}"));
+        }
         let (tls, address) = match (url.strip_prefix("grpc://"), url.strip_prefix("grpcs://")) {
             (Some(address), _) => (self.ca_file.is_some(), address),
             (_, Some(address)) => (true, address),
             _ => {
                 return Err(format!(
-                    "{url:?} is not a grpc://host:port or grpcs://host:port address"
+                    "{url:?} is not a grpc://host:port, grpcs://host:port or unix:///path address"
                 ));
             }
         };
@@ -90,6 +98,41 @@ impl DialOptions {
                 None => None,
             };
         Ok(Authorize(header))
+    }
+}
+
+/// A channel over the Unix socket at `path` (the URI only names the `:authority`).
+async fn connect_unix(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(UnixConnector(path))
+        .await
+}
+
+/// Opens a connection to one socket path, whatever URI it is asked for.
+#[derive(Clone)]
+struct UnixConnector(PathBuf);
+
+impl tower_service::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            Ok(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        })
     }
 }
 

@@ -329,6 +329,8 @@ impl SessionStoreRpc for SessionStoreService {
             active_sessions: stats.active_sessions,
             total_messages: stats.total_messages,
             approximate_bytes: stats.approximate_bytes,
+            learning_records: stats.learning_records,
+            security_logs: stats.security_logs,
         }))
     }
 

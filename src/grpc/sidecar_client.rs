@@ -29,6 +29,16 @@ impl SidecarClient {
         ))
     }
 
+    /// How many live sessions the sidecar holds (GetStats), if it says.
+    pub async fn session_count(&mut self) -> Option<u64> {
+        let stats = self
+            .0
+            .get_stats(pb::GetStatsRequest::default())
+            .await
+            .ok()?;
+        Some(stats.into_inner().active_sessions)
+    }
+
     /// Every live session, whole (ExportSessions), each checked like an import.
     pub async fn sessions<'a>(&'a mut self, policy: &'a Policy) -> Result<Sessions<'a>, String> {
         let stream = self

@@ -84,24 +84,29 @@ pub async fn run_checks(
 /// for container health checks; an unspecified address means loopback. Over TLS when
 /// `tls` (the sidecar's own TLS settings) is set, with `dial`'s CA and client certificate.
 pub async fn probe(
-    listen: std::net::SocketAddr,
+    listen: &crate::config::Listen,
     service: &str,
     tls: bool,
     dial: &crate::grpc::dial::DialOptions,
 ) -> Result<String, String> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let mut address = listen;
-    if address.ip().is_unspecified() {
-        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let scheme = if tls { "grpcs" } else { "grpc" };
-    let url = format!("{scheme}://{address}");
+    let url = match listen {
+        crate::config::Listen::Tcp(address) => {
+            let mut address = *address;
+            if address.ip().is_unspecified() {
+                address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let scheme = if tls { "grpcs" } else { "grpc" };
+            format!("{scheme}://{address}")
+        }
+        unix => unix.to_string(),
+    };
     let channel = tokio::time::timeout(Duration::from_secs(3), dial.connect(&url))
         .await
         .map_err(|_| "timed out".to_string())
         .and_then(|connected| connected)
-        .map_err(|e| format!("cannot reach the sidecar on {address}: {e}"))?;
+        .map_err(|e| format!("cannot reach the sidecar on {url}: {e}"))?;
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: service.to_string(),
     });

@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod auth;
 pub mod health;
+pub mod listener;
 pub mod load_shed;
 pub mod metrics_page;
 pub mod rpc_telemetry;
@@ -17,6 +18,7 @@ use crate::grpc::pb::session_store_server::SessionStoreServer;
 use crate::grpc::session_store::SessionStoreService;
 use crate::observability::metrics;
 use crate::server::auth::Tokens;
+use crate::server::listener::Listener;
 use crate::server::load_shed::LoadShedLayer;
 use crate::server::rpc_telemetry::RpcTelemetryLayer;
 use crate::service::Policy;
@@ -98,9 +100,9 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn SessionStore>, Serv
         .map_err(|e| ServeError::Store(e.to_string()))
 }
 
-/// Binds the configured listen address.
-pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(config.listen)
+/// Binds the configured listen address (a TCP port or a Unix socket).
+pub async fn bind(config: &Config) -> Result<Listener, ServeError> {
+    Listener::bind(&config.listen)
         .await
         .map_err(|source| ServeError::Listen {
             address: config.listen.to_string(),
@@ -113,7 +115,7 @@ pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
 pub async fn serve(
     config: &Config,
     store: Arc<dyn SessionStore>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let reflection = || {
@@ -130,6 +132,13 @@ pub async fn serve(
     let chat_configured = engine.has_default_provider();
     if !chat_configured {
         tracing::info!("no chat provider is configured: csai.v1.Chat is NOT_SERVING");
+    } else if config.chat.default_provider.as_deref() == Some(crate::config::ECHO_PROVIDER) {
+        // The out-of-the-box model; a production sidecar missing its model URL says so here.
+        tracing::warn!(
+            "no model is configured: Chat turns get the built-in echo model, which repeats \
+             the user's message; set CSAI_CHAT_BASE_URL for a real one, or CSAI_CHAT_ECHO=false \
+             to refuse turns"
+        );
     }
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::report(&reporter, false, false).await;
@@ -222,9 +231,7 @@ pub async fn serve(
         }
     };
 
-    let address = listener
-        .local_addr()
-        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    let address = listener.address();
     tracing::info!(%address, backend = store.backend(), "csai-sidecar serving");
     let router = tonic::transport::Server::builder()
         // Outermost first: shed RPCs are still counted and traced.
@@ -236,8 +243,8 @@ pub async fn serve(
         .add_service(sessions)
         .add_service(chat);
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &config.tls {
-            Some(files) => {
+        match (listener, &config.tls) {
+            (Listener::Tcp(listener), Some(files)) => {
                 let acceptor = tls::acceptor(files).map_err(ServeError::Tls)?;
                 tracing::info!(
                     mutual = files.client_ca.is_some(),
@@ -247,12 +254,17 @@ pub async fn serve(
                     router.serve_with_incoming_shutdown(tls::incoming(listener, acceptor), signal),
                 )
             }
-            None => {
-                Box::pin(router.serve_with_incoming_shutdown(
-                    crate::server::accept::incoming(listener),
-                    signal,
-                ))
+            (Listener::Tcp(listener), None) => {
+                Box::pin(router.serve_with_incoming_shutdown(accept::incoming(listener), signal))
             }
+            // The socket file is removed when the server future, which owns it, is dropped.
+            (Listener::Unix(listener, file), _) => Box::pin(async move {
+                let served = router
+                    .serve_with_incoming_shutdown(accept::incoming_unix(listener), signal)
+                    .await;
+                drop(file);
+                served
+            }),
         };
     tokio::pin!(server);
 

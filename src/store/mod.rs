@@ -18,7 +18,7 @@ use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
-use crate::store::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -136,6 +136,11 @@ pub trait RecordStore: Send + Sync + 'static {
         stream: &RecordStream,
         range: &RecordRange,
     ) -> StoreResult<Vec<Record>>;
+
+    /// Counts the live records of every stream (`tenant` None: every tenant's too) or of
+    /// one tenant's streams, by kind. For GetStats, so it may scan; docs/backends.md says
+    /// where a backend's count is approximate.
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts>;
 }
 
 /// Checks `expected_version` against the session's current version (0 when absent).

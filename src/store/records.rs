@@ -29,6 +29,42 @@ impl RecordStream {
     }
 }
 
+/// Live records by kind, of the whole store or of one tenant: what GetStats reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub learning: u64,
+    pub security: u64,
+}
+
+impl RecordCounts {
+    /// Counts `count` records of the stream named `name` (see [`RecordStream::name`]) when
+    /// it is within `tenant`'s streams, or, with no tenant, whoever's it is. Streams of
+    /// tenants nested inside the scope (decorators stacked in tests) count too.
+    pub fn add(&mut self, name: &str, tenant: Option<&str>, count: u64) {
+        let within = match tenant {
+            Some(tenant) => name
+                .strip_prefix("tenant:")
+                .and_then(|rest| rest.strip_prefix(tenant))
+                .and_then(|rest| rest.strip_prefix(':')),
+            None => Some(name),
+        };
+        let Some(mut own) = within else {
+            return;
+        };
+        while let Some((_, inner)) = own
+            .strip_prefix("tenant:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            own = inner;
+        }
+        if own == "learning" {
+            self.learning += count;
+        } else if own.starts_with("security:") {
+            self.security += count;
+        }
+    }
+}
+
 /// One stored record. Its id sorts by time: 16 hex digits of microseconds since the
 /// epoch, then 8 of a per-process counter mixed with randomness, so ids never collide.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +182,30 @@ impl RecordRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_counts_keep_to_their_tenant() {
+        let names = [
+            "learning",
+            "security:ana",
+            "tenant:a:learning",
+            "tenant:a:security:ana:x",
+            "tenant:ab:learning",
+            "tenant:a:tenant:b:learning",
+            "sessions",
+        ];
+        let count = |tenant: Option<&str>| {
+            let mut counts = RecordCounts::default();
+            for name in names {
+                counts.add(name, tenant, 1);
+            }
+            (counts.learning, counts.security)
+        };
+        assert_eq!(count(None), (4, 2));
+        assert_eq!(count(Some("a")), (2, 1));
+        assert_eq!(count(Some("a:tenant:b")), (1, 0));
+        assert_eq!(count(Some("b")), (0, 0));
+    }
 
     #[test]
     fn ids_sort_by_time_and_never_collide() {

@@ -4,16 +4,17 @@
 pub mod chat_suite;
 pub mod llm_server;
 
-use csai_sidecar::config::Config;
+use csai_sidecar::config::{Config, Listen};
 use csai_sidecar::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
+use csai_sidecar::grpc::dial::DialOptions;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
-use csai_sidecar::records::{Record, RecordRange, RecordStream};
 use csai_sidecar::server::{self, ServeError};
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
+use csai_sidecar::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use csai_sidecar::store::redis::RedisOptions;
 use csai_sidecar::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use std::net::SocketAddr;
@@ -51,7 +52,7 @@ pub struct TestServer {
 /// A configuration for tests: ephemeral port, quick health checks.
 pub fn test_config() -> Config {
     Config {
-        listen: "127.0.0.1:0".parse().expect("address"),
+        listen: Listen::Tcp("127.0.0.1:0".parse().expect("address")),
         health_interval: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(5),
         ..Config::default()
@@ -72,7 +73,7 @@ impl TestServer {
     /// Starts a sidecar that serves `store`.
     pub async fn start_serving(config: Config, store: Arc<dyn SessionStore>) -> Self {
         let listener = server::bind(&config).await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
+        let addr = listener.tcp_address().expect("a TCP listener");
         let (tx, rx) = oneshot::channel();
         let serving_store = store.clone();
         let handle = tokio::spawn(async move {
@@ -294,6 +295,11 @@ impl RecordStore for FaultyStore {
         self.check()?;
         self.inner.list_records(stream, range).await
     }
+
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        self.check()?;
+        self.inner.count_records(tenant).await
+    }
 }
 
 /// A variable the test script (scripts/test.sh) sets; missing means the backend's server
@@ -376,9 +382,14 @@ impl SidecarProcess {
     /// Starts `csai-sidecar serve` with these variables (and no CSAI_* of the caller's),
     /// and waits until it accepts connections.
     pub async fn spawn(vars: &[(&str, String)]) -> (Self, Channel) {
+        Self::spawn_listening(Listening::FreePort, vars).await
+    }
+
+    /// Like [`spawn`](Self::spawn), listening where told.
+    pub async fn spawn_listening(listening: Listening, vars: &[(&str, String)]) -> (Self, Channel) {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_csai-sidecar"));
         command.arg("serve");
-        Self::spawn_command(command, vars).await
+        Self::spawn_command(command, listening, vars).await
     }
 
     /// Like [`spawn`](Self::spawn), with at most `limit` open file descriptors
@@ -392,7 +403,7 @@ impl SidecarProcess {
             .arg("-c")
             .arg(format!("ulimit -n {limit} && exec \"$0\" serve"))
             .arg(env!("CARGO_BIN_EXE_csai-sidecar"));
-        Self::spawn_command(command, vars).await
+        Self::spawn_command(command, Listening::FreePort, vars).await
     }
 
     /// Kills the sidecar and returns everything it logged.
@@ -409,19 +420,24 @@ impl SidecarProcess {
 
     async fn spawn_command(
         mut command: std::process::Command,
+        listening: Listening,
         vars: &[(&str, String)],
     ) -> (Self, Channel) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = match &listening {
+            Listening::Port(port) => *port,
+            _ => free_port(),
+        };
+        let listen = match &listening {
+            Listening::UnixSocket(path) => format!("unix://{}", path.display()),
+            _ => format!("127.0.0.1:{port}"),
+        };
         for (name, _) in std::env::vars() {
             if name.starts_with("CSAI_") {
                 command.env_remove(name);
             }
         }
         command
-            .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CSAI_LISTEN", &listen)
             .env("CSAI_HEALTH_INTERVAL", "100ms")
             .env("CSAI_LOG_FORMAT", "json")
             .stdout(std::process::Stdio::null())
@@ -431,18 +447,33 @@ impl SidecarProcess {
         }
         let child = command.spawn().expect("start csai-sidecar");
         let process = Self { child, port };
+        let url = match &listening {
+            Listening::UnixSocket(_) => listen.clone(),
+            _ => format!("grpc://{listen}"),
+        };
         for _ in 0..200 {
-            if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .expect("uri")
-                .connect()
-                .await
-            {
+            if let Ok(channel) = DialOptions::default().connect(&url).await {
                 return (process, channel);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("csai-sidecar did not listen on port {port}");
+        panic!("csai-sidecar did not listen on {listen}");
     }
+}
+
+/// Where a [`SidecarProcess`] listens.
+pub enum Listening {
+    FreePort,
+    Port(u16),
+    UnixSocket(std::path::PathBuf),
+}
+
+/// A loopback TCP port nothing listens on (at the time of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// `GET path` on the metrics port; the whole HTTP response.

@@ -214,6 +214,15 @@ async fn one_tenant_never_reaches_anothers_sessions() {
         .unwrap()
         .into_inner();
     assert!(logs.logs.is_empty(), "B sees none of A's records");
+    let records = |stats: pb::GetStatsResponse| (stats.learning_records, stats.security_logs);
+    let a_stats = a.get_stats(pb::GetStatsRequest::default()).await.unwrap();
+    let b_stats = b.get_stats(pb::GetStatsRequest::default()).await.unwrap();
+    assert_eq!(records(a_stats.into_inner()), (0, 1), "A counts its log");
+    assert_eq!(
+        records(b_stats.into_inner()),
+        (0, 0),
+        "B counts none of A's"
+    );
     let mut chat_b = ChatClient::new(with_token(server.channel().await, TOKEN_B));
     let turn = chat_b
         .exec(pb::ExecRequest {

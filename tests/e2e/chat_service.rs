@@ -11,10 +11,12 @@ use crate::common::{FaultyStore, NOT_SERVING, SERVING, TestServer, test_config, 
 use csai_sidecar::chat::completion::Sampling;
 use csai_sidecar::chat::guard::RateLimits;
 use csai_sidecar::chat::provider::{Endpoint, ProviderSettings};
+use csai_sidecar::config::{self, Config};
 use csai_sidecar::domain::Role;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::exec_stream_request::Kind as Inbound;
 use csai_sidecar::grpc::pb::exec_stream_response::Kind as Outbound;
+use csai_sidecar::settings::Source;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use serde_json::json;
 use std::sync::Arc;
@@ -27,8 +29,32 @@ fn memory() -> Store {
 }
 
 #[tokio::test]
-async fn chat_serves_only_with_a_provider_and_a_healthy_store() {
+async fn chat_answers_with_echo_out_of_the_box_and_serves_only_with_a_provider() {
+    // The defaults: no model configured, so turns go to the built-in echo model.
     let server = TestServer::start().await;
+    let mut health = server.health().await;
+    wait_for_status(&mut health, "csai.v1.Chat", SERVING).await;
+    let mut chat = pb::chat_client::ChatClient::new(server.channel().await);
+    let reply = chat
+        .exec(ask(&unique("echo"), "Where is my order?"))
+        .await
+        .expect("the echo model answers")
+        .into_inner();
+    let answer = reply.assistant_message.expect("an assistant message");
+    assert!(
+        answer.content.contains("Where is my order?"),
+        "{}",
+        answer.content
+    );
+
+    // chat_echo = false: no provider, so Chat is NOT_SERVING and turns are refused.
+    let mut values = config::defaults();
+    values.set("chat_echo", "false".into(), Source::Default);
+    let no_model = Config {
+        chat: config::parse(&values).expect("valid").chat,
+        ..test_config()
+    };
+    let server = TestServer::start_with(no_model, MemoryLimits::default()).await;
     let mut health = server.health().await;
     wait_for_status(&mut health, "", SERVING).await;
     assert_eq!(

@@ -58,17 +58,42 @@ fn boolean_flags_are_switches_and_help_shows_defaults() {
         "{stdout}"
     );
 
-    let (code, stdout, stderr) = run(sidecar().args(["serve", "--help"]));
-    assert_eq!(code, 0, "{stderr}");
-    for shown in [
-        "--session-ttl <DURATION>",
-        "[default: 12h]",
-        "--max-grpc-message-size <SIZE>",
-        "--tls-cert-file <FILE>",
-        "--sliding-ttl-on-read[=<BOOL>]",
+    // Each command's help fits a screen: its own arguments, the main settings with their
+    // defaults and placeholders, and where the other settings are.
+    for command in [
+        "serve",
+        "backup",
+        "restore",
+        "migrate",
+        "rotate-keys",
+        "health",
+        "config",
     ] {
-        assert!(stdout.contains(shown), "{shown} missing from:\n{stdout}");
+        let (code, stdout, stderr) = run(sidecar().args([command, "--help"]));
+        assert_eq!(code, 0, "{stderr}");
+        for shown in [
+            "--session-ttl <DURATION>",
+            "[default: 12h]",
+            "--listen <HOST:PORT>",
+            "--config <FILE>",
+            "csai-sidecar config",
+        ] {
+            assert!(
+                stdout.contains(shown),
+                "{shown} missing from {command} --help:\n{stdout}"
+            );
+        }
+        assert!(!stdout.contains("--tls-cert-file"), "{stdout}");
+        let lines = stdout.lines().count();
+        assert!(lines <= 40, "{command} --help has {lines} lines:\n{stdout}");
     }
+    // The settings not shown are flags all the same.
+    let (code, stdout, stderr) = run(sidecar().args(["config", "--max-ttl", "2d"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("max_ttl = \"2d\"  # flag --max-ttl"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -259,7 +284,7 @@ async fn the_binary_serves_chat_with_the_echo_provider() {
 
 #[tokio::test]
 async fn the_health_command_probes_a_running_sidecar() {
-    let (process, _channel) = SidecarProcess::spawn(&[]).await;
+    let (process, _channel) = SidecarProcess::spawn(&[("CSAI_CHAT_ECHO", "false".into())]).await;
     let listen = format!("127.0.0.1:{}", process.port);
     let probe = |service: &str| {
         run(sidecar()
@@ -270,7 +295,7 @@ async fn the_health_command_probes_a_running_sidecar() {
     assert_eq!((code, stdout.trim()), (0, "SERVING"), "{stderr}");
     let (code, stdout, _) = probe("csai.v1.SessionStore");
     assert_eq!((code, stdout.trim()), (0, "SERVING"));
-    // No chat provider is configured: Chat is not serving, and the probe says so.
+    // No chat provider (not even the echo model): Chat is not serving, and the probe says so.
     let (code, stdout, _) = probe("csai.v1.Chat");
     assert_eq!((code, stdout.trim()), (1, "NOT_SERVING"));
     drop(process);

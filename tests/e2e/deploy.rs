@@ -301,3 +301,93 @@ fn the_dynamodb_definitions_agree() {
         .default;
     assert_eq!(cli["TableName"].as_str(), Some(default_table));
 }
+
+/// The Unix-socket overlay: both containers share the socket's folder, the bot dials the
+/// address the sidecar listens on (a value the sidecar accepts), and the probes exec the
+/// health command since the kubelet's gRPC probe cannot dial a socket.
+#[test]
+fn the_unix_socket_overlay_shares_the_socket_and_probes_it() {
+    let kustomization = yaml("deploy/kubernetes/unix-socket/kustomization.yaml");
+    for resource in kustomization["resources"].as_sequence().expect("resources") {
+        let path = format!(
+            "deploy/kubernetes/unix-socket/{}",
+            resource.as_str().unwrap()
+        );
+        assert!(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(&path)
+                .exists(),
+            "{path}"
+        );
+    }
+    let patch = yaml("deploy/kubernetes/unix-socket/deployment-patch.yaml");
+    assert_eq!(
+        patch["metadata"]["name"],
+        yaml("deploy/kubernetes/deployment.yaml")["metadata"]["name"]
+    );
+    let pod = &patch["spec"]["template"]["spec"];
+    let volume = &pod["volumes"][0];
+    assert!(!volume["emptyDir"].is_null(), "{volume:?}");
+    assert!(pod["securityContext"]["fsGroup"].as_u64().is_some());
+    let env = |container: &Value| -> BTreeMap<String, String> {
+        container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap().into(),
+                    v["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let mount = |container: &Value| -> (String, String) {
+        let mount = &container["volumeMounts"][0];
+        (
+            mount["name"].as_str().unwrap().into(),
+            mount["mountPath"].as_str().unwrap().into(),
+        )
+    };
+    let sidecar = &pod["initContainers"][0];
+    let bot = &pod["containers"][0];
+    let listen = env(sidecar)["CSAI_LISTEN"].clone();
+    assert_eq!(env(bot)["CSAI_SIDECAR_ADDRESS"], listen);
+    let socket = listen.strip_prefix("unix://").expect("a unix:// address");
+    let (name, folder) = mount(sidecar);
+    assert_eq!(mount(bot), (name.clone(), folder.clone()));
+    assert_eq!(volume["name"].as_str(), Some(name.as_str()));
+    assert_eq!(
+        std::path::Path::new(socket).parent(),
+        Some(std::path::Path::new(&folder))
+    );
+
+    let mut values = csai_sidecar::config::defaults();
+    for (key, value) in [
+        ("listen", listen.clone()),
+        (
+            "listen_socket_mode",
+            env(sidecar)["CSAI_LISTEN_SOCKET_MODE"].clone(),
+        ),
+    ] {
+        values.set(key, value, csai_sidecar::settings::Source::Default);
+    }
+    let config = csai_sidecar::config::parse(&values).expect("the sidecar accepts the overlay");
+    assert_eq!(config.listen.to_string(), listen);
+
+    let exec = |kind: &str| -> Vec<String> {
+        assert!(sidecar[kind]["grpc"].is_null(), "{kind} still dials a port");
+        sidecar[kind]["exec"]["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{kind} execs"))
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(exec("livenessProbe"), ["csai-sidecar", "health"]);
+    assert_eq!(exec("startupProbe"), ["csai-sidecar", "health"]);
+    assert_eq!(
+        exec("readinessProbe"),
+        ["csai-sidecar", "health", "--service", health::SESSION_STORE]
+    );
+}

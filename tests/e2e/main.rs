@@ -28,3 +28,4 @@ mod overload;
 mod redis_e2e;
 mod reliability;
 mod tls;
+mod unix_socket;

@@ -4,15 +4,13 @@ NOT_FOUND and ABORTED cases, and a streamed chat turn with one tool.
     pip install ./clients/python
     python clients/python/examples/bot.py 127.0.0.1:50051 customer-42
 
-With only the session id, the address comes from CSAI_SIDECAR_ADDRESS (as in the
-Kubernetes example), else 127.0.0.1:50051.
+The address is host:port or unix:///path; with only the session id it comes from
+CSAI_SIDECAR_ADDRESS (as in the Kubernetes example), else 127.0.0.1:50051.
 """
 
 import sys
 
-import grpc
-
-from csai_client import Sidecar, assistant, tool, user
+from csai_client import Aborted, Sidecar, assistant, tool, user
 
 
 def lookup_order(order_id):
@@ -45,9 +43,7 @@ def main(target, session_id):
         # ABORTED; re-read and try again.
         try:
             sidecar.append(session_id, user("stale write"), expected_version=0)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.ABORTED:
-                raise
+        except Aborted:
             current = sidecar.get(session_id).version
             retried = sidecar.append(session_id, user("Thanks"), expected_version=current)
             print(f"aborted, retried at version {current} -> {retried.version}")
@@ -71,4 +67,4 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3:
         main(sys.argv[1], sys.argv[2])
     else:
-        sys.exit("usage: bot.py [HOST:PORT] SESSION_ID")
+        sys.exit("usage: bot.py [HOST:PORT|unix:///PATH] SESSION_ID")

@@ -1,7 +1,8 @@
 //! The load loop: closed (N workers back to back) or open (a fixed rate; a request the
 //! loop fell behind on counts from when it was due, so a stall is not hidden: no
-//! coordinated omission), with a progress line.
+//! coordinated omission), with its progress.
 
+use csai_sidecar::progress::{Progress, Unit};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -62,7 +63,11 @@ where
     let started = Instant::now();
     let deadline = started + plan.duration;
     let limit = plan.requests.unwrap_or(u64::MAX);
-    let progress = tokio::spawn(report_progress(label.to_string(), done.clone(), started));
+    let progress = tokio::spawn(report_progress(
+        label.to_string(),
+        done.clone(),
+        plan.requests,
+    ));
     let workers: Vec<_> = (0..plan.concurrency.max(1))
         .map(|_| {
             let (op, next, done, rate) = (op.clone(), next.clone(), done.clone(), plan.rate);
@@ -111,21 +116,29 @@ where
     }
     all.elapsed = started.elapsed();
     progress.abort();
-    eprint!("\r\x1b[2K");
+    let _ = progress.await;
     all.latencies_us.sort_unstable();
     all
 }
 
-async fn report_progress(label: String, done: Arc<AtomicU64>, started: Instant) {
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    interval.tick().await;
+/// Follows `done` on a bar or in progress lines (src/progress.rs) until aborted, when the
+/// bar is cleared.
+async fn report_progress(label: String, done: Arc<AtomicU64>, total: Option<u64>) {
+    struct FinishOnDrop(Option<Progress>);
+    impl Drop for FinishOnDrop {
+        fn drop(&mut self) {
+            if let Some(progress) = self.0.take() {
+                progress.finish();
+            }
+        }
+    }
+    let mut progress = FinishOnDrop(Some(Progress::start(label, Unit::Requests, total)));
+    let mut interval = tokio::time::interval(Duration::from_millis(200));
     loop {
         interval.tick().await;
-        let count = done.load(Ordering::Relaxed);
-        eprint!(
-            "\r\x1b[2K  {label}: {count} requests, {:.0}/s",
-            count as f64 / started.elapsed().as_secs_f64()
-        );
+        if let Some(progress) = &mut progress.0 {
+            progress.set_position(done.load(Ordering::Relaxed));
+        }
     }
 }
 

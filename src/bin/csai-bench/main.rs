@@ -13,8 +13,9 @@ mod report;
 use clap::{Parser, ValueEnum};
 use csai_sidecar::chat::completion::Sampling;
 use csai_sidecar::chat::provider::{Endpoint, ProviderSettings};
-use csai_sidecar::config::{self, Config};
+use csai_sidecar::config::{self, Config, Listen};
 use csai_sidecar::domain::{Append, NewMessage, Role, SessionId, Window, WriteOptions};
+use csai_sidecar::grpc::dial::DialOptions;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_client::ChatClient;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
@@ -45,7 +46,7 @@ enum Op {
 #[derive(Parser, Debug)]
 #[command(about = "Load csai-sidecar over gRPC and compare with the gRPC and backend floors")]
 struct Args {
-    /// A running sidecar (HOST:PORT); default: one started in this process.
+    /// A running sidecar (HOST:PORT or unix:///path); default: one started in this process.
     #[arg(long)]
     target: Option<String>,
     /// Backend of the in-process sidecar and of the direct floor.
@@ -111,6 +112,10 @@ struct Args {
     /// to csai-bench).
     #[arg(long)]
     sidecar_bin: Option<std::path::PathBuf>,
+    /// Also serve the in-process sidecar on a Unix domain socket and repeat the gRPC floor
+    /// and each --ops row over it, beside the TCP rows.
+    #[arg(long)]
+    unix_socket: bool,
     /// Skip the floor rows.
     #[arg(long)]
     no_floors: bool,
@@ -188,6 +193,8 @@ fn plan(args: &Args) -> Plan {
 struct Bench {
     args: Args,
     channels: Vec<Channel>,
+    /// With --unix-socket: connections to the same sidecar over its Unix socket.
+    unix_channels: Option<Vec<Channel>>,
     store: Arc<dyn SessionStore>,
     /// The local model's base URL, when a chat row runs.
     model_url: Option<String>,
@@ -268,33 +275,34 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let target = match &args.target {
-        Some(target) => target.clone(),
-        None => {
-            let listener = server::bind(&config).await.map_err(|e| e.to_string())?;
-            let address = listener.local_addr().map_err(|e| e.to_string())?;
-            let (serving_store, serving_config) = (store.clone(), config.clone());
-            tokio::spawn(async move {
-                server::serve(
-                    &serving_config,
-                    serving_store,
-                    listener,
-                    std::future::pending(),
-                )
-                .await
-            });
-            address.to_string()
+        Some(target) if target.starts_with("unix:") => target.clone(),
+        Some(target) => format!("grpc://{target}"),
+        None => serve_in_process(&config, &store).await?,
+    };
+    let channels = connect(&target, args.connections).await?;
+    let unix_channels = match (args.unix_socket, &args.target) {
+        (false, _) => None,
+        (true, Some(_)) => {
+            return Err(
+                "--unix-socket adds a socket to the in-process sidecar (no --target); \
+                        to load a sidecar's socket, give --target unix:///path"
+                    .into(),
+            );
+        }
+        (true, None) => {
+            let folder = std::env::temp_dir().join(format!("csai-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+            let config = Config {
+                listen: Listen::Unix {
+                    path: folder.join("sidecar.sock"),
+                    mode: 0o600,
+                },
+                ..config.clone()
+            };
+            let url = serve_in_process(&config, &store).await?;
+            Some(connect(&url, args.connections).await?)
         }
     };
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(
-            Channel::from_shared(format!("http://{target}"))
-                .map_err(|e| e.to_string())?
-                .connect()
-                .await
-                .map_err(|e| format!("cannot reach the sidecar at {target}: {e}"))?,
-        );
-    }
     let run_id = format!(
         "bench-{}-{}",
         std::process::id(),
@@ -305,6 +313,7 @@ async fn run(args: Args) -> Result<(), String> {
     let bench = Bench {
         args,
         channels,
+        unix_channels,
         store,
         model_url,
         ttl: config.session_ttl,
@@ -325,6 +334,51 @@ async fn run(args: Args) -> Result<(), String> {
         print!("{}", report::table(&rows));
     }
     Ok(())
+}
+
+/// Serves `store` in this process on `config.listen`; the URL to dial it.
+async fn serve_in_process(
+    config: &Config,
+    store: &Arc<dyn SessionStore>,
+) -> Result<String, String> {
+    let listener = server::bind(config).await.map_err(|e| e.to_string())?;
+    let url = match listener.tcp_address() {
+        Some(address) => format!("grpc://{address}"),
+        None => listener.address(),
+    };
+    let (serving_store, serving_config) = (store.clone(), config.clone());
+    tokio::spawn(async move {
+        server::serve(
+            &serving_config,
+            serving_store,
+            listener,
+            std::future::pending(),
+        )
+        .await
+    });
+    Ok(url)
+}
+
+/// `count` connections to the sidecar at `url` (grpc://host:port or unix:///path).
+async fn connect(url: &str, count: usize) -> Result<Vec<Channel>, String> {
+    let mut channels = Vec::new();
+    for _ in 0..count.max(1) {
+        channels.push(DialOptions::default().connect(url).await?);
+    }
+    Ok(channels)
+}
+
+/// A row over the Unix socket, its note comparing it with the same load over TCP.
+fn versus_tcp(name: impl Into<String>, over_unix: &Samples, over_tcp: &Samples) -> Row {
+    let mut row = Row::new(name, over_unix);
+    let (unix_p50, tcp_p50) = (over_unix.quantile_ms(0.5), over_tcp.quantile_ms(0.5));
+    row.note = format!(
+        "p50 {:+.3} ms ({:+.0}%) vs TCP, p99 {:.2}x TCP's",
+        unix_p50 - tcp_p50,
+        (unix_p50 / tcp_p50 - 1.0) * 100.0,
+        over_unix.quantile_ms(0.99) / over_tcp.quantile_ms(0.99)
+    );
+    row
 }
 
 impl Bench {
@@ -349,8 +403,16 @@ impl Bench {
         let floor = if self.args.no_floors {
             None
         } else {
-            let samples = self.grpc_floor().await;
+            let samples = self.grpc_floor(&self.channels).await;
             rows.push(Row::new("grpc floor: health Check", &samples));
+            if let Some(unix) = &self.unix_channels {
+                let over_unix = self.grpc_floor(unix).await;
+                rows.push(versus_tcp(
+                    "grpc floor over unix socket",
+                    &over_unix,
+                    &samples,
+                ));
+            }
             Some(samples)
         };
         let mut workloads: Vec<(String, Vec<Op>)> = self
@@ -371,7 +433,7 @@ impl Bench {
         for (tag, schedule) in workloads {
             let schedule: Schedule = Arc::new(schedule);
             self.prefill(&tag, self.args.window as usize).await?;
-            let through_sidecar = self.over_grpc(schedule.clone(), &tag).await;
+            let through_sidecar = self.over_grpc(schedule.clone(), &tag, &self.channels).await;
             let mut row = Row::new(format!("{tag} via sidecar"), &through_sidecar);
             if let Some(floor) = &floor {
                 row.note = format!(
@@ -381,6 +443,11 @@ impl Bench {
                 );
             }
             rows.push(row);
+            if let Some(unix) = &self.unix_channels {
+                let over_unix = self.over_grpc(schedule.clone(), &tag, unix).await;
+                let name = format!("{tag} via sidecar over unix socket");
+                rows.push(versus_tcp(name, &over_unix, &through_sidecar));
+            }
             if let Some(floor) = &floor {
                 let direct = self.direct(schedule.clone(), &tag).await;
                 let floor_name = match schedule.as_slice() {
@@ -404,7 +471,9 @@ impl Bench {
             // A length may come twice (to see whether the backend itself slowed down).
             let tag = format!("len{length}-{index}");
             self.prefill(&tag, length).await?;
-            let samples = self.over_grpc(Arc::new(vec![Op::Append]), &tag).await;
+            let samples = self
+                .over_grpc(Arc::new(vec![Op::Append]), &tag, &self.channels)
+                .await;
             let mut row = Row::new(format!("append at {length} messages"), &samples);
             if let Some(first) = &shortest {
                 row.note = format!(
@@ -439,8 +508,8 @@ impl Bench {
         Ok(rows)
     }
 
-    async fn grpc_floor(&self) -> Samples {
-        let channels = self.channels.clone();
+    async fn grpc_floor(&self, channels: &[Channel]) -> Samples {
+        let channels = channels.to_vec();
         load::run("grpc floor", &self.plan(), move |i| {
             let mut client = HealthClient::new(channels[i as usize % channels.len()].clone());
             async move {
@@ -511,12 +580,12 @@ impl Bench {
         Ok(())
     }
 
-    async fn over_grpc(&self, schedule: Schedule, tag: &str) -> Samples {
+    async fn over_grpc(&self, schedule: Schedule, tag: &str, channels: &[Channel]) -> Samples {
         let (content, window) = (self.content(), self.args.window);
         let sessions: Vec<String> = (0..self.args.sessions as u64)
             .map(|s| self.session(tag, s))
             .collect();
-        let channels = self.channels.clone();
+        let channels = channels.to_vec();
         let label = format!("{tag} via sidecar");
         load::run(&label, &self.plan(), move |i| {
             let op = schedule[i as usize % schedule.len()];

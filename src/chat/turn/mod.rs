@@ -129,7 +129,7 @@ pub enum TurnError {
     #[error("{0}")]
     Precondition(String),
     #[error(
-        "no chat provider is configured; set CSAI_CHAT_BASE_URL (or chat_echo for local development)"
+        "no chat provider is configured; set CSAI_CHAT_BASE_URL (or CSAI_CHAT_ECHO=true for the echo model)"
     )]
     NoProvider,
     #[error("participant {participant:?} reached the limit of {} turns per {}; retry in {:?}", .limited.limit, .limited.window, .limited.retry_after)]

@@ -7,7 +7,7 @@ use crate::domain::{
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
 use crate::observability::metrics::{self, Labels};
-use crate::store::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -208,6 +208,11 @@ impl RecordStore for MeteredStore {
         range: &RecordRange,
     ) -> StoreResult<Vec<Record>> {
         self.timed("list_records", self.inner.list_records(stream, range))
+            .await
+    }
+
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        self.timed("count_records", self.inner.count_records(tenant))
             .await
     }
 }

@@ -9,7 +9,7 @@ use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,
     StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
-use crate::store::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::stats_cache::StatsCache;
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
@@ -160,7 +160,7 @@ impl SessionStore for TenantStore {
         Ok(page)
     }
 
-    /// Sessions and messages are counted over the tenant's own sessions; bytes are not
+    /// Sessions, messages and records are counted over the tenant's own; bytes are not
     /// tracked per tenant, so they are the store's bytes pro-rated by the tenant's share
     /// of the messages.
     async fn stats(&self) -> StoreResult<StoreStats> {
@@ -193,6 +193,9 @@ impl SessionStore for TenantStore {
             stats.approximate_bytes = (u128::from(whole.approximate_bytes) * share
                 / u128::from(whole.total_messages)) as u64;
         }
+        let records = self.count_records(None).await?;
+        stats.learning_records = records.learning;
+        stats.security_logs = records.security;
         Ok(stats)
     }
 
@@ -213,5 +216,15 @@ impl RecordStore for TenantStore {
         range: &RecordRange,
     ) -> StoreResult<Vec<Record>> {
         self.inner.list_records(&self.stream(stream), range).await
+    }
+
+    /// The tenant's own streams; a tenant named by a decorator above this one is nested
+    /// inside it, as its stream names are.
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        let scope = match tenant {
+            Some(inner) => format!("{}:tenant:{inner}", self.tenant),
+            None => self.tenant.clone(),
+        };
+        self.inner.count_records(Some(&scope)).await
     }
 }

@@ -43,7 +43,7 @@ use crate::domain::{
     WriteOutcome, tool_safe_start,
 };
 use crate::store::optimistic::{WriteLocks, new_generation};
-use crate::store::records::{self, Record, RecordRange, RecordStream};
+use crate::store::records::{self, Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -496,47 +496,54 @@ impl SessionStore for DynamoStore {
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {
-        self.bounded("stats", async {
-            let mut stats = StoreStats {
-                backend: self.backend().to_string(),
-                ..StoreStats::default()
-            };
-            let mut start: Option<Item> = None;
-            loop {
-                let output = self
-                    .client
-                    .scan()
-                    .table_name(&self.table)
-                    .filter_expression("sk = :meta AND #exp > :now")
-                    .expression_attribute_names("#exp", "exp")
-                    .expression_attribute_names("#cnt", "cnt")
-                    .expression_attribute_names("#mbytes", "mbytes")
-                    .expression_attribute_names("#sys", "sys")
-                    .expression_attribute_names("#state", "state")
-                    .expression_attribute_values(":meta", s(META))
-                    .expression_attribute_values(":now", n(now_ms()))
-                    .projection_expression("pk, #cnt, #mbytes, #sys, #state")
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("counting sessions", e))?;
-                for item in output.items() {
-                    stats.active_sessions += 1;
-                    stats.total_messages += get_n(item, "cnt")?;
-                    stats.approximate_bytes += get_n(item, "mbytes").unwrap_or(0)
-                        + (get_s(item, "pk")?.len()
-                            + get_s(item, "sys")?.len()
-                            + get_s(item, "state")?.len()) as u64
-                        + META_OVERHEAD_BYTES;
+        let stats = self
+            .bounded("stats", async {
+                let mut stats = StoreStats {
+                    backend: self.backend().to_string(),
+                    ..StoreStats::default()
+                };
+                let mut start: Option<Item> = None;
+                loop {
+                    let output = self
+                        .client
+                        .scan()
+                        .table_name(&self.table)
+                        .filter_expression("sk = :meta AND #exp > :now")
+                        .expression_attribute_names("#exp", "exp")
+                        .expression_attribute_names("#cnt", "cnt")
+                        .expression_attribute_names("#mbytes", "mbytes")
+                        .expression_attribute_names("#sys", "sys")
+                        .expression_attribute_names("#state", "state")
+                        .expression_attribute_values(":meta", s(META))
+                        .expression_attribute_values(":now", n(now_ms()))
+                        .projection_expression("pk, #cnt, #mbytes, #sys, #state")
+                        .set_exclusive_start_key(start.take())
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("counting sessions", e))?;
+                    for item in output.items() {
+                        stats.active_sessions += 1;
+                        stats.total_messages += get_n(item, "cnt")?;
+                        stats.approximate_bytes += get_n(item, "mbytes").unwrap_or(0)
+                            + (get_s(item, "pk")?.len()
+                                + get_s(item, "sys")?.len()
+                                + get_s(item, "state")?.len()) as u64
+                            + META_OVERHEAD_BYTES;
+                    }
+                    match output.last_evaluated_key() {
+                        Some(key) => start = Some(key.clone()),
+                        None => break,
+                    }
                 }
-                match output.last_evaluated_key() {
-                    Some(key) => start = Some(key.clone()),
-                    None => break,
-                }
-            }
-            Ok(stats)
+                Ok(stats)
+            })
+            .await?;
+        let records = self.count_records(None).await?;
+        Ok(StoreStats {
+            learning_records: records.learning,
+            security_logs: records.security,
+            ..stats
         })
-        .await
     }
 
     async fn health_check(&self) -> StoreResult<()> {

@@ -92,4 +92,45 @@ impl RecordStore for DynamoStore {
         })
         .await
     }
+
+    /// Exact, by a Scan of the table's record items (expired ones filtered out: DynamoDB's
+    /// TTL deletes them only within days); it reads every record's key, so GetStats
+    /// costs read capacity in proportion to the table.
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        self.bounded("count records", async {
+            let mut counts = RecordCounts::default();
+            let mut start: Option<Item> = None;
+            loop {
+                let output = self
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .filter_expression("begins_with(sk, :record) AND #exp > :now")
+                    .expression_attribute_names("#exp", "exp")
+                    .expression_attribute_values(":record", s(RECORD_PREFIX))
+                    .expression_attribute_values(":now", n(items::now_ms()))
+                    .projection_expression("pk")
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("counting records", e))?;
+                for item in output.items() {
+                    let partition = get_s(item, "pk")?;
+                    let stream = partition
+                        .strip_prefix("#rec#")
+                        .and_then(|rest| rest.rsplit_once('#'))
+                        .map(|(stream, _day)| stream);
+                    if let Some(stream) = stream {
+                        counts.add(stream, tenant, 1);
+                    }
+                }
+                match output.last_evaluated_key() {
+                    Some(key) => start = Some(key.clone()),
+                    None => break,
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
 }

@@ -17,7 +17,7 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome, json_bytes, tool_safe_start_by,
 };
-use crate::store::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
@@ -598,11 +598,14 @@ impl SessionStore for MemoryStore {
 
     async fn stats(&self) -> StoreResult<StoreStats> {
         self.sweep_expired();
+        let records = self.count_records(None).await?;
         Ok(StoreStats {
             backend: self.backend().to_string(),
             active_sessions: self.sessions.load(Ordering::Relaxed),
             total_messages: self.messages.load(Ordering::Relaxed),
             approximate_bytes: self.bytes.load(Ordering::Relaxed),
+            learning_records: records.learning,
+            security_logs: records.security,
         })
     }
 

@@ -50,6 +50,16 @@ impl RecordStore for MemoryStore {
             .cloned()
             .collect())
     }
+
+    /// Exact: expired records are swept first, so every map holds live records only.
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        self.sweep_expired();
+        let mut counts = RecordCounts::default();
+        for (stream, stream_records) in &self.records.lock().streams {
+            counts.add(&stream.name(), tenant, stream_records.len() as u64);
+        }
+        Ok(counts)
+    }
 }
 
 /// Approximate bytes a record occupies: its JSON, id and stream, and the index entries.

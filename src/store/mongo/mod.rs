@@ -37,7 +37,7 @@ use crate::domain::{
     WriteOutcome,
 };
 use crate::store::optimistic::{WriteLocks, horizon_lead, new_generation};
-use crate::store::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -494,11 +494,14 @@ impl SessionStore for MongoStore {
                 .unwrap_or(0);
             bytes += size.max(0) as u64;
         }
+        let records = self.count_records(None).await?;
         Ok(StoreStats {
             backend: self.backend().to_string(),
             active_sessions: sessions as u64,
             total_messages: messages as u64,
             approximate_bytes: bytes,
+            learning_records: records.learning,
+            security_logs: records.security,
         })
     }
 

@@ -77,4 +77,37 @@ impl RecordStore for MongoStore {
             })
             .collect()
     }
+
+    /// Exact: live records grouped by stream on the server (the TTL monitor deletes
+    /// expired ones only every minute, so they are filtered out here).
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        self.ensure_ready().await?;
+        let count = async {
+            let groups: Vec<Document> = self
+                .records
+                .aggregate(vec![
+                    doc! {"$match": {"expire": {"$gt": DateTime::now()}}},
+                    doc! {"$group": {"_id": "$s", "n": {"$sum": 1}}},
+                ])
+                .await?
+                .try_collect()
+                .await?;
+            Ok::<_, MongoError>(groups)
+        };
+        let groups = match tokio::time::timeout(self.timeout, count).await {
+            Ok(result) => result.map_err(|e| store_error("count records", e))?,
+            Err(_) => {
+                return Err(StoreError::Timeout(
+                    "MongoDB did not count records in time".into(),
+                ));
+            }
+        };
+        let mut counts = RecordCounts::default();
+        for group in &groups {
+            if let Ok(stream) = group.get_str("_id") {
+                counts.add(stream, tenant, get_i64(group, "n")?.max(0) as u64);
+            }
+        }
+        Ok(counts)
+    }
 }

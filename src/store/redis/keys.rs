@@ -30,6 +30,21 @@ pub fn record_key(prefix: &str, stream: &str, day: &str) -> String {
     format!("{prefix}{{rec:{}:{day}}}", encode_id(stream))
 }
 
+/// The SCAN pattern that matches every record key.
+pub fn record_pattern(prefix: &str) -> String {
+    format!("{}{{rec:*}}", escape_glob(prefix))
+}
+
+/// The stream name of a record key found by SCAN, if it is one of ours.
+pub fn stream_of_record_key(prefix: &str, key: &str) -> Option<String> {
+    let (stream, _day) = key
+        .strip_prefix(prefix)?
+        .strip_prefix("{rec:")?
+        .strip_suffix('}')?
+        .rsplit_once(':')?;
+    decode_id(stream)
+}
+
 /// The SCAN pattern that matches the meta key of every session whose id starts with
 /// `id_prefix`.
 pub fn meta_pattern(prefix: &str, id_prefix: &str) -> String {

@@ -17,7 +17,7 @@ use crate::domain::{
     SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
     WriteOutcome,
 };
-use crate::store::records::{self, Record, RecordRange, RecordStream};
+use crate::store::records::{self, Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, page_token};
 use async_trait::async_trait;
 use connection::{Node, Redis};
@@ -285,14 +285,7 @@ impl RedisStore {
         cursor: u64,
         pattern: &str,
     ) -> StoreResult<(u64, Vec<String>)> {
-        let mut command = redis::cmd("SCAN");
-        command
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT);
-        let (next, found): (u64, Vec<String>) = self.redis.on_node(node, "SCAN", command).await?;
+        let (next, found) = self.scan_keys(node, cursor, pattern).await?;
         let mut ids: Vec<String> = found
             .iter()
             .filter_map(|key| keys::id_of_meta_key(&self.prefix, key))
@@ -300,6 +293,23 @@ impl RedisStore {
         ids.sort();
         ids.dedup();
         Ok((next, ids))
+    }
+
+    /// One SCAN step on `node`: the next cursor and the keys matching `pattern`.
+    async fn scan_keys(
+        &self,
+        node: &Node,
+        cursor: u64,
+        pattern: &str,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        self.redis.on_node(node, "SCAN", command).await
     }
 
     async fn summaries(&self, ids: Vec<String>) -> StoreResult<Vec<SessionSummary>> {
@@ -597,6 +607,9 @@ impl SessionStore for RedisStore {
                 .and_then(|n| n.trim().parse::<u64>().ok())
                 .unwrap_or(0);
         }
+        let records = self.count_records(None).await?;
+        stats.learning_records = records.learning;
+        stats.security_logs = records.security;
         Ok(stats)
     }
 

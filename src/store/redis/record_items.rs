@@ -87,4 +87,35 @@ impl RecordStore for RedisStore {
         }
         Ok(found)
     }
+
+    /// ZCARD of every day's key: a record that expired before the rest of its day is
+    /// counted until the day's key expires (at most a day later).
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        let pattern = keys::record_pattern(&self.prefix);
+        let mut counts = RecordCounts::default();
+        for node in self.redis.nodes().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, found) = self.scan_keys(&node, cursor, &pattern).await?;
+                for key in found {
+                    let Some(stream) = keys::stream_of_record_key(&self.prefix, &key) else {
+                        continue;
+                    };
+                    let count: u64 = self
+                        .redis
+                        .run("count records", true, |mut connection| {
+                            let command = redis::cmd("ZCARD").arg(&key).clone();
+                            async move { command.query_async(&mut connection).await }
+                        })
+                        .await?;
+                    counts.add(&stream, tenant, count);
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(counts)
+    }
 }

@@ -1,5 +1,7 @@
 // Command bot is an example bot against csai-sidecar: health and reflection, appends and
-// reads, the NOT_FOUND and ABORTED cases, and a streamed chat turn with one tool.
+// reads, the NOT_FOUND and ABORTED cases, and a streamed chat turn with one tool. It dials
+// with the sidecar package: an address from the arguments or CSAI_SIDECAR_ADDRESS
+// (host:port or unix:///path), retries while the sidecar starts, typed errors.
 //
 //	go run ./examples/bot 127.0.0.1:50051 customer-42
 package main
@@ -7,6 +9,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -16,13 +19,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	csaiv1 "github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1"
+	"github.com/csai-sidecar/csai-sidecar/clients/go/sidecar"
 )
 
 func user(text string) *csaiv1.Message {
@@ -51,27 +53,22 @@ func orderTool() *csaiv1.Tool {
 }
 
 func main() {
-	// bot HOST:PORT SESSION_ID, or bot SESSION_ID with the address in
-	// CSAI_SIDECAR_ADDRESS (as the Kubernetes example sets it), else 127.0.0.1:50051.
+	// bot ADDRESS SESSION_ID, or bot SESSION_ID with the address in CSAI_SIDECAR_ADDRESS
+	// (as the Kubernetes example sets it), else 127.0.0.1:50051.
 	var target, sessionID string
 	switch len(os.Args) {
 	case 3:
 		target, sessionID = os.Args[1], os.Args[2]
 	case 2:
-		target, sessionID = os.Getenv("CSAI_SIDECAR_ADDRESS"), os.Args[1]
-		if target == "" {
-			target = "127.0.0.1:50051"
-		}
+		sessionID = os.Args[1]
 	default:
-		log.Fatal("usage: bot [HOST:PORT] SESSION_ID")
+		log.Fatal("usage: bot [HOST:PORT|unix:///PATH] SESSION_ID")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// grpc.DialContext and WithInsecure: the API of grpc-go 1.33 (Debian 12); newer
-	// grpc-go keeps both.
-	conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock())
+	conn, err := sidecar.Dial(ctx, target)
 	if err != nil {
-		log.Fatalf("connect to %s: %v", target, err)
+		log.Fatalf("connect to %s: %v", sidecar.Address(target), err)
 	}
 	defer conn.Close()
 
@@ -100,7 +97,7 @@ func main() {
 
 	absent := sessionID + "-absent"
 	_, err = sessions.GetSession(ctx, &csaiv1.GetSessionRequest{SessionId: absent})
-	if status.Code(err) == codes.NotFound {
+	if errors.Is(err, sidecar.ErrNotFound) {
 		fmt.Println("not found", absent)
 	} else {
 		log.Fatalf("expected NOT_FOUND for %s, got %v", absent, err)
@@ -112,7 +109,7 @@ func main() {
 	_, err = sessions.AppendMessages(ctx, &csaiv1.AppendMessagesRequest{
 		SessionId: sessionID, Messages: []*csaiv1.Message{user("stale write")}, ExpectedVersion: &stale,
 	})
-	if status.Code(err) != codes.Aborted {
+	if !errors.Is(err, sidecar.ErrAborted) {
 		log.Fatalf("expected ABORTED, got %v", err)
 	}
 	reread, err := sessions.GetSession(ctx, &csaiv1.GetSessionRequest{SessionId: sessionID})

@@ -22,7 +22,7 @@ use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
     SessionId, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
 };
-use crate::store::records::{Record, RecordRange, RecordStream};
+use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult};
 use async_trait::async_trait;
 use keyring::{PREFIX, V1_PREFIX, unsealed};
@@ -345,5 +345,10 @@ impl RecordStore for EncryptedStore {
             .into_iter()
             .map(|record| self.open_record(&name, record))
             .collect()
+    }
+
+    /// Counting reads no record body, so nothing is opened.
+    async fn count_records(&self, tenant: Option<&str>) -> StoreResult<RecordCounts> {
+        self.inner.count_records(tenant).await
     }
 }

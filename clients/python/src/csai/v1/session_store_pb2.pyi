@@ -220,16 +220,20 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("backend", "active_sessions", "total_messages", "approximate_bytes")
+    __slots__ = ("backend", "active_sessions", "total_messages", "approximate_bytes", "learning_records", "security_logs")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_LOGS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     active_sessions: int
     total_messages: int
     approximate_bytes: int
-    def __init__(self, backend: _Optional[str] = ..., active_sessions: _Optional[int] = ..., total_messages: _Optional[int] = ..., approximate_bytes: _Optional[int] = ...) -> None: ...
+    learning_records: int
+    security_logs: int
+    def __init__(self, backend: _Optional[str] = ..., active_sessions: _Optional[int] = ..., total_messages: _Optional[int] = ..., approximate_bytes: _Optional[int] = ..., learning_records: _Optional[int] = ..., security_logs: _Optional[int] = ...) -> None: ...
 
 class LearningRecord(_message.Message):
     __slots__ = ("id", "session_id", "message_seq", "query", "response", "tools", "context", "feedback_score", "participant", "create_time")
