@@ -69,6 +69,10 @@ run --backend redis --redis-address "$redis" --mix append:20,get:10,replace:1 \
 echo "# chat turn at 500/s"
 run --ops chat --concurrency 16 --rate 500 --duration 5s --sessions 20
 
+echo "# Unix domain socket against loopback TCP, one caller: in the bench's process, then as a child"
+run --unix-socket --ops append --concurrency 1 --duration 10s
+run --sidecar-process --unix-socket --ops append --concurrency 1 --duration 10s
+
 echo "# memory of the in-memory backend"
 run --memory-messages 100000 --payload 200
 run --memory-messages 100000 --payload 1000

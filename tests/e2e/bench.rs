@@ -66,6 +66,32 @@ fn every_operation_runs_beside_its_floors_without_errors() {
 }
 
 #[test]
+fn the_unix_socket_rows_run_beside_the_tcp_ones_in_and_out_of_process() {
+    for mode in [&[][..], &["--sidecar-process"][..]] {
+        let mut arguments = vec!["--unix-socket", "--ops", "append,get", "--requests", "100"];
+        arguments.extend(mode);
+        let rows = &bench(&arguments)["rows"];
+        for name in [
+            "grpc floor: health Check",
+            "grpc floor over unix socket",
+            "append via sidecar",
+            "append via sidecar over unix socket",
+            "get via sidecar",
+            "get via sidecar over unix socket",
+        ] {
+            let row = row(rows, name);
+            // Five slices per transport, each a fifth of the requests.
+            assert_eq!(row["requests"], 100, "{mode:?} {name}");
+            assert_eq!(row["errors"], 0, "{mode:?} {name}: {row}");
+        }
+        let note = row(rows, "grpc floor over unix socket")["note"]
+            .as_str()
+            .unwrap();
+        assert!(note.contains("vs TCP"), "{note}");
+    }
+}
+
+#[test]
 fn lengths_and_the_cs_ai_layout_run_on_redis() {
     let url = common::required_env("CSAI_TEST_REDIS_URL");
     let address = url.trim_start_matches("redis://");

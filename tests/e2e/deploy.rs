@@ -56,6 +56,17 @@ fn the_dockerfile_runs_as_non_root_with_a_health_check() {
         "multi-stage build"
     );
     assert!(dockerfile.contains("USER 10001"));
+    // Dependencies are cached between builds (BuildKit cache mounts on the registry and
+    // target/), and the binary the runtime stage copies is the one built.
+    assert!(dockerfile.starts_with("# syntax=docker/dockerfile:1"));
+    for cache in ["target=/usr/local/cargo/registry", "target=/src/target"] {
+        assert!(
+            dockerfile.contains(&format!("--mount=type=cache,{cache}")),
+            "{cache}"
+        );
+    }
+    assert!(dockerfile.contains("cp target/release/csai-sidecar /usr/local/bin/csai-sidecar"));
+    assert!(dockerfile.contains("COPY --from=build /usr/local/bin/csai-sidecar "));
     assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/csai-sidecar", "health"]"#));
     assert_eq!(dockerfile_port(), 50051);
     let deploying = read("docs/deploying.md");

@@ -613,8 +613,19 @@ fn the_commands_move_a_running_sidecars_memory_into_redis() {
             .env("CSAI_STORAGE_TYPE", "redis")
             .env("CSAI_REDIS_ADDRESS", required_env("CSAI_TEST_REDIS_URL"))
             .env("CSAI_REDIS_KEY_PREFIX", prefix)
+            .env("CSAI_PROGRESS_INTERVAL", "1ms")
             .output()
             .expect("run")
+    };
+    // stderr is a pipe, not a terminal: progress comes as lines, the last one "(done)".
+    let progress = |output: &std::process::Output, expected: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(expected) && l.ends_with("(done)")),
+            "{expected:?} missing from:\n{stderr}"
+        );
     };
     let file = scratch("cli.jsonl");
     let file = file.to_str().unwrap();
@@ -625,11 +636,17 @@ fn the_commands_move_a_running_sidecars_memory_into_redis() {
         String::from_utf8_lossy(&backup.stderr)
     );
     assert!(String::from_utf8_lossy(&backup.stdout).contains("sessions  3"));
+    progress(&backup, "backup: 3 of about 3 sessions (100%), ");
     let restore = run(&["restore", "--file", file], &prefix);
     assert!(
         restore.status.success(),
         "{}",
         String::from_utf8_lossy(&restore.stderr)
+    );
+    let size = std::fs::metadata(file).unwrap().len();
+    progress(
+        &restore,
+        &format!("restore: {size} of about {size} bytes (100%), "),
     );
     let again = run(&["restore", "--file", file], &prefix);
     assert_eq!(
@@ -644,6 +661,7 @@ fn the_commands_move_a_running_sidecars_memory_into_redis() {
         migrate.status.success() && stdout.contains("copied and verified"),
         "{stdout}"
     );
+    progress(&migrate, "migrate: 3 of about 3 sessions (100%), ");
     let redis = |prefix: &str| {
         RedisStore::new(&common::redis_options(
             required_env("CSAI_TEST_REDIS_URL"),

@@ -31,6 +31,16 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Adds another run's samples (of the same load) to these.
+    pub fn absorb(&mut self, other: Samples) {
+        self.latencies_us.extend(other.latencies_us);
+        self.latencies_us.sort_unstable();
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+        self.elapsed += other.elapsed;
+    }
+
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }

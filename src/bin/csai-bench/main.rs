@@ -112,10 +112,15 @@ struct Args {
     /// to csai-bench).
     #[arg(long)]
     sidecar_bin: Option<std::path::PathBuf>,
-    /// Also serve the in-process sidecar on a Unix domain socket and repeat the gRPC floor
-    /// and each --ops row over it, beside the TCP rows.
+    /// Also serve the sidecar on a Unix domain socket and repeat the gRPC floor and each
+    /// --ops row over it, beside the TCP rows.
     #[arg(long)]
     unix_socket: bool,
+    /// Run the sidecar as a child process (the csai-sidecar binary, in-memory store), as in
+    /// a Pod, instead of inside the bench; with --unix-socket, a second child listens on
+    /// the socket.
+    #[arg(long)]
+    sidecar_process: bool,
     /// Skip the floor rows.
     #[arg(long)]
     no_floors: bool,
@@ -193,8 +198,12 @@ fn plan(args: &Args) -> Plan {
 struct Bench {
     args: Args,
     channels: Vec<Channel>,
-    /// With --unix-socket: connections to the same sidecar over its Unix socket.
+    /// With --unix-socket: connections to the sidecar over its Unix socket (the same one,
+    /// or a second child process).
     unix_channels: Option<Vec<Channel>>,
+    /// The sidecars have stores of their own (--target, --sidecar-process): prefill
+    /// through them.
+    remote: bool,
     store: Arc<dyn SessionStore>,
     /// The local model's base URL, when a chat row runs.
     model_url: Option<String>,
@@ -259,7 +268,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut config = config(&args)?;
     let model_url =
         if args.ops.contains(&Op::Chat) || args.mix.iter().any(|(op, _)| *op == Op::Chat) {
-            if args.target.is_some() {
+            if args.target.is_some() || args.sidecar_process {
                 return Err("the chat row needs the in-process sidecar (no --target): \
                         the bench points its provider at the bench's own model"
                     .into());
@@ -274,9 +283,24 @@ async fn run(args: Args) -> Result<(), String> {
     let store = server::open_store(&config)
         .await
         .map_err(|e| e.to_string())?;
+    // Child sidecars live as long as the run.
+    let mut children = Vec::new();
+    let mut child_on = async |listen: String| -> Result<String, String> {
+        let child = memory::Sidecar::start_on(&binary, &listen, &[]).await?;
+        let url = child.url.clone();
+        children.push(child);
+        Ok(url)
+    };
     let target = match &args.target {
         Some(target) if target.starts_with("unix:") => target.clone(),
         Some(target) => format!("grpc://{target}"),
+        None if args.sidecar_process => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            child_on(format!("127.0.0.1:{port}")).await?
+        }
         None => serve_in_process(&config, &store).await?,
     };
     let channels = connect(&target, args.connections).await?;
@@ -284,7 +308,7 @@ async fn run(args: Args) -> Result<(), String> {
         (false, _) => None,
         (true, Some(_)) => {
             return Err(
-                "--unix-socket adds a socket to the in-process sidecar (no --target); \
+                "--unix-socket adds a socket to the bench's own sidecar (no --target); \
                         to load a sidecar's socket, give --target unix:///path"
                     .into(),
             );
@@ -292,14 +316,16 @@ async fn run(args: Args) -> Result<(), String> {
         (true, None) => {
             let folder = std::env::temp_dir().join(format!("csai-bench-{}", std::process::id()));
             std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
-            let config = Config {
-                listen: Listen::Unix {
-                    path: folder.join("sidecar.sock"),
-                    mode: 0o600,
-                },
-                ..config.clone()
+            let path = folder.join("sidecar.sock");
+            let url = if args.sidecar_process {
+                child_on(format!("unix://{}", path.display())).await?
+            } else {
+                let config = Config {
+                    listen: Listen::Unix { path, mode: 0o600 },
+                    ..config.clone()
+                };
+                serve_in_process(&config, &store).await?
             };
-            let url = serve_in_process(&config, &store).await?;
             Some(connect(&url, args.connections).await?)
         }
     };
@@ -311,6 +337,7 @@ async fn run(args: Args) -> Result<(), String> {
             .map_or(0, |d| d.as_millis())
     );
     let bench = Bench {
+        remote: args.target.is_some() || args.sidecar_process,
         args,
         channels,
         unix_channels,
@@ -403,16 +430,22 @@ impl Bench {
         let floor = if self.args.no_floors {
             None
         } else {
-            let samples = self.grpc_floor(&self.channels).await;
-            rows.push(Row::new("grpc floor: health Check", &samples));
-            if let Some(unix) = &self.unix_channels {
-                let over_unix = self.grpc_floor(unix).await;
-                rows.push(versus_tcp(
-                    "grpc floor over unix socket",
-                    &over_unix,
-                    &samples,
-                ));
-            }
+            let samples = match &self.unix_channels {
+                Some(unix) => {
+                    let (samples, over_unix) = self
+                        .tcp_and_unix(unix, |channels, plan| self.grpc_floor(channels, plan))
+                        .await;
+                    rows.push(Row::new("grpc floor: health Check", &samples));
+                    let name = "grpc floor over unix socket";
+                    rows.push(versus_tcp(name, &over_unix, &samples));
+                    samples
+                }
+                None => {
+                    let samples = self.grpc_floor(&self.channels, self.plan()).await;
+                    rows.push(Row::new("grpc floor: health Check", &samples));
+                    samples
+                }
+            };
             Some(samples)
         };
         let mut workloads: Vec<(String, Vec<Op>)> = self
@@ -433,7 +466,14 @@ impl Bench {
         for (tag, schedule) in workloads {
             let schedule: Schedule = Arc::new(schedule);
             self.prefill(&tag, self.args.window as usize).await?;
-            let through_sidecar = self.over_grpc(schedule.clone(), &tag, &self.channels).await;
+            let over = |channels, plan| self.over_grpc(schedule.clone(), &tag, channels, plan);
+            let (through_sidecar, over_unix) = match &self.unix_channels {
+                Some(unix) => {
+                    let (tcp, over_unix) = self.tcp_and_unix(unix, over).await;
+                    (tcp, Some(over_unix))
+                }
+                None => (over(&self.channels, self.plan()).await, None),
+            };
             let mut row = Row::new(format!("{tag} via sidecar"), &through_sidecar);
             if let Some(floor) = &floor {
                 row.note = format!(
@@ -443,8 +483,7 @@ impl Bench {
                 );
             }
             rows.push(row);
-            if let Some(unix) = &self.unix_channels {
-                let over_unix = self.over_grpc(schedule.clone(), &tag, unix).await;
+            if let Some(over_unix) = over_unix {
                 let name = format!("{tag} via sidecar over unix socket");
                 rows.push(versus_tcp(name, &over_unix, &through_sidecar));
             }
@@ -472,7 +511,12 @@ impl Bench {
             let tag = format!("len{length}-{index}");
             self.prefill(&tag, length).await?;
             let samples = self
-                .over_grpc(Arc::new(vec![Op::Append]), &tag, &self.channels)
+                .over_grpc(
+                    Arc::new(vec![Op::Append]),
+                    &tag,
+                    &self.channels,
+                    self.plan(),
+                )
                 .await;
             let mut row = Row::new(format!("append at {length} messages"), &samples);
             if let Some(first) = &shortest {
@@ -508,9 +552,33 @@ impl Bench {
         Ok(rows)
     }
 
-    async fn grpc_floor(&self, channels: &[Channel]) -> Samples {
+    /// Measures the same load over TCP and over the Unix socket in alternating slices
+    /// (five each, the row's duration or requests split between them), so that a drift of
+    /// the shared machine falls on both alike.
+    async fn tcp_and_unix<'a, F, Fut>(
+        &'a self,
+        unix: &'a [Channel],
+        measure: F,
+    ) -> (Samples, Samples)
+    where
+        F: Fn(&'a [Channel], Plan) -> Fut,
+        Fut: std::future::Future<Output = Samples>,
+    {
+        const SLICES: u32 = 5;
+        let mut slice = self.plan();
+        slice.duration /= SLICES;
+        slice.requests = slice.requests.map(|n| n.div_ceil(u64::from(SLICES)));
+        let (mut tcp, mut over_unix) = (Samples::default(), Samples::default());
+        for _ in 0..SLICES {
+            tcp.absorb(measure(&self.channels, slice.clone()).await);
+            over_unix.absorb(measure(unix, slice.clone()).await);
+        }
+        (tcp, over_unix)
+    }
+
+    async fn grpc_floor(&self, channels: &[Channel], plan: Plan) -> Samples {
         let channels = channels.to_vec();
-        load::run("grpc floor", &self.plan(), move |i| {
+        load::run("grpc floor", &plan, move |i| {
             let mut client = HealthClient::new(channels[i as usize % channels.len()].clone());
             async move {
                 client
@@ -527,8 +595,10 @@ impl Bench {
     /// in-process sidecar's, and the direct floor's), and for a `--target` also over its
     /// AppendMessages (its key prefix, backend and limits are its own).
     async fn prefill(&self, tag: &str, length: usize) -> Result<(), String> {
-        if self.args.target.is_some() {
-            self.prefill_over_grpc(tag, length).await?;
+        if self.remote {
+            for channels in std::iter::once(&self.channels).chain(&self.unix_channels) {
+                self.prefill_over_grpc(&channels[0], tag, length).await?;
+            }
         }
         let content = self.content();
         for s in 0..self.args.sessions as u64 {
@@ -553,11 +623,16 @@ impl Bench {
         Ok(())
     }
 
-    async fn prefill_over_grpc(&self, tag: &str, length: usize) -> Result<(), String> {
+    async fn prefill_over_grpc(
+        &self,
+        channel: &Channel,
+        tag: &str,
+        length: usize,
+    ) -> Result<(), String> {
         let content = self.content();
         // Within the default limits: 1,000 messages and 4 MiB a request.
         let per_request = ((3 << 20) / (content.len() + 64)).clamp(1, 1000);
-        let mut client = SessionStoreClient::new(self.channels[0].clone());
+        let mut client = SessionStoreClient::new(channel.clone());
         for s in 0..self.args.sessions as u64 {
             let id = self.session(tag, s);
             for batch in batches(length, per_request) {
@@ -580,14 +655,20 @@ impl Bench {
         Ok(())
     }
 
-    async fn over_grpc(&self, schedule: Schedule, tag: &str, channels: &[Channel]) -> Samples {
+    async fn over_grpc(
+        &self,
+        schedule: Schedule,
+        tag: &str,
+        channels: &[Channel],
+        plan: Plan,
+    ) -> Samples {
         let (content, window) = (self.content(), self.args.window);
         let sessions: Vec<String> = (0..self.args.sessions as u64)
             .map(|s| self.session(tag, s))
             .collect();
         let channels = channels.to_vec();
         let label = format!("{tag} via sidecar");
-        load::run(&label, &self.plan(), move |i| {
+        load::run(&label, &plan, move |i| {
             let op = schedule[i as usize % schedule.len()];
             let channel = channels[i as usize % channels.len()].clone();
             let mut client = SessionStoreClient::new(channel.clone());

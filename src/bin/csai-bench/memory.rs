@@ -1,13 +1,14 @@
 //! Memory of the in-memory backend, measured on a sidecar child process: time from start
 //! to SERVING, idle RSS, and RSS per byte of stored message content.
 
+use csai_sidecar::grpc::dial::DialOptions;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -28,7 +29,8 @@ pub struct MemoryReport {
 /// A sidecar child process on the in-memory store, killed when dropped.
 pub struct Sidecar {
     child: Child,
-    pub endpoint: Endpoint,
+    /// grpc://host:port or unix:///path, for more connections.
+    pub url: String,
     pub channel: Channel,
     pub start_to_serving: Duration,
 }
@@ -70,17 +72,26 @@ pub fn default_binary() -> PathBuf {
 }
 
 impl Sidecar {
-    /// Starts `binary` on the in-memory store with these extra variables and waits until
-    /// it is SERVING.
+    /// Starts `binary` on the in-memory store with these extra variables, on a free
+    /// loopback port, and waits until it is SERVING.
     pub async fn start(binary: &PathBuf, vars: &[(&str, String)]) -> Result<Self, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
+        Self::start_on(binary, &format!("127.0.0.1:{port}"), vars).await
+    }
+
+    /// Like [`start`](Self::start), listening on `listen` (host:port or unix:///path).
+    pub async fn start_on(
+        binary: &PathBuf,
+        listen: &str,
+        vars: &[(&str, String)],
+    ) -> Result<Self, String> {
         let started = Instant::now();
         let mut child = Command::new(binary)
             .arg("serve")
-            .env("CSAI_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CSAI_LISTEN", listen)
             .env("CSAI_STORAGE_TYPE", "memory")
             .env("CSAI_LOG_LEVEL", "warn")
             .envs(vars.iter().map(|(name, value)| (name, value)))
@@ -88,10 +99,12 @@ impl Sidecar {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let endpoint =
-            Channel::from_shared(format!("http://127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+        let url = match listen.starts_with("unix:") {
+            true => listen.to_string(),
+            false => format!("grpc://{listen}"),
+        };
         let channel = loop {
-            if let Ok(channel) = endpoint.connect().await {
+            if let Ok(channel) = DialOptions::default().connect(&url).await {
                 let serving = HealthClient::new(channel.clone())
                     .check(HealthCheckRequest::default())
                     .await
@@ -109,7 +122,7 @@ impl Sidecar {
         };
         Ok(Self {
             child,
-            endpoint,
+            url,
             channel,
             start_to_serving: started.elapsed(),
         })

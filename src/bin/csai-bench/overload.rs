@@ -5,6 +5,7 @@
 use crate::load::{self, Plan, Samples};
 use crate::memory::{Sidecar, peak_rss_bytes, rss_bytes};
 use crate::report::Row;
+use csai_sidecar::grpc::dial::DialOptions;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::session_store_client::SessionStoreClient;
 use std::path::PathBuf;
@@ -66,13 +67,7 @@ pub async fn run(
     };
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
-        channels.push(
-            sidecar
-                .endpoint
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        channels.push(DialOptions::default().connect(&sidecar.url).await?);
     }
     let samples = load::run(&format!("overload, limit {limit}"), plan, move |i| {
         let mut client = SessionStoreClient::new(channels[i as usize % channels.len()].clone());
