@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The Rust toolchain (cargo, rustfmt, clippy) comes from rustup; cargo fetches the crates;
-# the test servers are installed by their scripts: redis-server from Debian,
-# SecantusDB (MongoDB) and moto (DynamoDB) from PyPI into the ignored venv .venv; the
+# the test servers are installed by their scripts: redis-server and PostgreSQL 15 from
+# Debian, SecantusDB (MongoDB) and moto (DynamoDB) from PyPI into the ignored venv .venv; the
 # clients' toolchains by scripts/clients.sh.
 for tool in cargo cargo-fmt cargo-clippy; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -43,6 +43,7 @@ servers=.data/test-servers
 stop_servers() {
     [ -d "$servers/redis" ] && scripts/redis-servers.sh stop "$servers/redis"
     [ -d "$servers/documents" ] && scripts/document-servers.sh stop "$servers/documents"
+    [ -d "$servers/postgres" ] && scripts/postgres-server.sh stop "$servers/postgres"
     return 0
 }
 stop_servers
@@ -52,10 +53,13 @@ log=$(mktemp)
 trap 'stop_servers; kill "$release_build" 2>/dev/null; rm -f "$log" "$release_log"' EXIT
 scripts/redis-servers.sh start "$servers/redis"
 scripts/document-servers.sh start "$servers/documents"
+scripts/postgres-server.sh start "$servers/postgres"
 # shellcheck source=/dev/null
 source "$servers/redis/env"
 # shellcheck source=/dev/null
 source "$servers/documents/env"
+# shellcheck source=/dev/null
+source "$servers/postgres/env"
 
 echo "== clients and proto (at ${SECONDS}s)"
 # Python client (PyPI, venv .venv-client), Go with Debian's gRPC libraries, buf (npm).

@@ -209,7 +209,8 @@ pub async fn configured_store(config: &Config, role: &str) -> Result<Location, S
     if !config.storage.backend.persistent {
         return Err(format!(
             "the {role} is the configured store, and the in-memory store would vanish when \
-             this command exits: set type (CSAI_STORAGE_TYPE) to redis, mongo or dynamo, \
+             this command exits: set type (CSAI_STORAGE_TYPE) to a persistent backend (redis, \
+             postgres, sqlite, mongo, dynamo) \
              or name a running sidecar with grpc://host:port"
         ));
     }

@@ -62,7 +62,7 @@ pub const KEYS: &[Key] = &[
         "type",
         "CSAI_STORAGE_TYPE",
         "memory",
-        "storage backend: memory, redis, mongo or dynamo",
+        "storage backend: memory, redis, mongo, dynamo, sqlite or postgres",
     ),
     key(
         "session_ttl",

@@ -54,14 +54,20 @@ pub async fn append_assigns_gap_free_seqs(store: TestStore) {
 /// 32 concurrent writers append to one session: nothing is lost, seqs are gap-free and
 /// each writer's messages keep their order.
 pub async fn concurrent_appends_lose_nothing(store: TestStore) {
-    const WRITERS: usize = 32;
-    const APPENDS: usize = 10;
+    appends_from_many_writers(&[store], 32, 10).await;
+}
+
+/// `writers` tasks each make `appends` appends of two messages to one session, writer `w`
+/// through `stores[w % stores.len()]` (several stores on one backend stand for several
+/// sidecar replicas): every message arrives once, seqs are gap-free, each batch stays
+/// together and each writer's appends keep their order.
+pub async fn appends_from_many_writers(stores: &[TestStore], writers: usize, appends: usize) {
     let id = unique_id("concurrent");
     let mut tasks = Vec::new();
-    for writer in 0..WRITERS {
-        let (store, id) = (store.clone(), id.clone());
+    for writer in 0..writers {
+        let (store, id) = (stores[writer % stores.len()].clone(), id.clone());
         tasks.push(tokio::spawn(async move {
-            for n in 0..APPENDS {
+            for n in 0..appends {
                 let batch = vec![
                     user(&format!("{writer}:{n}:0")),
                     user(&format!("{writer}:{n}:1")),
@@ -74,14 +80,14 @@ pub async fn concurrent_appends_lose_nothing(store: TestStore) {
     for task in tasks {
         task.await.expect("writer task");
     }
-    let session = store.get(&id, Window::All).await.expect("get");
-    let total = WRITERS * APPENDS * 2;
+    let session = stores[0].get(&id, Window::All).await.expect("get");
+    let total = writers * appends * 2;
     assert_eq!(session.messages.len(), total, "messages lost or duplicated");
     assert_eq!(
         seqs(&session.messages),
         (1..=total as u64).collect::<Vec<_>>()
     );
-    let mut next = vec![0usize; WRITERS];
+    let mut next = vec![0usize; writers];
     for pair in session.messages.chunks(2) {
         // A batch is atomic: its two messages are adjacent.
         let first: Vec<&str> = pair[0].body.content.split(':').collect();
@@ -91,7 +97,7 @@ pub async fn concurrent_appends_lose_nothing(store: TestStore) {
         assert_eq!(n, next[writer], "writer {writer}'s appends out of order");
         next[writer] += 1;
     }
-    assert!(next.iter().all(|&n| n == APPENDS));
+    assert!(next.iter().all(|&n| n == appends));
 }
 
 /// A wrong `expected_version` fails every kind of write with VersionMismatch and changes

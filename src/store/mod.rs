@@ -9,9 +9,15 @@ pub mod mongo;
 pub mod open;
 pub mod optimistic;
 pub mod page_token;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod records;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql_rows;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod stats_cache;
 
 use crate::domain::{
@@ -57,6 +63,10 @@ impl StoreError {
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// How many of a session's latest request ids every backend remembers: a retry of an
+/// append within its last this-many appends is recognised and stores nothing.
+pub const REMEMBERED_REQUEST_IDS: usize = 64;
 
 /// Storage of chat sessions. Every backend implements this with the same semantics,
 /// proved by the functions in [`conformance`](crate::conformance):

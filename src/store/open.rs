@@ -21,6 +21,10 @@ pub static BACKENDS: &[&Backend] = &[
     &crate::store::mongo::BACKEND,
     #[cfg(feature = "dynamo")]
     &crate::store::dynamo::BACKEND,
+    #[cfg(feature = "sqlite")]
+    &crate::store::sqlite::BACKEND,
+    #[cfg(feature = "postgres")]
+    &crate::store::postgres::BACKEND,
 ];
 
 /// One storage backend.

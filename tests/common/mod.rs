@@ -973,3 +973,53 @@ pub async fn large_session_round_trips(server: &TestServer, total_bytes: usize) 
 pub fn memory_store() -> Arc<dyn SessionStore> {
     Arc::new(MemoryStore::new(MemoryLimits::default()))
 }
+
+/// An SQLite store on a file of its own (one process may open a file once).
+pub async fn sqlite_store() -> Arc<dyn SessionStore> {
+    use csai_sidecar::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+    let folder = std::env::temp_dir().join(format!("csai-sqlite-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).expect("scratch folder");
+    let path = folder.join(format!(
+        "{}.sqlite3",
+        csai_sidecar::conformance::unique_id("db").as_str()
+    ));
+    Arc::new(
+        SqliteStore::open(SqliteOptions {
+            path,
+            synchronous: Synchronous::Full,
+            readers: 4,
+            sweep_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+        })
+        .await
+        .expect("sqlite store"),
+    )
+}
+
+/// A table prefix no other test (or earlier run) uses.
+pub fn fresh_table_prefix() -> String {
+    let id = csai_sidecar::conformance::unique_id("t");
+    let digits: String = id
+        .as_str()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("t{}_", &digits[digits.len().saturating_sub(24)..])
+}
+
+/// A PostgreSQL store on the test server, its tables under `table_prefix`.
+pub async fn postgres_store(table_prefix: &str) -> Arc<dyn SessionStore> {
+    use csai_sidecar::store::postgres::{PostgresOptions, PostgresStore};
+    Arc::new(
+        PostgresStore::open_and_migrate(PostgresOptions {
+            url: required_env("CSAI_TEST_POSTGRES_URL"),
+            ca_file: None,
+            pool_size: 8,
+            table_prefix: table_prefix.to_string(),
+            sweep_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
+        })
+        .await
+        .expect("postgres store"),
+    )
+}

@@ -1,4 +1,5 @@
-//! The conformance suite through the encryption decorator, over memory and Redis.
+//! The conformance suite through the encryption decorator, over memory, Redis, SQLite and
+//! PostgreSQL.
 
 use crate::common;
 
@@ -34,4 +35,23 @@ mod over_memory {
 
 mod over_redis {
     csai_sidecar::conformance_tests!(super::redis());
+}
+
+async fn sqlite() -> TestStore {
+    Arc::new(EncryptedStore::new(common::sqlite_store().await, keys()))
+}
+
+async fn postgres() -> TestStore {
+    Arc::new(EncryptedStore::new(
+        common::postgres_store("encrypted_").await,
+        keys(),
+    ))
+}
+
+mod over_sqlite {
+    csai_sidecar::conformance_tests!(super::sqlite());
+}
+
+mod over_postgres {
+    csai_sidecar::conformance_tests!(super::postgres());
 }

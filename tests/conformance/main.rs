@@ -11,5 +11,7 @@ mod encrypted;
 mod memory;
 mod model_check;
 mod mongo;
+mod postgres;
 mod redis;
+mod sqlite;
 mod tenant;

@@ -1,6 +1,6 @@
 //! Property test: random sequences of appends, replaces, guarded writes, reads and
 //! deletes run against a plain model of the storage semantics and against a real store
-//! (in-memory, and redis-server), and every answer must match the model.
+//! (in-memory, redis-server, SQLite, PostgreSQL), and every answer must match the model.
 
 use crate::common;
 
@@ -271,5 +271,19 @@ proptest! {
             .expect("redis store")
         });
         runtime.block_on(check(&store, ops))?;
+    }
+
+    #[test]
+    fn sqlite_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let runtime = runtime();
+        let store = runtime.block_on(common::sqlite_store());
+        runtime.block_on(check(store.as_ref(), ops))?;
+    }
+
+    #[test]
+    fn postgres_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let runtime = runtime();
+        let store = runtime.block_on(common::postgres_store("model_"));
+        runtime.block_on(check(store.as_ref(), ops))?;
     }
 }

@@ -1,4 +1,5 @@
-//! The conformance suite through one tenant's view, over memory, Redis and MongoDB: the
+//! The conformance suite through one tenant's view, over memory, Redis, MongoDB and
+//! PostgreSQL: the
 //! tenant prefix must not change any behaviour.
 
 use crate::common;
@@ -54,4 +55,15 @@ mod over_redis {
 
 mod over_mongo {
     csai_sidecar::conformance_tests!(super::mongo());
+}
+
+async fn postgres() -> TestStore {
+    Arc::new(TenantStore::new(
+        common::postgres_store("tenant_").await,
+        "shop-a",
+    ))
+}
+
+mod over_postgres {
+    csai_sidecar::conformance_tests!(super::postgres());
 }

@@ -402,3 +402,51 @@ fn the_unix_socket_overlay_shares_the_socket_and_probes_it() {
         ["csai-sidecar", "health", "--service", health::SESSION_STORE]
     );
 }
+
+/// The SQLite overlay: one replica replaced (not rolled), the file on the claim's mount,
+/// and a configuration the sidecar accepts.
+#[test]
+fn the_sqlite_overlay_runs_one_replica_on_its_volume() {
+    let patch = yaml("deploy/kubernetes/sqlite/deployment-patch.yaml");
+    let claim = yaml("deploy/kubernetes/sqlite/volume-claim.yaml");
+    assert_eq!(patch["spec"]["replicas"], 1);
+    assert_eq!(patch["spec"]["strategy"]["type"], "Recreate");
+    let pod = &patch["spec"]["template"]["spec"];
+    let volume = &pod["volumes"][0];
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        claim["metadata"]["name"]
+    );
+    let sidecar = &pod["initContainers"][0];
+    let env: BTreeMap<String, String> = sidecar["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let mount = &sidecar["volumeMounts"][0];
+    assert_eq!(mount["name"], volume["name"]);
+    let path = &env["CSAI_SQLITE_PATH"];
+    assert!(
+        path.starts_with(mount["mountPath"].as_str().unwrap()),
+        "{path}"
+    );
+    let mut values = csai_sidecar::config::defaults();
+    values.set(
+        "type",
+        env["CSAI_STORAGE_TYPE"].clone(),
+        csai_sidecar::settings::Source::Default,
+    );
+    values.set(
+        "sqlite_path",
+        path.clone(),
+        csai_sidecar::settings::Source::Default,
+    );
+    let config = csai_sidecar::config::parse(&values).expect("the sidecar accepts the overlay");
+    assert_eq!(config.storage.backend.name, "sqlite");
+}

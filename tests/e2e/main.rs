@@ -27,5 +27,6 @@ mod otlp_export;
 mod overload;
 mod redis_e2e;
 mod reliability;
+mod sql_e2e;
 mod tls;
 mod unix_socket;

@@ -38,6 +38,8 @@ async fn store(kind: &str) -> Arc<dyn SessionStore> {
             ))
             .expect("redis"),
         ),
+        "sqlite" => common::sqlite_store().await,
+        "postgres" => common::postgres_store(&common::fresh_table_prefix()).await,
         "mongo" => Arc::new(
             MongoStore::new(&MongoOptions {
                 uri: required_env("CSAI_TEST_MONGO_URI"),
@@ -204,7 +206,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_restore_between_every_pair_of_backends() {
-    let kinds = ["memory", "redis", "mongo", "dynamo"];
+    let kinds = ["memory", "redis", "mongo", "dynamo", "sqlite", "postgres"];
     for from in kinds {
         let source = store(from).await;
         let sessions = seed(source.as_ref()).await;
@@ -473,6 +475,39 @@ async fn a_corrupt_backup_restores_every_intact_session_and_names_the_bad_lines(
     .unwrap();
     let error = restore(&target, &file, Existing::Fail).await.unwrap_err();
     assert!(error.contains("line 1"), "{error}");
+}
+
+/// `migrate` to and from each SQL backend, from and to every other backend, verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_to_and_from_the_sql_backends() {
+    let kinds = ["memory", "redis", "mongo", "dynamo", "sqlite", "postgres"];
+    for from in kinds {
+        for to in kinds {
+            let involves_sql = ["sqlite", "postgres"]
+                .iter()
+                .any(|k| *k == from || *k == to);
+            if from == to || !involves_sql {
+                continue;
+            }
+            let source = store(from).await;
+            let sessions = seed(source.as_ref()).await;
+            let target = store(to).await;
+            let report = operations::migrate(
+                &mut Location::Store(source),
+                &mut Location::Store(target.clone()),
+                &policy(),
+                None,
+                false,
+            )
+            .await
+            .expect("migrate");
+            assert!(
+                report.is_clean() && report.sessions == 3,
+                "{from} -> {to}: {report}"
+            );
+            assert_same(target.as_ref(), &sessions).await;
+        }
+    }
 }
 
 #[tokio::test]

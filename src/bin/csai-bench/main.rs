@@ -62,6 +62,15 @@ struct Args {
     mongo_uri: String,
     #[arg(long, env = "CSAI_DYNAMO_ENDPOINT")]
     dynamo_endpoint: Option<String>,
+    #[arg(
+        long,
+        env = "CSAI_POSTGRES_URL",
+        default_value = "postgres://csai@127.0.0.1:5432/csai"
+    )]
+    postgres_url: String,
+    /// The SQLite file of `--backend sqlite` (default: a new file in the temp folder).
+    #[arg(long)]
+    sqlite_path: Option<std::path::PathBuf>,
     /// Operations to measure, one row (and one floor row) each.
     #[arg(long, value_delimiter = ',', default_value = "append")]
     ops: Vec<Op>,
@@ -181,6 +190,12 @@ fn config(args: &Args) -> Result<Config, String> {
         args.dynamo_endpoint.as_deref().unwrap_or(""),
     );
     set("dynamo_create_table", "true");
+    set("postgres_url", &args.postgres_url);
+    set("postgres_table_prefix", "csai_bench_");
+    let sqlite_path = args.sqlite_path.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("csai-bench-{}.sqlite3", std::process::id()))
+    });
+    set("sqlite_path", &sqlite_path.to_string_lossy());
     // The bench measures the sidecar, not its load shedding.
     set("max_concurrent_requests", "0");
     config::parse(&values).map_err(|e| e.to_string())

@@ -18,7 +18,10 @@ use crate::domain::{
     WriteOutcome, json_bytes, tool_safe_start_by,
 };
 use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
-use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
+use crate::store::{
+    REMEMBERED_REQUEST_IDS, RecordStore, SessionStore, StoreError, StoreResult, check_version,
+    page_token,
+};
 use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -36,7 +39,6 @@ pub use config::{BACKEND, MemoryLimits, MemoryOptions};
 
 const SHARDS: usize = 64;
 /// Request ids remembered per session for idempotent appends.
-const REMEMBERED_REQUEST_IDS: usize = 64;
 /// Bytes counted for a session besides its messages and state.
 const SESSION_OVERHEAD_BYTES: u64 = 256;
 

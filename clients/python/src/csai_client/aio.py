@@ -10,7 +10,7 @@ from csai.v1 import chat_pb2, chat_pb2_grpc, message_pb2, session_store_pb2
 from csai.v1 import session_store_pb2_grpc
 
 from . import requests
-from .errors import backoff, error_from
+from .errors import error_from, retry_pause
 from .requests import Tool
 from .sidecar import channel_options, target_and_metadata
 
@@ -20,7 +20,7 @@ class AsyncSidecar:
     errors; tools may be coroutine functions. Use `async with AsyncSidecar() as sidecar`."""
 
     def __init__(self, target: Optional[str] = None, token: Optional[str] = None,
-                 timeout: float = 10.0, turn_timeout: float = 120.0, retries: int = 5):
+                 timeout: float = 10.0, turn_timeout: float = 120.0, retries: int = 8):
         self.target, self.metadata = target_and_metadata(target, token)
         self.channel = grpc.aio.insecure_channel(self.target,
                                                  options=channel_options(self.target))
@@ -49,14 +49,12 @@ class AsyncSidecar:
                 return await method(request, timeout=max(deadline - loop.time(), 0.001),
                                     metadata=self.metadata if metadata is None else metadata)
             except grpc.RpcError as error:
-                if retry and error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    attempt += 1
-                    pause = backoff(attempt, deadline - loop.time())
-                    if pause is not None:
-                        self.retried += 1
-                        await asyncio.sleep(pause)
-                        continue
-                raise error_from(error) from None
+                attempt += 1
+                pause = retry_pause(error, retry, attempt, self.retries, deadline - loop.time())
+                if pause is None:
+                    raise error_from(error) from None
+                self.retried += 1
+                await asyncio.sleep(pause)
 
     async def append(self, session_id: str, *messages: message_pb2.Message,
                      expected_version: Optional[int] = None, request_id: str = "",

@@ -5,7 +5,8 @@ from typing import Optional
 
 import grpc
 
-__all__ = ["SidecarError", "NotFound", "Aborted", "ResourceExhausted", "error_from", "backoff"]
+__all__ = ["SidecarError", "NotFound", "Aborted", "ResourceExhausted", "error_from",
+           "retry_pause"]
 
 
 class SidecarError(grpc.RpcError):
@@ -57,10 +58,12 @@ FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 2.0
 
 
-def backoff(attempt: int, remaining: Optional[float]) -> Optional[float]:
-    """How long to sleep before retry `attempt` (1, 2, ...), or None when the deadline
-    leaves no room for another attempt."""
-    pause = random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** attempt))
-    if remaining is not None and pause >= remaining:
+def retry_pause(error: grpc.RpcError, retry: bool, attempt: int, retries: int,
+                remaining: float) -> Optional[float]:
+    """How long to sleep before retry `attempt` (1, 2, ...) of a call that failed with
+    `error`, or None when it must not be retried: not a retryable call, not UNAVAILABLE,
+    out of retries, or no room left before the deadline."""
+    if not retry or error.code() != grpc.StatusCode.UNAVAILABLE or attempt > retries:
         return None
-    return pause
+    pause = random.uniform(0, min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** attempt))
+    return pause if pause < remaining else None

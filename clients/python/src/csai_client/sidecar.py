@@ -13,7 +13,7 @@ from csai.v1 import chat_pb2, chat_pb2_grpc, message_pb2, session_store_pb2
 from csai.v1 import session_store_pb2_grpc
 
 from . import requests
-from .errors import backoff, error_from
+from .errors import error_from, retry_pause
 from .requests import Tool
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -46,7 +46,7 @@ class Sidecar:
     subclasses)."""
 
     def __init__(self, target: Optional[str] = None, token: Optional[str] = None,
-                 timeout: float = 10.0, turn_timeout: float = 120.0, retries: int = 5):
+                 timeout: float = 10.0, turn_timeout: float = 120.0, retries: int = 8):
         self.target, self.metadata = target_and_metadata(target, token)
         self.channel = grpc.insecure_channel(self.target, options=channel_options(self.target))
         self.sessions = session_store_pb2_grpc.SessionStoreStub(self.channel)
@@ -74,14 +74,13 @@ class Sidecar:
                 return method(request, timeout=max(deadline - time.monotonic(), 0.001),
                               metadata=self.metadata if metadata is None else metadata)
             except grpc.RpcError as error:
-                if retry and error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    attempt += 1
-                    pause = backoff(attempt, deadline - time.monotonic())
-                    if pause is not None:
-                        self.retried += 1
-                        time.sleep(pause)
-                        continue
-                raise error_from(error) from None
+                attempt += 1
+                pause = retry_pause(error, retry, attempt, self.retries,
+                                    deadline - time.monotonic())
+                if pause is None:
+                    raise error_from(error) from None
+                self.retried += 1
+                time.sleep(pause)
 
     def append(self, session_id: str, *messages: message_pb2.Message,
                expected_version: Optional[int] = None, request_id: str = "",
