@@ -23,19 +23,20 @@ done
 # (a fresh CI build ran out of space with them). Set CARGO_INCREMENTAL=1 to keep them.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-echo "== cargo fmt --check (at ${SECONDS}s)"
-cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings (at ${SECONDS}s)"
-cargo clippy --all-targets -- -D warnings
 # The README quick start (last step) builds the release binary with `cargo run --release`,
-# a cold build of ten minutes on two cores. Build it now at the lowest CPU priority, so it
-# takes only the cycles the builds and tests below leave idle; `cargo run --release` then
-# finds it built (or waits for it) and still rebuilds whatever differs.
+# a cold build of twelve minutes on two cores. Build it from the start at the lowest CPU
+# priority, so it takes only the cycles the other builds, the installs and the tests
+# leave idle; `cargo run --release` then finds it built (or waits for it) and still
+# rebuilds whatever differs.
 release_log=$(mktemp)
 nice -n 19 cargo build --release --bin csai-sidecar >"$release_log" 2>&1 &
 release_build=$!
 trap 'kill "$release_build" 2>/dev/null; rm -f "$release_log"' EXIT
 
+echo "== cargo fmt --check (at ${SECONDS}s)"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings (at ${SECONDS}s)"
+cargo clippy --all-targets -- -D warnings
 echo "== test servers (at ${SECONDS}s)"
 # Real servers on free loopback ports, data under the ignored .data/ folder; stopped on
 # exit, also when a test fails.

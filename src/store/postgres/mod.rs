@@ -4,9 +4,9 @@
 //! Layout (schema.rs): a sessions row per session (version, counts, times, system messages,
 //! state as `jsonb`, the recent request ids) and a messages row per message keyed by
 //! (session, seq), so an append inserts its rows and updates one session row. Every write
-//! is one transaction that locks the session's row (`SELECT ... FOR UPDATE`, after an
-//! `INSERT ... ON CONFLICT DO NOTHING` of an expired placeholder so that a new session has
-//! a row to lock): concurrent writers on any replica queue on that lock, never lose a
+//! is one transaction that first locks the session's row (`INSERT ... ON CONFLICT DO
+//! UPDATE ... RETURNING`: an expired placeholder for a new session, a no-op update of an
+//! existing one): concurrent writers on any replica queue on that lock, never lose a
 //! message and never duplicate a seq. Times come from the database's clock, so replicas
 //! agree on expiry. Expired sessions read as absent; a sweeper on each replica deletes
 //! them in bounded batches (`FOR UPDATE SKIP LOCKED`: concurrent sweepers take different
@@ -327,42 +327,25 @@ pub(crate) fn sql_error(error: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// Locks the session's row (made as an expired placeholder when absent) and reads it with
-/// the database's now. A sweeper may delete the row between the two statements; then the
-/// placeholder is made again.
+/// Locks the session's row and reads it with the database's now, in one statement: an
+/// absent session gets an expired placeholder row (rolled back with a failed write), an
+/// existing one is locked by a no-op update. Either way the row is this transaction's
+/// until it ends, whatever other writers or sweepers do.
 async fn lock_row(tx: &Transaction<'_>, t: &Tables, id: &str) -> StoreResult<(SessionRow, i64)> {
-    for _ in 0..3 {
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (id, version, message_count, create_us, update_us, expire_us, \
-                 system_messages, state, recent_appends) \
-                 VALUES ($1, 0, 0, 0, 0, 0, '[]', '{{}}', '[]') ON CONFLICT (id) DO NOTHING",
-                t.sessions
-            ),
-            &[&id],
-        )
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {} AS s (id, version, message_count, create_us, update_us, expire_us, \
+             system_messages, state, recent_appends) \
+             VALUES ($1, 0, 0, 0, 0, 0, '[]', '{{}}', '[]') \
+             ON CONFLICT (id) DO UPDATE SET id = s.id \
+             RETURNING version, message_count, create_us, update_us, expire_us, \
+             system_messages, state::text, recent_appends::text, {NOW_US}",
+            t.sessions
+        ))
         .await
         .map_err(sql_error)?;
-        let found = tx
-            .query_opt(
-                &format!(
-                    "SELECT version, message_count, create_us, update_us, expire_us, \
-                     system_messages, state::text, recent_appends::text, {NOW_US} \
-                     FROM {} WHERE id = $1 FOR UPDATE",
-                    t.sessions
-                ),
-                &[&id],
-            )
-            .await
-            .map_err(sql_error)?;
-        if let Some(found) = found {
-            let now: i64 = found.get(8);
-            return Ok((row_of(&found)?, now));
-        }
-    }
-    Err(StoreError::Unavailable(format!(
-        "session {id:?} was deleted under this write three times; retry"
-    )))
+    let found = tx.query_one(&statement, &[&id]).await.map_err(sql_error)?;
+    Ok((row_of(&found)?, found.get(8)))
 }
 
 fn row_of(found: &tokio_postgres::Row) -> StoreResult<SessionRow> {
@@ -384,13 +367,17 @@ async fn save(tx: &Transaction<'_>, t: &Tables, id: &str, row: &SessionRow) -> S
     let state = serde_json::to_string(&row.state).map_err(|e| corrupt("a state", e))?;
     let recent =
         serde_json::to_string(&row.recent_appends).map_err(|e| corrupt("the recent appends", e))?;
-    tx.execute(
-        &format!(
+    let statement = tx
+        .prepare_cached(&format!(
             "UPDATE {} SET version = $2, message_count = $3, create_us = $4, update_us = $5, \
              expire_us = $6, system_messages = $7, state = $8::text::jsonb, \
              recent_appends = $9::text::jsonb WHERE id = $1",
             t.sessions
-        ),
+        ))
+        .await
+        .map_err(sql_error)?;
+    tx.execute(
+        &statement,
         &[
             &id,
             &(row.version as i64),
@@ -433,16 +420,17 @@ async fn insert_messages(
                 .map_err(|e| StoreError::Internal(format!("a message as JSON: {e}")))?,
         );
     }
-    tx.execute(
-        &format!(
+    let statement = tx
+        .prepare_cached(&format!(
             "INSERT INTO {} (session_id, seq, role, create_us, body) \
              SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[])",
             t.messages
-        ),
-        &[&id, &seqs, &roles, &times, &bodies],
-    )
-    .await
-    .map_err(sql_error)?;
+        ))
+        .await
+        .map_err(sql_error)?;
+    tx.execute(&statement, &[&id, &seqs, &roles, &times, &bodies])
+        .await
+        .map_err(sql_error)?;
     Ok(())
 }
 
@@ -519,7 +507,6 @@ impl SessionStore for PostgresStore {
             let mut row = row.unwrap_or_else(|| SessionRow::new(now));
             let first_seq = row.message_count + 1;
             let count = append.messages.len() as u64;
-            insert_messages(&tx, &self.tables, name, first_seq, append.messages, now).await?;
             row.message_count += count;
             row.version += 1;
             row.update_us = now;
@@ -534,7 +521,11 @@ impl SessionStore for PostgresStore {
             if let Some(request_id) = append.request_id {
                 row.remember(request_id, &outcome, REMEMBERED_REQUEST_IDS);
             }
-            save(&tx, &self.tables, name, &row).await?;
+            // Both statements go out together (tokio-postgres pipelines them).
+            tokio::try_join!(
+                insert_messages(&tx, &self.tables, name, first_seq, append.messages, now),
+                save(&tx, &self.tables, name, &row),
+            )?;
             tx.commit().await.map_err(sql_error)?;
             Ok(outcome)
         })
