@@ -10,18 +10,23 @@ data=.data/bench
 cleanup() {
     scripts/redis-servers.sh stop "$data/redis" >/dev/null 2>&1 || true
     scripts/document-servers.sh stop "$data/documents" >/dev/null 2>&1 || true
+    scripts/postgres-server.sh stop "$data/postgres" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 rm -rf "$data"
 scripts/redis-servers.sh start "$data/redis" >/dev/null
 scripts/document-servers.sh start "$data/documents" >/dev/null
+scripts/postgres-server.sh start "$data/postgres" >/dev/null
 # shellcheck disable=SC1091
 source "$data/redis/env"
 # shellcheck disable=SC1091
 source "$data/documents/env"
+# shellcheck disable=SC1091
+source "$data/postgres/env"
 redis=${CSAI_TEST_REDIS_URL#redis://}
 mongo=$CSAI_TEST_MONGO_URI
 dynamo=$CSAI_TEST_DYNAMO_ENDPOINT
+postgres=$CSAI_TEST_POSTGRES_URL
 
 cargo build --release --quiet --bin csai-bench --bin csai-sidecar
 bench=target/release/csai-bench
@@ -68,6 +73,16 @@ run --backend redis --redis-address "$redis" --mix append:20,get:10,replace:1 \
 
 echo "# chat turn at 500/s"
 run --ops chat --concurrency 16 --rate 500 --duration 5s --sessions 20
+
+echo "# SQLite and PostgreSQL at 1,000/s, SQLite's closed-loop appends, then against length"
+run --backend sqlite --ops append,get --concurrency 16 --rate 1000 --duration 5s --sessions 20
+run --backend postgres --postgres-url "$postgres" --ops append,get --concurrency 16 --rate 1000 \
+    --duration 5s --sessions 20
+run --backend sqlite --ops append --concurrency 64 --duration 5s --sessions 100 --no-floors
+run --backend sqlite --ops append --concurrency 16 --rate 1000 --duration 5s --sessions 5 \
+    --lengths 10,1000,10000,10 --no-floors
+run --backend postgres --postgres-url "$postgres" --ops append --concurrency 16 --rate 500 \
+    --duration 5s --sessions 5 --lengths 10,1000,10000,10 --no-floors
 
 echo "# Unix domain socket against loopback TCP, one caller: in the bench's process, then as a child"
 run --unix-socket --ops append --concurrency 1 --duration 10s

@@ -23,16 +23,6 @@ done
 # (a fresh CI build ran out of space with them). Set CARGO_INCREMENTAL=1 to keep them.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-# The README quick start (last step) builds the release binary with `cargo run --release`,
-# a cold build of twelve minutes on two cores. Build it from the start at the lowest CPU
-# priority, so it takes only the cycles the other builds, the installs and the tests
-# leave idle; `cargo run --release` then finds it built (or waits for it) and still
-# rebuilds whatever differs.
-release_log=$(mktemp)
-nice -n 19 cargo build --release --bin csai-sidecar >"$release_log" 2>&1 &
-release_build=$!
-trap 'kill "$release_build" 2>/dev/null; rm -f "$release_log"' EXIT
-
 echo "== cargo fmt --check (at ${SECONDS}s)"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings (at ${SECONDS}s)"
@@ -51,7 +41,7 @@ stop_servers
 rm -rf "$servers"
 mkdir -p "$servers"
 log=$(mktemp)
-trap 'stop_servers; kill "$release_build" 2>/dev/null; rm -f "$log" "$release_log"' EXIT
+trap 'stop_servers; rm -f "$log"' EXIT
 scripts/redis-servers.sh start "$servers/redis"
 scripts/document-servers.sh start "$servers/documents"
 scripts/postgres-server.sh start "$servers/postgres"
@@ -77,14 +67,15 @@ cargo test --no-fail-fast 2>&1 | tee "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
 
+# The test servers have done their work: their CPU goes to the steps below.
+stop_servers
+
 echo "== fuzz (at ${SECONDS}s)"
 scripts/fuzz.sh 60
 
 echo "== README quick start (at ${SECONDS}s)"
-# The README's first commands as written: release build, sidecar, first calls, stop.
-if ! wait "$release_build"; then
-    cat "$release_log" >&2
-fi
-echo "(the background release build is done at ${SECONDS}s)"
+# The README's first commands as written: `cargo run --release` (a cold release build: the
+# longest step), the sidecar, the first calls, SIGTERM. Run last, alone: built beside the
+# tests at low priority it got no cycles and slowed the fuzz build (measured).
 CSAI_QUICKSTART_GO_BOT="$CSAI_TEST_GO_BOT" scripts/quickstart.sh
 echo "== done in ${SECONDS}s"

@@ -19,6 +19,7 @@ pub mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod stats_cache;
+pub mod sweeper;
 
 use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, NewMessage, Session, SessionId, StateOutcome,

@@ -1,5 +1,5 @@
-//! The conformance suite through one tenant's view, over memory, Redis, MongoDB and
-//! PostgreSQL: the
+//! The conformance suite through one tenant's view, over memory, Redis, MongoDB, SQLite
+//! and PostgreSQL: the
 //! tenant prefix must not change any behaviour.
 
 use crate::common;
@@ -55,6 +55,14 @@ mod over_redis {
 
 mod over_mongo {
     csai_sidecar::conformance_tests!(super::mongo());
+}
+
+async fn sqlite() -> TestStore {
+    Arc::new(TenantStore::new(common::sqlite_store().await, "shop-a"))
+}
+
+mod over_sqlite {
+    csai_sidecar::conformance_tests!(super::sqlite());
 }
 
 async fn postgres() -> TestStore {

@@ -18,6 +18,7 @@ use crate::domain::{
     WriteOutcome, json_bytes, tool_safe_start_by,
 };
 use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
+use crate::store::sweeper;
 use crate::store::{
     REMEMBERED_REQUEST_IDS, RecordStore, SessionStore, StoreError, StoreResult, check_version,
     page_token,
@@ -26,8 +27,8 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 mod config;
@@ -193,19 +194,8 @@ impl MemoryStore {
 
     /// Starts a task that frees expired sessions every `interval`; it ends with the store.
     pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let store: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                match store.upgrade() {
-                    Some(store) => {
-                        store.sweep_expired();
-                    }
-                    None => return,
-                }
-            }
+        sweeper::spawn(self, interval, "memory", |store: Arc<Self>| async move {
+            Ok(store.sweep_expired() as u64)
         })
     }
 

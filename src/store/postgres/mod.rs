@@ -27,6 +27,7 @@ use crate::domain::{
 use crate::store::sql_rows::{
     SessionRow, corrupt, message_of, micros, micros_of, role_of, time_of,
 };
+use crate::store::sweeper;
 use crate::store::{
     REMEMBERED_REQUEST_IDS, RecordStore, SessionStore, StoreError, StoreResult, check_version,
     page_token,
@@ -36,7 +37,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use deadpool_postgres::{Object, Transaction};
 use schema::Tables;
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -194,17 +195,8 @@ impl PostgresStore {
     /// Starts a task that deletes expired sessions and records every `interval`; it ends
     /// with the store.
     pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let store: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(store) = store.upgrade() else { return };
-                if let Err(error) = store.sweep().await {
-                    tracing::warn!(%error, "PostgreSQL: sweeping expired sessions failed");
-                }
-            }
+        sweeper::spawn(self, interval, "postgres", |store: Arc<Self>| async move {
+            store.sweep().await
         })
     }
 

@@ -23,6 +23,7 @@ use crate::domain::{
     tool_safe_start_by,
 };
 use crate::store::sql_rows::{SessionRow, micros, micros_of, now_us, time_of};
+use crate::store::sweeper;
 use crate::store::{
     REMEMBERED_REQUEST_IDS, RecordStore, SessionStore, StoreError, StoreResult, check_version,
     page_token,
@@ -30,7 +31,7 @@ use crate::store::{
 use async_trait::async_trait;
 use connections::{Connections, sql_error};
 use rusqlite::{OptionalExtension, Transaction, params};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sessions (or records) one sweep transaction deletes, so writers are never held up long.
@@ -55,17 +56,8 @@ impl SqliteStore {
     /// Starts a task that deletes expired sessions and records every `interval`; it ends
     /// with the store.
     pub fn spawn_sweeper(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let store: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(store) = store.upgrade() else { return };
-                if let Err(error) = store.sweep().await {
-                    tracing::warn!(%error, "SQLite: sweeping expired sessions failed");
-                }
-            }
+        sweeper::spawn(self, interval, "sqlite", |store: Arc<Self>| async move {
+            store.sweep().await
         })
     }
 
