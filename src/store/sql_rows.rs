@@ -78,6 +78,45 @@ impl SessionRow {
         }
     }
 
+    /// The row a write goes on: the live one, its version checked against `expected`,
+    /// else a new one.
+    pub fn for_write(row: Option<Self>, expected: Option<u64>, now: i64) -> StoreResult<Self> {
+        crate::store::check_version(expected, row.as_ref().map_or(0, |r| r.version))?;
+        Ok(row.unwrap_or_else(|| Self::new(now)))
+    }
+
+    /// After a write: the next version, the update time, the expiry `ttl` from now.
+    pub fn written(&mut self, ttl: Duration, now: i64) {
+        self.version += 1;
+        self.update_us = now;
+        self.expire_us = now + micros(ttl);
+    }
+
+    /// After an append of `count` messages (seqs from the old count + 1): the write's
+    /// bookkeeping, the request id remembered; what the append reports.
+    pub fn appended(
+        &mut self,
+        count: u64,
+        ttl: Duration,
+        request_id: Option<String>,
+        now: i64,
+    ) -> AppendOutcome {
+        let first_seq = self.message_count + 1;
+        self.message_count += count;
+        self.written(ttl, now);
+        let outcome = AppendOutcome {
+            first_seq,
+            count,
+            version: self.version,
+            expire_time: time_of(self.expire_us),
+            deduplicated: false,
+        };
+        if let Some(request_id) = request_id {
+            self.remember(request_id, &outcome, crate::store::REMEMBERED_REQUEST_IDS);
+        }
+        outcome
+    }
+
     /// What an earlier append with this request_id reported, as a deduplicated outcome.
     pub fn remembered(&self, request_id: &str) -> Option<AppendOutcome> {
         self.recent_appends

@@ -28,10 +28,7 @@ use crate::store::sql_rows::{
     SessionRow, corrupt, message_of, micros, micros_of, role_of, time_of,
 };
 use crate::store::sweeper;
-use crate::store::{
-    REMEMBERED_REQUEST_IDS, RecordStore, SessionStore, StoreError, StoreResult, check_version,
-    page_token,
-};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use deadpool_postgres::{Object, Transaction};
@@ -163,11 +160,7 @@ impl PostgresStore {
         self.bounded(async {
             let mut client = self.client().await?;
             let Write { tx, row, now } = self.lock_session(&mut client, name).await?;
-            check_version(
-                options.expected_version,
-                row.as_ref().map_or(0, |r| r.version),
-            )?;
-            let mut row = row.unwrap_or_else(|| SessionRow::new(now));
+            let mut row = SessionRow::for_write(row, options.expected_version, now)?;
             match change {
                 Change::Messages(messages) => {
                     tx.execute(
@@ -182,9 +175,7 @@ impl PostgresStore {
                 Change::SystemMessages(messages) => row.set_system_messages(messages, now)?,
                 Change::State(update) => update.apply(&mut row.state),
             }
-            row.version += 1;
-            row.update_us = now;
-            row.expire_us = now + micros(options.ttl);
+            row.written(options.ttl, now);
             save(&tx, &self.tables, name, &row).await?;
             tx.commit().await.map_err(sql_error)?;
             Ok((row.state.clone(), row.outcome()))
@@ -492,27 +483,14 @@ impl SessionStore for PostgresStore {
             {
                 return Ok(earlier);
             }
-            check_version(
-                append.options.expected_version,
-                row.as_ref().map_or(0, |r| r.version),
-            )?;
-            let mut row = row.unwrap_or_else(|| SessionRow::new(now));
-            let first_seq = row.message_count + 1;
-            let count = append.messages.len() as u64;
-            row.message_count += count;
-            row.version += 1;
-            row.update_us = now;
-            row.expire_us = now + micros(append.options.ttl);
-            let outcome = AppendOutcome {
-                first_seq,
-                count,
-                version: row.version,
-                expire_time: time_of(row.expire_us),
-                deduplicated: false,
-            };
-            if let Some(request_id) = append.request_id {
-                row.remember(request_id, &outcome, REMEMBERED_REQUEST_IDS);
-            }
+            let mut row = SessionRow::for_write(row, append.options.expected_version, now)?;
+            let outcome = row.appended(
+                append.messages.len() as u64,
+                append.options.ttl,
+                append.request_id,
+                now,
+            );
+            let first_seq = outcome.first_seq;
             // Both statements go out together (tokio-postgres pipelines them).
             tokio::try_join!(
                 insert_messages(&tx, &self.tables, name, first_seq, append.messages, now),

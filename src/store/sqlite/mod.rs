@@ -24,10 +24,7 @@ use crate::domain::{
 };
 use crate::store::sql_rows::{SessionRow, micros, micros_of, now_us, time_of};
 use crate::store::sweeper;
-use crate::store::{
-    REMEMBERED_REQUEST_IDS, RecordStore, SessionStore, StoreError, StoreResult, check_version,
-    page_token,
-};
+use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
 use connections::{Connections, sql_error};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -130,15 +127,9 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>, &str, &mut SessionRow, i64) -> StoreResult<T> + Send + 'static,
     {
         self.on_session(id, move |tx, id, row, now| {
-            check_version(
-                options.expected_version,
-                row.as_ref().map_or(0, |r| r.version),
-            )?;
-            let mut row = row.unwrap_or_else(|| SessionRow::new(now));
+            let mut row = SessionRow::for_write(row, options.expected_version, now)?;
             let value = change(tx, id, &mut row, now)?;
-            row.version += 1;
-            row.update_us = now;
-            row.expire_us = now + micros(options.ttl);
+            row.written(options.ttl, now);
             rows::save(&row, tx, id)?;
             Ok((value, row.outcome()))
         })
@@ -237,28 +228,14 @@ impl SessionStore for SqliteStore {
             {
                 return Ok(earlier);
             }
-            check_version(
-                append.options.expected_version,
-                row.as_ref().map_or(0, |r| r.version),
-            )?;
-            let mut row = row.unwrap_or_else(|| SessionRow::new(now));
-            let first_seq = row.message_count + 1;
-            let count = append.messages.len() as u64;
-            insert_messages(tx, id, first_seq, append.messages, now)?;
-            row.message_count += count;
-            row.version += 1;
-            row.update_us = now;
-            row.expire_us = now + micros(append.options.ttl);
-            let outcome = AppendOutcome {
-                first_seq,
-                count,
-                version: row.version,
-                expire_time: time_of(row.expire_us),
-                deduplicated: false,
-            };
-            if let Some(request_id) = append.request_id {
-                row.remember(request_id, &outcome, REMEMBERED_REQUEST_IDS);
-            }
+            let mut row = SessionRow::for_write(row, append.options.expected_version, now)?;
+            let outcome = row.appended(
+                append.messages.len() as u64,
+                append.options.ttl,
+                append.request_id,
+                now,
+            );
+            insert_messages(tx, id, outcome.first_seq, append.messages, now)?;
             rows::save(&row, tx, id)?;
             Ok(outcome)
         })
