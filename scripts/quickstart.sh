@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the README's quick start as written: every ```sh block of "The two commands" and
-# "A first call", in order. The first (`cargo run --release`) starts the sidecar in the
+# "A first call", in order. The first (`cargo run`) starts the sidecar in the
 # background; the test command itself (the block `scripts/test.sh`, which runs this
 # script) is skipped; the others run as they are, against that sidecar, with one
 # exception: `go mod tidy` needs the Go module proxy, which CI cannot reach, so the Go
@@ -28,8 +28,8 @@ awk -v dir="$work" '
     file { print > file }
 ' README.md
 blocks=("$work"/block-*.sh)
-if [ "${#blocks[@]}" -lt 3 ] || [ "$(cat "${blocks[0]}")" != "cargo run --release" ]; then
-    echo "quickstart: the README's first command is no longer \`cargo run --release\`" >&2
+if [ "${#blocks[@]}" -lt 3 ] || [ "$(cat "${blocks[0]}")" != "cargo run" ]; then
+    echo "quickstart: the README's first command is no longer \`cargo run\`" >&2
     exit 1
 fi
 if (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then
@@ -37,14 +37,14 @@ if (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then
     exit 1
 fi
 
-echo "quickstart: \$ cargo run --release"
+echo "quickstart: \$ cargo run"
 setsid bash "${blocks[0]}" >"$work/sidecar.log" 2>&1 &
 sidecar_group=$!
-# The release build comes first: wait while it runs, then for SERVING.
-until target/release/csai-sidecar health >/dev/null 2>&1; do
+# The build comes first (a no-op after the tests): wait while it runs, then for SERVING.
+until target/debug/csai-sidecar health >/dev/null 2>&1; do
     if ! kill -0 "$sidecar_group" 2>/dev/null; then
         tail -30 "$work/sidecar.log" >&2
-        echo "quickstart: \`cargo run --release\` stopped before serving" >&2
+        echo "quickstart: \`cargo run\` stopped before serving" >&2
         exit 1
     fi
     sleep 2
