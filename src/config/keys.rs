@@ -107,6 +107,24 @@ pub const KEYS: &[Key] = &[
         "how old the whole-store figures of the metrics gauges and of tenants' GetStats may get (each refresh scans the store)",
     ),
     key(
+        "watch_max_watchers",
+        "CSAI_WATCH_MAX_WATCHERS",
+        "20000",
+        "WatchSession and WatchSessions streams open at once; more are refused with RESOURCE_EXHAUSTED",
+    ),
+    key(
+        "watch_buffer",
+        "CSAI_WATCH_BUFFER",
+        "1024",
+        "sessions with changes a WatchSessions stream has not read yet, past which it ends with a resumable position",
+    ),
+    key(
+        "watch_poll_interval",
+        "CSAI_WATCH_POLL_INTERVAL",
+        "1s",
+        "how often watched sessions and prefixes are polled on backends without a change feed (MongoDB, DynamoDB)",
+    ),
+    key(
         "shutdown_grace",
         "CSAI_SHUTDOWN_GRACE",
         "10s",

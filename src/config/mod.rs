@@ -56,6 +56,11 @@ impl Storage {
     pub async fn open(&self) -> StoreResult<Arc<dyn SessionStore>> {
         self.options.open().await
     }
+
+    /// The backend's carrier of change signals between replicas.
+    pub fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
+        self.options.bus()
+    }
 }
 
 impl fmt::Debug for Storage {
@@ -104,6 +109,12 @@ pub struct Config {
     pub sliding_ttl_on_read: bool,
     pub health_interval: Duration,
     pub stats_refresh_interval: Duration,
+    /// Watch streams open at once.
+    pub watch_max_watchers: usize,
+    /// Sessions with unread changes a WatchSessions stream may have.
+    pub watch_buffer: usize,
+    /// How often the polling fallback looks at watched sessions and prefixes.
+    pub watch_poll_interval: Duration,
     pub shutdown_grace: Duration,
     pub max_grpc_message_size: usize,
     pub max_concurrent_requests: usize,

@@ -24,6 +24,13 @@ pub fn parse(values: &Values) -> Result<Config, ConfigError> {
         sliding_ttl_on_read: values.boolean("sliding_ttl_on_read")?,
         health_interval: values.positive_duration("health_interval")?,
         stats_refresh_interval: values.positive_duration("stats_refresh_interval")?,
+        watch_max_watchers: values.get("watch_max_watchers", "a whole number from 1", |s| {
+            s.parse().ok().filter(|n: &usize| *n >= 1)
+        })?,
+        watch_buffer: values.get("watch_buffer", "a whole number from 1", |s| {
+            s.parse().ok().filter(|n: &usize| *n >= 1)
+        })?,
+        watch_poll_interval: values.positive_duration("watch_poll_interval")?,
         shutdown_grace: values.get(
             "shutdown_grace",
             "a duration such as 0s, 10s or 1m",

@@ -9,6 +9,7 @@ pub mod export_import;
 pub mod record_rpcs;
 pub mod session_store;
 pub mod sidecar_client;
+pub mod watch_rpcs;
 
 /// Code generated from `proto/csai/v1`.
 #[allow(clippy::all)] // generated code; the proto comments are written for every language

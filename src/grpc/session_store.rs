@@ -6,9 +6,10 @@ use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
-use crate::grpc::{export_import, record_rpcs};
+use crate::grpc::{export_import, record_rpcs, watch_rpcs};
 use crate::service::Policy;
 use crate::service::validate;
+use crate::store::changes::ChangeHub;
 use crate::store::decorators::tenant::TenantStore;
 use crate::store::stats_cache::StatsCache;
 use crate::store::{SessionStore, StoreError};
@@ -37,16 +38,31 @@ pub struct SessionStoreService {
     store: Arc<dyn SessionStore>,
     stats: Arc<StatsCache>,
     policy: Policy,
+    feeds: Feeds,
+}
+
+/// What the watch RPCs need: the hub the store's writes signal, and each WatchSessions
+/// stream's buffer.
+#[derive(Clone)]
+pub struct Feeds {
+    pub hub: Arc<ChangeHub>,
+    pub buffer: usize,
 }
 
 impl SessionStoreService {
     /// Serves `store` with `policy`; tenants' stats take the whole store's figures from
-    /// `stats`.
-    pub fn new(store: Arc<dyn SessionStore>, stats: Arc<StatsCache>, policy: Policy) -> Self {
+    /// `stats`; watchers wait on `feeds`.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        stats: Arc<StatsCache>,
+        policy: Policy,
+        feeds: Feeds,
+    ) -> Self {
         Self {
             store,
             stats,
             policy,
+            feeds,
         }
     }
 
@@ -388,6 +404,41 @@ impl SessionStoreRpc for SessionStoreService {
         export_import::import(store.as_ref(), &self.policy, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    type WatchSessionStream = watch_rpcs::Events<pb::SessionEvent>;
+
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        let store = self.store_for(&request);
+        let tenant = request.extensions().get::<Tenant>().cloned();
+        watch_rpcs::watch_session(
+            &self.feeds.hub,
+            store,
+            tenant.as_ref(),
+            request.into_inner(),
+        )
+        .map(Response::new)
+    }
+
+    type WatchSessionsStream = watch_rpcs::Events<pb::SessionSummaryEvent>;
+
+    async fn watch_sessions(
+        &self,
+        request: Request<pb::WatchSessionsRequest>,
+    ) -> Result<Response<Self::WatchSessionsStream>, Status> {
+        let store = self.store_for(&request);
+        let tenant = request.extensions().get::<Tenant>().cloned();
+        watch_rpcs::watch_sessions(
+            &self.feeds.hub,
+            store,
+            tenant.as_ref(),
+            self.feeds.buffer,
+            request.into_inner(),
+        )
+        .map(Response::new)
     }
 
     async fn list_security_logs(

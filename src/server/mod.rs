@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::grpc::chat::ChatService;
 use crate::grpc::pb::chat_server::ChatServer;
 use crate::grpc::pb::session_store_server::SessionStoreServer;
-use crate::grpc::session_store::SessionStoreService;
+use crate::grpc::session_store::{Feeds, SessionStoreService};
 use crate::observability::metrics;
 use crate::server::auth::Tokens;
 use crate::server::listener::Listener;
@@ -23,8 +23,10 @@ use crate::server::load_shed::LoadShedLayer;
 use crate::server::rpc_telemetry::RpcTelemetryLayer;
 use crate::service::Policy;
 use crate::store::SessionStore;
+use crate::store::changes::{ChangeHub, Mechanism, poller};
 use crate::store::decorators::encrypted::{EncryptedStore, Keyring};
 use crate::store::decorators::metered::MeteredStore;
+use crate::store::decorators::notifying::NotifyingStore;
 use crate::store::stats_cache::StatsCache;
 use std::future::Future;
 use std::pin::Pin;
@@ -140,6 +142,31 @@ pub async fn serve(
              to refuse turns"
         );
     }
+    // Change feeds: the store's writes signal this sidecar's hub and the backend's bus;
+    // the bus (or the poller) brings other replicas' changes in.
+    let hub = ChangeHub::new(config.watch_max_watchers);
+    let bus = config
+        .storage
+        .bus()
+        .map_err(|e| ServeError::Store(e.to_string()))?;
+    let mechanism = bus.mechanism();
+    let store: Arc<dyn SessionStore> =
+        Arc::new(NotifyingStore::new(store, hub.clone(), bus.clone()));
+    let _listening = AbortOnDrop(tokio::spawn({
+        let hub = hub.clone();
+        async move { bus.listen(hub).await }
+    }));
+    let _polling = (mechanism == Mechanism::Polling).then(|| {
+        AbortOnDrop(tokio::spawn(poller::run(
+            store.clone(),
+            hub.clone(),
+            config.watch_poll_interval,
+        )))
+    });
+    tracing::info!(
+        changes = mechanism.describe(),
+        "change feeds between replicas"
+    );
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::report(&reporter, false, false).await;
     let checks = tokio::spawn(health::run_checks(
@@ -167,6 +194,10 @@ pub async fn serve(
             store.clone(),
             stats.clone(),
             Policy::from_config(config),
+            Feeds {
+                hub: hub.clone(),
+                buffer: config.watch_buffer,
+            },
         ))
         .max_decoding_message_size(size)
         .max_encoding_message_size(size),
@@ -218,9 +249,13 @@ pub async fn serve(
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let reporter = reporter.clone();
+        let hub = hub.clone();
         async move {
             shutdown.await;
             checks.abort();
+            // Watch streams would hold the shutdown for its whole grace: they end now,
+            // with UNAVAILABLE, and their clients resume on another replica.
+            hub.close();
             for service in [health::SERVER, health::SESSION_STORE, health::CHAT] {
                 reporter
                     .set_service_status(service, ServingStatus::NotServing)

@@ -6,6 +6,7 @@ pub mod chat_rules;
 pub mod import;
 pub mod policy;
 pub mod validate;
+pub mod watch;
 
 pub use policy::Policy;
 pub use validate::ValidationError;

@@ -1,5 +1,6 @@
 //! The `SessionStore` trait every backend implements, and the errors it returns.
 
+pub mod changes;
 pub mod decorators;
 #[cfg(feature = "dynamo")]
 pub mod dynamo;

@@ -6,6 +6,7 @@
 //! one are Cargo features, all on by default.
 
 use crate::settings::{ConfigError, Key, Values};
+use crate::store::changes::{ChangeBus, InProcessBus};
 use crate::store::{SessionStore, StoreResult};
 use async_trait::async_trait;
 use std::fmt;
@@ -71,6 +72,12 @@ pub trait Configured: Send + Sync {
     /// Opens the store. Connections are made lazily where the driver allows, so a
     /// backend that is down at start makes the sidecar NOT_SERVING rather than stopping it.
     async fn open(&self) -> StoreResult<Arc<dyn SessionStore>>;
+
+    /// The carrier of change signals between replicas sharing this backend (none for a
+    /// backend held by one process).
+    fn bus(&self) -> StoreResult<Arc<dyn ChangeBus>> {
+        Ok(Arc::new(InProcessBus))
+    }
 }
 
 /// The backend `type` names, or None.

@@ -3,4 +3,5 @@
 
 pub mod encrypted;
 pub mod metered;
+pub mod notifying;
 pub mod tenant;

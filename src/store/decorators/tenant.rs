@@ -21,6 +21,26 @@ const SEPARATOR: char = '\u{1f}';
 /// Sessions counted per listing page for a tenant's stats.
 const STATS_PAGE: u32 = 500;
 
+/// How the backend (and the change hub) knows session `id` of `tenant` (None: no tenant).
+pub fn stored_id(tenant: Option<&str>, id: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{tenant}{SEPARATOR}{id}"),
+        None => id.to_string(),
+    }
+}
+
+/// The id `tenant`'s client knows for the stored id `stored`.
+pub fn unscoped_id(tenant: Option<&str>, stored: &str) -> String {
+    match tenant {
+        Some(tenant) => stored
+            .strip_prefix(tenant)
+            .and_then(|rest| rest.strip_prefix(SEPARATOR))
+            .unwrap_or(stored)
+            .to_string(),
+        None => stored.to_string(),
+    }
+}
+
 /// One tenant's view of a store.
 pub struct TenantStore {
     inner: Arc<dyn SessionStore>,
@@ -50,7 +70,7 @@ impl TenantStore {
     }
 
     fn scoped(&self, id: &SessionId) -> SessionId {
-        SessionId::new(format!("{}{}", self.prefix, id.as_str()))
+        SessionId::new(stored_id(Some(&self.tenant), id.as_str()))
     }
 
     fn unscoped(&self, id: &SessionId) -> SessionId {

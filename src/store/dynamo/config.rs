@@ -80,4 +80,8 @@ impl Configured for DynamoOptions {
     async fn open(&self) -> StoreResult<Arc<dyn SessionStore>> {
         Ok(Arc::new(super::DynamoStore::new(self).await?))
     }
+
+    fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
+        Ok(Arc::new(crate::store::changes::PollingBus))
+    }
 }

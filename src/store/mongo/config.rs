@@ -82,4 +82,8 @@ impl Configured for MongoOptions {
     async fn open(&self) -> StoreResult<Arc<dyn SessionStore>> {
         Ok(Arc::new(super::MongoStore::new(self).await?))
     }
+
+    fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
+        Ok(Arc::new(crate::store::changes::PollingBus))
+    }
 }

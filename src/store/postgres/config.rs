@@ -103,4 +103,8 @@ impl Configured for PostgresOptions {
         store.spawn_sweeper(self.sweep_interval);
         Ok(store)
     }
+
+    fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
+        Ok(Arc::new(super::bus::PostgresBus::new(self)?))
+    }
 }

@@ -12,6 +12,7 @@
 //! them in bounded batches (`FOR UPDATE SKIP LOCKED`: concurrent sweepers take different
 //! rows).
 
+mod bus;
 mod config;
 mod record_items;
 mod schema;
@@ -255,7 +256,9 @@ enum Change {
 
 /// The TLS connector: the configured CA, else the public web roots. Whether TLS is used
 /// is the URL's `sslmode` (disable, prefer: the default, require).
-fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
+pub(super) fn tls(
+    ca_file: Option<&std::path::Path>,
+) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {

@@ -113,4 +113,8 @@ impl Configured for RedisOptions {
     async fn open(&self) -> StoreResult<Arc<dyn SessionStore>> {
         Ok(Arc::new(super::RedisStore::new(self)?))
     }
+
+    fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
+        Ok(Arc::new(super::bus::RedisBus::new(self)?))
+    }
 }

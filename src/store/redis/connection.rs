@@ -83,6 +83,51 @@ struct LazyCluster {
     connection: OnceCell<ClusterConnection>,
 }
 
+fn invalid(error: RedisError) -> StoreError {
+    StoreError::Internal(format!("invalid Redis configuration: {error}"))
+}
+
+/// The CA that `rediss://` trusts instead of the system roots, if one is configured.
+fn certificates(options: &RedisOptions) -> Result<Option<TlsCertificates>, StoreError> {
+    let Some(path) = &options.tls_ca_file else {
+        return Ok(None);
+    };
+    let root_cert = std::fs::read(path).map_err(|e| {
+        StoreError::Internal(format!(
+            "cannot read redis_tls_ca_file {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    }))
+}
+
+/// A client of one server at `address` with the configured database, credentials and TLS
+/// (a standalone server, or one Cluster node for Pub/Sub).
+pub fn standalone_client(
+    address: &str,
+    options: &RedisOptions,
+) -> Result<redis::Client, StoreError> {
+    let mut info = with_scheme(address)
+        .into_connection_info()
+        .map_err(invalid)?;
+    let mut settings = info.redis_settings().clone().set_db(options.db);
+    if let Some(username) = &options.username {
+        settings = settings.set_username(username);
+    }
+    if let Some(password) = &options.password {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    match certificates(options)? {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates),
+        None => redis::Client::open(info),
+    }
+    .map_err(invalid)
+}
+
 /// Connection, retry and timeout policy for one Redis deployment.
 pub struct Redis {
     connector: Connector,
@@ -103,37 +148,8 @@ impl Redis {
     pub fn new(options: &RedisOptions) -> Result<Self, StoreError> {
         // rediss:// needs a TLS crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let invalid =
-            |e: RedisError| StoreError::Internal(format!("invalid Redis configuration: {e}"));
-        let certificates = match &options.tls_ca_file {
-            Some(path) => Some(TlsCertificates {
-                client_tls: None,
-                root_cert: Some(std::fs::read(path).map_err(|e| {
-                    StoreError::Internal(format!(
-                        "cannot read redis_tls_ca_file {}: {e}",
-                        path.display()
-                    ))
-                })?),
-            }),
-            None => None,
-        };
         let connector = if options.cluster_nodes.is_empty() {
-            let mut info = with_scheme(&options.address)
-                .into_connection_info()
-                .map_err(invalid)?;
-            let mut settings = info.redis_settings().clone().set_db(options.db);
-            if let Some(username) = &options.username {
-                settings = settings.set_username(username);
-            }
-            if let Some(password) = &options.password {
-                settings = settings.set_password(password);
-            }
-            info = info.set_redis_settings(settings);
-            let client = match certificates {
-                Some(certificates) => redis::Client::build_with_tls(info, certificates),
-                None => redis::Client::open(info),
-            }
-            .map_err(invalid)?;
+            let client = standalone_client(&options.address, options)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.timeout))
                 .set_response_timeout(Some(options.timeout))
@@ -158,7 +174,7 @@ impl Redis {
             if let Some(password) = &options.password {
                 builder = builder.password(password);
             }
-            if let Some(certificates) = certificates {
+            if let Some(certificates) = certificates(options)? {
                 builder = builder.certs(certificates);
             }
             Connector::Cluster(Box::new(LazyCluster {

@@ -4,6 +4,7 @@
 //! of all keys change together in one round trip. An append sends only the new messages
 //! and pushes them onto a list: its cost does not depend on the session's length.
 
+mod bus;
 mod config;
 mod connection;
 mod keys;
