@@ -212,6 +212,11 @@ pub enum Window {
     AfterSeq(u64),
 }
 
+impl Window {
+    /// No message: a read of the session's header (version, counts, times, state).
+    pub const HEADER: Window = Window::AfterSeq(i64::MAX as u64);
+}
+
 /// A session as read from a store (messages limited to the requested window).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {

@@ -249,11 +249,13 @@ impl SessionFeed {
         let session = match read {
             Ok(session) => session,
             Err(StoreError::NotFound(_)) => {
+                let expired = self.expire.is_some_and(|at| at <= SystemTime::now());
+                // An absent session has what a new one starts with: a first write sends
+                // its messages and expiry, not empty system messages and state.
+                self.system = Some(digest(&Vec::<Message>::new()));
+                self.state = Some(digest(&JsonObject::new()));
+                self.expire = None;
                 if before.version > 0 {
-                    let expired = self.expire.is_some_and(|at| at <= SystemTime::now());
-                    self.system = None;
-                    self.state = None;
-                    self.expire = None;
                     let gone = if expired {
                         SessionChange::Expired
                     } else {
@@ -598,7 +600,7 @@ impl PrefixFeed {
             let id = (self.unscoped)(&stored);
             match self
                 .store
-                .get(&SessionId::new(id.clone()), Window::AfterSeq(u64::MAX))
+                .get(&SessionId::new(id.clone()), Window::HEADER)
                 .await
             {
                 Ok(session) => self.expiries.set(&stored, epoch_ms(session.expire_time)),

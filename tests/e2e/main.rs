@@ -30,3 +30,4 @@ mod reliability;
 mod sql_e2e;
 mod tls;
 mod unix_socket;
+mod watch;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::SystemTime;
 use tokio::sync::{Notify, watch};
 
 /// The hub of one sidecar.
@@ -59,9 +60,7 @@ impl ChangeHub {
     /// Wakes the watchers of `change.id` and queues the change for the prefix watchers
     /// it falls under.
     pub fn deliver(&self, change: &Change) {
-        if let Some(sender) = self.sessions.lock().get(&change.id) {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        self.wake(&change.id);
         let mut prefixes = self.prefixes.lock();
         prefixes.retain(|inbox| match inbox.upgrade() {
             Some(inbox) => {
@@ -72,6 +71,13 @@ impl ChangeHub {
             }
             None => false,
         });
+    }
+
+    /// Wakes the watchers of the session stored as `id` to read it again.
+    pub fn wake(&self, id: &str) {
+        if let Some(sender) = self.sessions.lock().get(id) {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Tells every watcher that changes may have been missed (the bus was down): session
@@ -133,6 +139,7 @@ impl ChangeHub {
         let admitted = self.admit()?;
         let inbox = Arc::new(PrefixInbox {
             prefix: prefix.to_string(),
+            since: SystemTime::now(),
             limit,
             pending: Mutex::new(Pending::default()),
             notify: Notify::new(),
@@ -150,16 +157,21 @@ impl ChangeHub {
         self.sessions.lock().keys().cloned().collect()
     }
 
-    /// The prefixes that have a watcher, for the poller.
-    pub fn watched_prefixes(&self) -> Vec<String> {
-        let mut prefixes: Vec<String> = self
+    /// The prefixes that have a watcher, each with when its first watcher came, for the
+    /// poller.
+    pub fn watched_prefixes(&self) -> Vec<(String, SystemTime)> {
+        let mut prefixes: Vec<(String, SystemTime)> = self
             .prefixes
             .lock()
             .iter()
-            .filter_map(|inbox| inbox.upgrade().map(|inbox| inbox.prefix.clone()))
+            .filter_map(|inbox| {
+                inbox
+                    .upgrade()
+                    .map(|inbox| (inbox.prefix.clone(), inbox.since))
+            })
             .collect();
         prefixes.sort();
-        prefixes.dedup();
+        prefixes.dedup_by(|later, earlier| later.0 == earlier.0);
         prefixes
     }
 
@@ -226,6 +238,7 @@ struct Pending {
 
 struct PrefixInbox {
     prefix: String,
+    since: SystemTime,
     limit: usize,
     pending: Mutex<Pending>,
     notify: Notify,

@@ -25,7 +25,7 @@ type Seen = (u64, u64, u64);
 /// Polls `store` (the backend as it is: stored ids) every `interval` until the hub closes.
 pub async fn run(store: Arc<dyn SessionStore>, hub: Arc<ChangeHub>, interval: Duration) {
     let mut sessions: HashMap<String, Option<Seen>> = HashMap::new();
-    let mut prefixes: HashMap<String, HashMap<String, Seen>> = HashMap::new();
+    let mut prefixes = HashMap::new();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -47,9 +47,7 @@ async fn poll_sessions(
     seen.retain(|id, _| watched.contains(id));
     let reads = futures::stream::iter(watched)
         .map(|id| async move {
-            let header = store
-                .get(&SessionId::new(id.clone()), Window::AfterSeq(u64::MAX))
-                .await;
+            let header = store.get(&SessionId::new(id.clone()), Window::HEADER).await;
             (id, header)
         })
         .buffer_unordered(CONCURRENT_READS)
@@ -68,13 +66,15 @@ async fn poll_sessions(
                 continue;
             }
         };
-        // A session seen for the first time is only remembered: its watcher read it.
-        let before = match seen.insert(id.clone(), now) {
-            Some(before) => before,
-            None => continue,
-        };
-        if let Some(change) = difference(&id, before, now) {
-            hub.deliver(&change);
+        match seen.insert(id.clone(), now) {
+            Some(before) => {
+                if let Some(change) = difference(&id, before, now) {
+                    hub.deliver(&change);
+                }
+            }
+            // A first look cannot tell what changed since the watcher read the session:
+            // its watchers are woken to compare (one read per new watcher).
+            None => hub.wake(&id),
         }
     }
 }
@@ -82,17 +82,31 @@ async fn poll_sessions(
 async fn poll_prefixes(
     store: &dyn SessionStore,
     hub: &ChangeHub,
-    seen: &mut HashMap<String, HashMap<String, Seen>>,
+    seen: &mut HashMap<String, HashMap<String, (Seen, u64)>>,
 ) {
     let watched = hub.watched_prefixes();
-    seen.retain(|prefix, _| watched.contains(prefix));
-    for prefix in watched {
+    seen.retain(|prefix, _| watched.iter().any(|(p, _)| p == prefix));
+    for (prefix, since) in watched {
         let Some(listed) = list_all(store, &prefix).await else {
             continue;
         };
         let Some(before) = seen.insert(prefix, listed.clone()) else {
+            // A first listing: what changed since the prefix was first watched (and a
+            // second before, for the clocks) is reported, the rest is the baseline.
+            let since = epoch_ms(since).saturating_sub(1000);
+            for (id, (now, updated_ms)) in &listed {
+                if *updated_ms >= since
+                    && let Some(change) = difference(id, None, Some(*now))
+                {
+                    hub.deliver(&change);
+                }
+            }
             continue;
         };
+        let (before, listed): (HashMap<String, Seen>, HashMap<String, Seen>) = (
+            before.into_iter().map(|(id, (s, _))| (id, s)).collect(),
+            listed.into_iter().map(|(id, (s, _))| (id, s)).collect(),
+        );
         for (id, now) in &listed {
             if let Some(change) = difference(id, before.get(id).copied(), Some(*now)) {
                 hub.deliver(&change);
@@ -108,7 +122,8 @@ async fn poll_prefixes(
     }
 }
 
-async fn list_all(store: &dyn SessionStore, prefix: &str) -> Option<HashMap<String, Seen>> {
+/// Every live session under `prefix`: what the poller compares, and its update time (ms).
+async fn list_all(store: &dyn SessionStore, prefix: &str) -> Option<HashMap<String, (Seen, u64)>> {
     let mut listed = HashMap::new();
     let mut page_token = None;
     loop {
@@ -129,7 +144,10 @@ async fn list_all(store: &dyn SessionStore, prefix: &str) -> Option<HashMap<Stri
         for s in page.sessions {
             listed.insert(
                 s.id.as_str().to_string(),
-                (s.version, s.message_count, epoch_ms(s.expire_time)),
+                (
+                    (s.version, s.message_count, epoch_ms(s.expire_time)),
+                    epoch_ms(s.update_time),
+                ),
             );
         }
         match page.next_page_token {

@@ -261,7 +261,7 @@ impl MongoStore {
         let from = match window {
             Window::All => 1,
             Window::LastN(n) => (count - i64::from(n) + 1).max(1),
-            Window::AfterSeq(seq) => (seq as i64).saturating_add(1),
+            Window::AfterSeq(seq) => i64::try_from(seq).unwrap_or(i64::MAX).saturating_add(1),
         };
         let mut messages = if from > count {
             Vec::new()
