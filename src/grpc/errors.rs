@@ -46,7 +46,9 @@ pub fn status_of_turn(error: TurnError) -> Status {
     let message = error.to_string();
     match error {
         TurnError::Invalid(message) => Status::invalid_argument(message),
-        TurnError::Precondition(_) | TurnError::NoProvider => Status::failed_precondition(message),
+        TurnError::Precondition(_) | TurnError::NoProvider | TurnError::HandedOff { .. } => {
+            Status::failed_precondition(message)
+        }
         TurnError::RateLimited { limited, .. } => retry_later(message, Some(limited.retry_after)),
         TurnError::Conflict { .. } => Status::aborted(message),
         TurnError::Store(error) => status_of(error),

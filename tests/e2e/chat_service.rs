@@ -592,3 +592,79 @@ async fn a_server_that_ignores_stream_still_streams_its_answer() {
     assert_eq!(done.assistant_message.unwrap().content, "all at once");
     assert_eq!(model.requests().await[0].body["stream"], json!(true));
 }
+
+/// Handoff: a human agent's client sets the state's "csai.handoff"; a bot turn already
+/// running is refused when it would store (nothing of it is stored), new turns are
+/// refused with FAILED_PRECONDITION naming the holder, and a release lets turns run again.
+#[tokio::test]
+async fn a_handed_off_session_refuses_bot_turns_until_released() {
+    let model = ScriptedModel::start(vec![
+        Reply::Text("first answer".into()),
+        Reply::Delayed(Duration::from_millis(800), Box::new(Reply::Text("too late".into()))),
+        Reply::Text("after the release".into()),
+    ])
+    .await;
+    let store = memory();
+    let (server, mut chat) = start(chat_config(&model), &store).await;
+    let mut sessions = server.sessions().await;
+    let id = unique("handoff");
+    chat.exec(ask(&id, "hello")).await.expect("a bot turn");
+
+    let take_over = |holder: serde_json::Value| pb::UpdateStateRequest {
+        session_id: id.clone(),
+        state: Some(csai_sidecar::grpc::convert::json_to_struct(
+            json!({ "csai.handoff": holder }).as_object().unwrap().clone(),
+        )),
+        mode: pb::StateUpdateMode::Merge as i32,
+        ..Default::default()
+    };
+    // A turn is running (its model answers in 800 ms) when the agent takes over.
+    let mut running = chat.clone();
+    let turn = tokio::spawn({
+        let id = id.clone();
+        async move { running.exec(ask(&id, "are you there?")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sessions
+        .update_state(take_over(json!({ "agent": "alice" })))
+        .await
+        .expect("take over");
+    let status = turn.await.unwrap().expect_err("the running turn is refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("alice"), "{status:?}");
+    let stored = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+            window: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(stored.messages.len(), 2, "nothing of the refused turn is stored");
+
+    // The agent writes; new bot turns are refused without calling the model.
+    sessions
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: vec![common::message(pb::Role::Assistant, "Alice here, I'll help.")],
+            ..Default::default()
+        })
+        .await
+        .expect("the agent's message");
+    let status = chat.exec(ask(&id, "thanks")).await.expect_err("refused");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("csai.handoff"), "{status:?}");
+    assert_eq!(model.requests().await.len(), 2, "no model call while handed off");
+
+    sessions
+        .update_state(take_over(serde_json::Value::Null))
+        .await
+        .expect("release");
+    let answer = chat.exec(ask(&id, "bot again?")).await.expect("turns run again");
+    assert_eq!(
+        answer.into_inner().assistant_message.unwrap().content,
+        "after the release"
+    );
+}

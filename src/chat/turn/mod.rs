@@ -141,6 +141,13 @@ pub enum TurnError {
         "session {session} changed while this turn ran (another turn or write); nothing of this turn was stored; retry the turn"
     )]
     Conflict { session: String },
+    #[error(
+        "session {session} is taken over by a human agent (state {HANDOFF_KEY:?} is {holder}); bot turns resume once it is released (UpdateState MERGE {{\"{HANDOFF_KEY}\": null}})"
+    )]
+    HandedOff {
+        session: String,
+        holder: serde_json::Value,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -194,6 +201,17 @@ struct Loaded {
     version: u64,
     system: Vec<Message>,
     messages: Vec<Message>,
+    /// The value of the state's [`HANDOFF_KEY`] while a human agent has the session.
+    handoff: Option<serde_json::Value>,
+}
+
+/// The state key by which a human agent takes a session over: while it is set (to
+/// anything but null), bot turns of the session are refused.
+pub const HANDOFF_KEY: &str = "csai.handoff";
+
+/// Who holds the session, if a human agent took it over.
+fn handoff_of(state: &crate::domain::JsonObject) -> Option<serde_json::Value> {
+    state.get(HANDOFF_KEY).filter(|v| !v.is_null()).cloned()
 }
 
 /// A tool call's function and arguments: identical calls share one answer in a turn.
@@ -284,6 +302,13 @@ impl ChatEngine {
             && let Some(outcome) = replay(&loaded.messages, request_id, loaded.version)
         {
             return Ok(outcome);
+        }
+        // After the replay check: a turn stored before the takeover still answers its retry.
+        if let Some(holder) = loaded.handoff.clone() {
+            return Err(TurnError::HandedOff {
+                session: request.session.to_string(),
+                holder,
+            });
         }
         if let TurnInput::User(user) = &request.input {
             // After the replay check: a retried turn is not a new one.

@@ -17,6 +17,7 @@ impl ChatEngine {
             match store.get(id, w).await {
                 Ok(session) => Ok(Loaded {
                     version: session.version,
+                    handoff: handoff_of(&session.state),
                     system: session.system_messages,
                     messages: session.messages,
                 }),
@@ -24,6 +25,7 @@ impl ChatEngine {
                     version: 0,
                     system: Vec::new(),
                     messages: Vec::new(),
+                    handoff: None,
                 }),
                 Err(e) => Err(TurnError::Store(e)),
             }
@@ -75,8 +77,14 @@ impl ChatEngine {
         let outcome = match store.append(&request.session, append).await {
             Ok(outcome) => outcome,
             Err(StoreError::VersionMismatch { .. }) => {
-                return Err(TurnError::Conflict {
-                    session: request.session.to_string(),
+                // A takeover during the turn bumped the version: it is the clearer reason.
+                let session = request.session.to_string();
+                return Err(match store.get(&request.session, Window::HEADER).await {
+                    Ok(now) => match handoff_of(&now.state) {
+                        Some(holder) => TurnError::HandedOff { session, holder },
+                        None => TurnError::Conflict { session },
+                    },
+                    Err(_) => TurnError::Conflict { session },
                 });
             }
             Err(e) => return Err(e.into()),
