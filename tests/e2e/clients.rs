@@ -115,6 +115,7 @@ fn check(stdout: &str, stored: &pb::Session) {
         "tool lookup_order",
         "answer Order 7 has shipped and arrives tomorrow.",
         "done finish=stop rounds=1 seqs 4..7 tokens ",
+        "watched seq 8: Is anyone watching?",
     ];
     assert_eq!(lines.len(), expected_prefixes.len(), "{stdout}");
     for (line, prefix) in lines.iter().zip(expected_prefixes) {
@@ -139,12 +140,12 @@ fn check(stdout: &str, stored: &pb::Session) {
         .expect("tokens");
     assert!(tokens > 0, "{}", lines[8]);
 
-    // What the sidecar stored: the bot's three messages, then the turn.
+    // What the sidecar stored: the bot's three messages, the turn, the watched append.
     let roles: Vec<i32> = stored.messages.iter().map(|m| m.role).collect();
     use pb::Role::*;
     assert_eq!(
         roles,
-        [User, Assistant, User, User, Assistant, Tool, Assistant].map(|r| r as i32),
+        [User, Assistant, User, User, Assistant, Tool, Assistant, User].map(|r| r as i32),
         "{stored:#?}"
     );
     let tool_result: serde_json::Value =

@@ -1,5 +1,5 @@
 """An example bot against csai-sidecar: health and reflection, appends and reads, the
-NOT_FOUND and ABORTED cases, and a streamed chat turn with one tool.
+NOT_FOUND and ABORTED cases, a streamed chat turn with one tool, and a change feed.
 
     pip install ./clients/python
     python clients/python/examples/bot.py 127.0.0.1:50051 customer-42
@@ -59,6 +59,15 @@ def main(target, session_id):
         print("answer", "".join(pieces))
         print(f"done finish={done.finish_reason} rounds={done.tool_rounds} "
               f"seqs {done.first_seq}..{done.last_seq} tokens {done.usage.total_tokens}")
+
+        # A change feed, as a human agent's console would follow the conversation: from
+        # what the bot has (nothing is sent again), then each change as it happens.
+        feed = sidecar.watch(session_id, after_seq=done.last_seq, version=done.version)
+        assert next(feed).HasField("caught_up")
+        sidecar.append(session_id, user("Is anyone watching?"))
+        appended = next(feed).appended.messages[0]
+        print(f"watched seq {appended.seq}: {appended.content}")
+        feed.close()
 
 
 if __name__ == "__main__":

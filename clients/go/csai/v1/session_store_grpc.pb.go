@@ -60,6 +60,27 @@ type SessionStoreClient interface {
 	// create_time (now when unset) and the remaining TTL; answers with one outcome per
 	// session when the stream ends.
 	ImportSessions(ctx context.Context, opts ...grpc.CallOption) (SessionStore_ImportSessionsClient, error)
+	// Streams the changes of one session: first the catch-up from the client's position
+	// (what it has not seen; everything when no position is given), then a caught_up
+	// event, then every change as it happens, through this sidecar or any replica sharing
+	// its backend. Events are derived from the stored session, so a client that resumes
+	// with the resume_token of the last event it processed gets no gap and never a
+	// message twice (a system_messages, state or expiry event may come again, whole).
+	// Several changes made while the client was not reading arrive collapsed into the
+	// next events. The stream ends with UNAVAILABLE when the sidecar shuts down (resume
+	// elsewhere with the last token), RESOURCE_EXHAUSTED when `watch_max_watchers`
+	// streams are open, INVALID_ARGUMENT for a token that is not a WatchSession token.
+	// The session may be absent: events start when it is written.
+	WatchSession(ctx context.Context, in *WatchSessionRequest, opts ...grpc.CallOption) (SessionStore_WatchSessionClient, error)
+	// Streams a summary of every change of the sessions whose id starts with id_prefix
+	// (every session when empty): created, appended (with the new last seq), replaced,
+	// system messages, state, touched, deleted, expired; for dashboards. A resume with
+	// the resume_token of the last event first lists the sessions changed since (kind
+	// CHANGED; sessions deleted meanwhile are not reported), then caught_up. A client
+	// that does not read while more than `watch_buffer` sessions change gets a
+	// FELL_BEHIND event, then the stream ends with RESOURCE_EXHAUSTED: resume with that
+	// event's token.
+	WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (SessionStore_WatchSessionsClient, error)
 }
 
 type sessionStoreClient struct {
@@ -253,6 +274,70 @@ func (x *sessionStoreImportSessionsClient) CloseAndRecv() (*ImportSessionsRespon
 	return m, nil
 }
 
+func (c *sessionStoreClient) WatchSession(ctx context.Context, in *WatchSessionRequest, opts ...grpc.CallOption) (SessionStore_WatchSessionClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_SessionStore_serviceDesc.Streams[2], "/csai.v1.SessionStore/WatchSession", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &sessionStoreWatchSessionClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type SessionStore_WatchSessionClient interface {
+	Recv() (*SessionEvent, error)
+	grpc.ClientStream
+}
+
+type sessionStoreWatchSessionClient struct {
+	grpc.ClientStream
+}
+
+func (x *sessionStoreWatchSessionClient) Recv() (*SessionEvent, error) {
+	m := new(SessionEvent)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *sessionStoreClient) WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (SessionStore_WatchSessionsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_SessionStore_serviceDesc.Streams[3], "/csai.v1.SessionStore/WatchSessions", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &sessionStoreWatchSessionsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type SessionStore_WatchSessionsClient interface {
+	Recv() (*SessionSummaryEvent, error)
+	grpc.ClientStream
+}
+
+type sessionStoreWatchSessionsClient struct {
+	grpc.ClientStream
+}
+
+func (x *sessionStoreWatchSessionsClient) Recv() (*SessionSummaryEvent, error) {
+	m := new(SessionSummaryEvent)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // SessionStoreServer is the server API for SessionStore service.
 // All implementations must embed UnimplementedSessionStoreServer
 // for forward compatibility
@@ -300,6 +385,27 @@ type SessionStoreServer interface {
 	// create_time (now when unset) and the remaining TTL; answers with one outcome per
 	// session when the stream ends.
 	ImportSessions(SessionStore_ImportSessionsServer) error
+	// Streams the changes of one session: first the catch-up from the client's position
+	// (what it has not seen; everything when no position is given), then a caught_up
+	// event, then every change as it happens, through this sidecar or any replica sharing
+	// its backend. Events are derived from the stored session, so a client that resumes
+	// with the resume_token of the last event it processed gets no gap and never a
+	// message twice (a system_messages, state or expiry event may come again, whole).
+	// Several changes made while the client was not reading arrive collapsed into the
+	// next events. The stream ends with UNAVAILABLE when the sidecar shuts down (resume
+	// elsewhere with the last token), RESOURCE_EXHAUSTED when `watch_max_watchers`
+	// streams are open, INVALID_ARGUMENT for a token that is not a WatchSession token.
+	// The session may be absent: events start when it is written.
+	WatchSession(*WatchSessionRequest, SessionStore_WatchSessionServer) error
+	// Streams a summary of every change of the sessions whose id starts with id_prefix
+	// (every session when empty): created, appended (with the new last seq), replaced,
+	// system messages, state, touched, deleted, expired; for dashboards. A resume with
+	// the resume_token of the last event first lists the sessions changed since (kind
+	// CHANGED; sessions deleted meanwhile are not reported), then caught_up. A client
+	// that does not read while more than `watch_buffer` sessions change gets a
+	// FELL_BEHIND event, then the stream ends with RESOURCE_EXHAUSTED: resume with that
+	// event's token.
+	WatchSessions(*WatchSessionsRequest, SessionStore_WatchSessionsServer) error
 	mustEmbedUnimplementedSessionStoreServer()
 }
 
@@ -351,6 +457,12 @@ func (UnimplementedSessionStoreServer) ExportSessions(*ExportSessionsRequest, Se
 }
 func (UnimplementedSessionStoreServer) ImportSessions(SessionStore_ImportSessionsServer) error {
 	return status.Errorf(codes.Unimplemented, "method ImportSessions not implemented")
+}
+func (UnimplementedSessionStoreServer) WatchSession(*WatchSessionRequest, SessionStore_WatchSessionServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchSession not implemented")
+}
+func (UnimplementedSessionStoreServer) WatchSessions(*WatchSessionsRequest, SessionStore_WatchSessionsServer) error {
+	return status.Errorf(codes.Unimplemented, "method WatchSessions not implemented")
 }
 func (UnimplementedSessionStoreServer) mustEmbedUnimplementedSessionStoreServer() {}
 
@@ -646,6 +758,48 @@ func (x *sessionStoreImportSessionsServer) Recv() (*ImportSessionsRequest, error
 	return m, nil
 }
 
+func _SessionStore_WatchSession_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchSessionRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SessionStoreServer).WatchSession(m, &sessionStoreWatchSessionServer{stream})
+}
+
+type SessionStore_WatchSessionServer interface {
+	Send(*SessionEvent) error
+	grpc.ServerStream
+}
+
+type sessionStoreWatchSessionServer struct {
+	grpc.ServerStream
+}
+
+func (x *sessionStoreWatchSessionServer) Send(m *SessionEvent) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _SessionStore_WatchSessions_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchSessionsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SessionStoreServer).WatchSessions(m, &sessionStoreWatchSessionsServer{stream})
+}
+
+type SessionStore_WatchSessionsServer interface {
+	Send(*SessionSummaryEvent) error
+	grpc.ServerStream
+}
+
+type sessionStoreWatchSessionsServer struct {
+	grpc.ServerStream
+}
+
+func (x *sessionStoreWatchSessionsServer) Send(m *SessionSummaryEvent) error {
+	return x.ServerStream.SendMsg(m)
+}
+
 var _SessionStore_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "csai.v1.SessionStore",
 	HandlerType: (*SessionStoreServer)(nil),
@@ -713,6 +867,16 @@ var _SessionStore_serviceDesc = grpc.ServiceDesc{
 			StreamName:    "ImportSessions",
 			Handler:       _SessionStore_ImportSessions_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "WatchSession",
+			Handler:       _SessionStore_WatchSession_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchSessions",
+			Handler:       _SessionStore_WatchSessions_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "csai/v1/session_store.proto",

@@ -121,11 +121,37 @@ func main() {
 	must(err)
 	fmt.Printf("aborted, retried at version %d -> %d\n", current.Version, retried.Version)
 
-	streamTurn(ctx, csaiv1.NewChatClient(conn), sessionID, "Where is order 7?")
+	done := streamTurn(ctx, csaiv1.NewChatClient(conn), sessionID, "Where is order 7?")
+	watchFeed(ctx, sessions, sessionID, done)
+}
+
+// watchFeed follows the session's change feed, as a human agent's console would: from
+// what the bot has (nothing is sent again), then each change as it happens. After a
+// broken stream, WatchSession again with the last event's ResumeToken.
+func watchFeed(ctx context.Context, sessions csaiv1.SessionStoreClient, sessionID string, done *csaiv1.ExecResponse) {
+	feedCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	feed, err := sessions.WatchSession(feedCtx, &csaiv1.WatchSessionRequest{
+		SessionId: sessionID, AfterSeq: done.LastSeq, Version: done.Version,
+	})
+	must(err)
+	first, err := feed.Recv()
+	must(err)
+	if !first.GetCaughtUp() {
+		log.Fatalf("expected caught_up first, got %v", first)
+	}
+	_, err = sessions.AppendMessages(ctx, &csaiv1.AppendMessagesRequest{
+		SessionId: sessionID, Messages: []*csaiv1.Message{user("Is anyone watching?")},
+	})
+	must(err)
+	event, err := feed.Recv()
+	must(err)
+	message := event.GetAppended().GetMessages()[0]
+	fmt.Printf("watched seq %d: %s\n", message.Seq, message.Content)
 }
 
 // streamTurn runs a whole chat turn over ExecStream, answering tool calls as they come.
-func streamTurn(ctx context.Context, chat csaiv1.ChatClient, sessionID, text string) {
+func streamTurn(ctx context.Context, chat csaiv1.ChatClient, sessionID, text string) *csaiv1.ExecResponse {
 	stream, err := chat.ExecStream(ctx)
 	must(err)
 	must(stream.Send(&csaiv1.ExecStreamRequest{Kind: &csaiv1.ExecStreamRequest_Start{Start: &csaiv1.ExecRequest{
@@ -161,7 +187,7 @@ func streamTurn(ctx context.Context, chat csaiv1.ChatClient, sessionID, text str
 			fmt.Println("answer", answer.String())
 			fmt.Printf("done finish=%s rounds=%d seqs %d..%d tokens %d\n", done.FinishReason,
 				done.ToolRounds, done.FirstSeq, done.LastSeq, done.Usage.GetTotalTokens())
-			return
+			return done
 		}
 	}
 }

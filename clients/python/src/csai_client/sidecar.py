@@ -3,7 +3,7 @@
 import os
 import queue
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -130,6 +130,53 @@ class Sidecar:
         except grpc.RpcError as error:
             raise error_from(error) from None
         return []
+
+    def watch(self, session_id: str, resume_token: str = "", after_seq: int = 0,
+              version: int = 0) -> Iterator[session_store_pb2.SessionEvent]:
+        """Yields the session's changes (`SessionEvent`): what the client does not have yet
+        (after `after_seq` and `version`, e.g. from `get`, or after `resume_token`), a
+        `caught_up` event, then every change as it happens, without end; `close()` the
+        generator to stop. When the stream breaks (UNAVAILABLE: the sidecar restarting) it
+        watches again from the last event's `resume_token`: no gap, no message twice."""
+        request = session_store_pb2.WatchSessionRequest(
+            session_id=session_id, resume_token=resume_token, after_seq=after_seq,
+            version=version)
+        return self._follow(self.sessions.WatchSession, request)
+
+    def watch_sessions(self, id_prefix: str = "",
+                       resume_token: str = "") -> Iterator[session_store_pb2.SessionSummaryEvent]:
+        """Yields a summary of every change of the sessions under `id_prefix`
+        (`SessionSummaryEvent`), without end. After a FELL_BEHIND event (the client read
+        too slowly) or a broken stream it watches again from the last event's token, so
+        the sessions changed meanwhile come as CHANGED events."""
+        request = session_store_pb2.WatchSessionsRequest(id_prefix=id_prefix,
+                                                         resume_token=resume_token)
+        return self._follow(self.sessions.WatchSessions, request)
+
+    def _follow(self, method, request):
+        attempt = 0
+        while True:
+            call = method(request, metadata=self.metadata)
+            fell_behind = False
+            try:
+                for event in call:
+                    attempt = 0
+                    request.resume_token = event.resume_token
+                    fell_behind = getattr(event, "kind", 0) == \
+                        session_store_pb2.SESSION_CHANGE_KIND_FELL_BEHIND
+                    yield event
+                return
+            except grpc.RpcError as error:
+                if fell_behind and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    continue
+                attempt += 1
+                pause = retry_pause(error, True, attempt, self.retries, float("inf"))
+                if pause is None:
+                    raise error_from(error) from None
+                self.retried += 1
+                time.sleep(pause)
+            finally:
+                call.cancel()
 
     def stream_turn(self, session_id: str, text: str, tools: Iterable[Tool] = (),
                     on_delta: Callable[[str], None] = lambda _text: None,

@@ -34,6 +34,13 @@ class ChatStub:
     Every message of a turn step (user, assistant, tool) is stored with one atomic append
     that checks the session version read at the start of the step: a concurrent turn on
     the same session fails with ABORTED and stores nothing.
+
+    Handoff to a human agent: while the session's state holds the key "csai.handoff" (set
+    it with UpdateState MERGE, to anything but null, e.g. {"agent": "alice"}), turns of
+    that session fail with FAILED_PRECONDITION, naming the value, and call no model; a turn
+    that was running when the key was set fails the same way when it would store, and
+    stores nothing. A retried turn that was stored before the takeover still returns its
+    stored answer. Release with UpdateState MERGE {"csai.handoff": null}.
     """
 
     def __init__(self, channel):
@@ -63,6 +70,13 @@ class ChatServicer:
     Every message of a turn step (user, assistant, tool) is stored with one atomic append
     that checks the session version read at the start of the step: a concurrent turn on
     the same session fails with ABORTED and stores nothing.
+
+    Handoff to a human agent: while the session's state holds the key "csai.handoff" (set
+    it with UpdateState MERGE, to anything but null, e.g. {"agent": "alice"}), turns of
+    that session fail with FAILED_PRECONDITION, naming the value, and call no model; a turn
+    that was running when the key was set fails the same way when it would store, and
+    stores nothing. A retried turn that was stored before the takeover still returns its
+    stored answer. Release with UpdateState MERGE {"csai.handoff": null}.
     """
 
     def Exec(self, request, context):
@@ -114,6 +128,13 @@ class Chat:
     Every message of a turn step (user, assistant, tool) is stored with one atomic append
     that checks the session version read at the start of the step: a concurrent turn on
     the same session fails with ABORTED and stores nothing.
+
+    Handoff to a human agent: while the session's state holds the key "csai.handoff" (set
+    it with UpdateState MERGE, to anything but null, e.g. {"agent": "alice"}), turns of
+    that session fail with FAILED_PRECONDITION, naming the value, and call no model; a turn
+    that was running when the key was set fails the same way when it would store, and
+    stores nothing. A retried turn that was stored before the takeover still returns its
+    stored answer. Release with UpdateState MERGE {"csai.handoff": null}.
     """
 
     @staticmethod

@@ -25,6 +25,21 @@ class ExistingSessions(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXISTING_SESSIONS_SKIP: _ClassVar[ExistingSessions]
     EXISTING_SESSIONS_OVERWRITE: _ClassVar[ExistingSessions]
     EXISTING_SESSIONS_FAIL: _ClassVar[ExistingSessions]
+
+class SessionChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_CHANGE_KIND_UNSPECIFIED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_CREATED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_APPENDED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_REPLACED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_SYSTEM_MESSAGES: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_STATE: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_TOUCHED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_DELETED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_EXPIRED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_CHANGED: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_CAUGHT_UP: _ClassVar[SessionChangeKind]
+    SESSION_CHANGE_KIND_FELL_BEHIND: _ClassVar[SessionChangeKind]
 STATE_UPDATE_MODE_UNSPECIFIED: StateUpdateMode
 STATE_UPDATE_MODE_REPLACE: StateUpdateMode
 STATE_UPDATE_MODE_MERGE: StateUpdateMode
@@ -32,6 +47,18 @@ EXISTING_SESSIONS_UNSPECIFIED: ExistingSessions
 EXISTING_SESSIONS_SKIP: ExistingSessions
 EXISTING_SESSIONS_OVERWRITE: ExistingSessions
 EXISTING_SESSIONS_FAIL: ExistingSessions
+SESSION_CHANGE_KIND_UNSPECIFIED: SessionChangeKind
+SESSION_CHANGE_KIND_CREATED: SessionChangeKind
+SESSION_CHANGE_KIND_APPENDED: SessionChangeKind
+SESSION_CHANGE_KIND_REPLACED: SessionChangeKind
+SESSION_CHANGE_KIND_SYSTEM_MESSAGES: SessionChangeKind
+SESSION_CHANGE_KIND_STATE: SessionChangeKind
+SESSION_CHANGE_KIND_TOUCHED: SessionChangeKind
+SESSION_CHANGE_KIND_DELETED: SessionChangeKind
+SESSION_CHANGE_KIND_EXPIRED: SessionChangeKind
+SESSION_CHANGE_KIND_CHANGED: SessionChangeKind
+SESSION_CHANGE_KIND_CAUGHT_UP: SessionChangeKind
+SESSION_CHANGE_KIND_FELL_BEHIND: SessionChangeKind
 
 class Session(_message.Message):
     __slots__ = ("session_id", "messages", "system_messages", "state", "version", "message_count", "create_time", "update_time", "expire_time")
@@ -422,3 +449,69 @@ class ImportSessionsResponse(_message.Message):
     skipped: int
     failed: int
     def __init__(self, outcomes: _Optional[_Iterable[_Union[ImportOutcome, _Mapping]]] = ..., imported: _Optional[int] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
+class WatchSessionRequest(_message.Message):
+    __slots__ = ("session_id", "resume_token", "after_seq", "version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    resume_token: str
+    after_seq: int
+    version: int
+    def __init__(self, session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., after_seq: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class SessionEvent(_message.Message):
+    __slots__ = ("version", "resume_token", "appended", "replaced", "system_messages", "state", "expire_time", "deleted", "expired", "caught_up")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    APPENDED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    resume_token: str
+    appended: MessageList
+    replaced: MessageList
+    system_messages: MessageList
+    state: _struct_pb2.Struct
+    expire_time: _timestamp_pb2.Timestamp
+    deleted: bool
+    expired: bool
+    caught_up: bool
+    def __init__(self, version: _Optional[int] = ..., resume_token: _Optional[str] = ..., appended: _Optional[_Union[MessageList, _Mapping]] = ..., replaced: _Optional[_Union[MessageList, _Mapping]] = ..., system_messages: _Optional[_Union[MessageList, _Mapping]] = ..., state: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted: _Optional[bool] = ..., expired: _Optional[bool] = ..., caught_up: _Optional[bool] = ...) -> None: ...
+
+class MessageList(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class WatchSessionsRequest(_message.Message):
+    __slots__ = ("id_prefix", "resume_token")
+    ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    id_prefix: str
+    resume_token: str
+    def __init__(self, id_prefix: _Optional[str] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class SessionSummaryEvent(_message.Message):
+    __slots__ = ("kind", "session_id", "version", "message_count", "expire_time", "resume_token")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    kind: SessionChangeKind
+    session_id: str
+    version: int
+    message_count: int
+    expire_time: _timestamp_pb2.Timestamp
+    resume_token: str
+    def __init__(self, kind: _Optional[_Union[SessionChangeKind, str]] = ..., session_id: _Optional[str] = ..., version: _Optional[int] = ..., message_count: _Optional[int] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_token: _Optional[str] = ...) -> None: ...

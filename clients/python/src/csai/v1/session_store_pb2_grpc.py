@@ -120,6 +120,16 @@ class SessionStoreStub:
                 request_serializer=csai_dot_v1_dot_session__store__pb2.ImportSessionsRequest.SerializeToString,
                 response_deserializer=csai_dot_v1_dot_session__store__pb2.ImportSessionsResponse.FromString,
                 _registered_method=True)
+        self.WatchSession = channel.unary_stream(
+                '/csai.v1.SessionStore/WatchSession',
+                request_serializer=csai_dot_v1_dot_session__store__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=csai_dot_v1_dot_session__store__pb2.SessionEvent.FromString,
+                _registered_method=True)
+        self.WatchSessions = channel.unary_stream(
+                '/csai.v1.SessionStore/WatchSessions',
+                request_serializer=csai_dot_v1_dot_session__store__pb2.WatchSessionsRequest.SerializeToString,
+                response_deserializer=csai_dot_v1_dot_session__store__pb2.SessionSummaryEvent.FromString,
+                _registered_method=True)
 
 
 class SessionStoreServicer:
@@ -254,6 +264,37 @@ class SessionStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSession(self, request, context):
+        """Streams the changes of one session: first the catch-up from the client's position
+        (what it has not seen; everything when no position is given), then a caught_up
+        event, then every change as it happens, through this sidecar or any replica sharing
+        its backend. Events are derived from the stored session, so a client that resumes
+        with the resume_token of the last event it processed gets no gap and never a
+        message twice (a system_messages, state or expiry event may come again, whole).
+        Several changes made while the client was not reading arrive collapsed into the
+        next events. The stream ends with UNAVAILABLE when the sidecar shuts down (resume
+        elsewhere with the last token), RESOURCE_EXHAUSTED when `watch_max_watchers`
+        streams are open, INVALID_ARGUMENT for a token that is not a WatchSession token.
+        The session may be absent: events start when it is written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSessions(self, request, context):
+        """Streams a summary of every change of the sessions whose id starts with id_prefix
+        (every session when empty): created, appended (with the new last seq), replaced,
+        system messages, state, touched, deleted, expired; for dashboards. A resume with
+        the resume_token of the last event first lists the sessions changed since (kind
+        CHANGED; sessions deleted meanwhile are not reported), then caught_up. A client
+        that does not read while more than `watch_buffer` sessions change gets a
+        FELL_BEHIND event, then the stream ends with RESOURCE_EXHAUSTED: resume with that
+        event's token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -331,6 +372,16 @@ def add_SessionStoreServicer_to_server(servicer, server):
                     servicer.ImportSessions,
                     request_deserializer=csai_dot_v1_dot_session__store__pb2.ImportSessionsRequest.FromString,
                     response_serializer=csai_dot_v1_dot_session__store__pb2.ImportSessionsResponse.SerializeToString,
+            ),
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=csai_dot_v1_dot_session__store__pb2.WatchSessionRequest.FromString,
+                    response_serializer=csai_dot_v1_dot_session__store__pb2.SessionEvent.SerializeToString,
+            ),
+            'WatchSessions': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSessions,
+                    request_deserializer=csai_dot_v1_dot_session__store__pb2.WatchSessionsRequest.FromString,
+                    response_serializer=csai_dot_v1_dot_session__store__pb2.SessionSummaryEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -749,6 +800,60 @@ class SessionStore:
             '/csai.v1.SessionStore/ImportSessions',
             csai_dot_v1_dot_session__store__pb2.ImportSessionsRequest.SerializeToString,
             csai_dot_v1_dot_session__store__pb2.ImportSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/csai.v1.SessionStore/WatchSession',
+            csai_dot_v1_dot_session__store__pb2.WatchSessionRequest.SerializeToString,
+            csai_dot_v1_dot_session__store__pb2.SessionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/csai.v1.SessionStore/WatchSessions',
+            csai_dot_v1_dot_session__store__pb2.WatchSessionsRequest.SerializeToString,
+            csai_dot_v1_dot_session__store__pb2.SessionSummaryEvent.FromString,
             options,
             channel_credentials,
             insecure,
