@@ -600,7 +600,10 @@ async fn a_server_that_ignores_stream_still_streams_its_answer() {
 async fn a_handed_off_session_refuses_bot_turns_until_released() {
     let model = ScriptedModel::start(vec![
         Reply::Text("first answer".into()),
-        Reply::Delayed(Duration::from_millis(800), Box::new(Reply::Text("too late".into()))),
+        Reply::Delayed(
+            Duration::from_millis(800),
+            Box::new(Reply::Text("too late".into())),
+        ),
         Reply::Text("after the release".into()),
     ])
     .await;
@@ -613,7 +616,10 @@ async fn a_handed_off_session_refuses_bot_turns_until_released() {
     let take_over = |holder: serde_json::Value| pb::UpdateStateRequest {
         session_id: id.clone(),
         state: Some(csai_sidecar::grpc::convert::json_to_struct(
-            json!({ "csai.handoff": holder }).as_object().unwrap().clone(),
+            json!({ "csai.handoff": holder })
+                .as_object()
+                .unwrap()
+                .clone(),
         )),
         mode: pb::StateUpdateMode::Merge as i32,
         ..Default::default()
@@ -629,7 +635,10 @@ async fn a_handed_off_session_refuses_bot_turns_until_released() {
         .update_state(take_over(json!({ "agent": "alice" })))
         .await
         .expect("take over");
-    let status = turn.await.unwrap().expect_err("the running turn is refused");
+    let status = turn
+        .await
+        .unwrap()
+        .expect_err("the running turn is refused");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("alice"), "{status:?}");
     let stored = sessions
@@ -642,13 +651,20 @@ async fn a_handed_off_session_refuses_bot_turns_until_released() {
         .into_inner()
         .session
         .unwrap();
-    assert_eq!(stored.messages.len(), 2, "nothing of the refused turn is stored");
+    assert_eq!(
+        stored.messages.len(),
+        2,
+        "nothing of the refused turn is stored"
+    );
 
     // The agent writes; new bot turns are refused without calling the model.
     sessions
         .append_messages(pb::AppendMessagesRequest {
             session_id: id.clone(),
-            messages: vec![common::message(pb::Role::Assistant, "Alice here, I'll help.")],
+            messages: vec![common::message(
+                pb::Role::Assistant,
+                "Alice here, I'll help.",
+            )],
             ..Default::default()
         })
         .await
@@ -656,13 +672,20 @@ async fn a_handed_off_session_refuses_bot_turns_until_released() {
     let status = chat.exec(ask(&id, "thanks")).await.expect_err("refused");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("csai.handoff"), "{status:?}");
-    assert_eq!(model.requests().await.len(), 2, "no model call while handed off");
+    assert_eq!(
+        model.requests().await.len(),
+        2,
+        "no model call while handed off"
+    );
 
     sessions
         .update_state(take_over(serde_json::Value::Null))
         .await
         .expect("release");
-    let answer = chat.exec(ask(&id, "bot again?")).await.expect("turns run again");
+    let answer = chat
+        .exec(ask(&id, "bot again?"))
+        .await
+        .expect("turns run again");
     assert_eq!(
         answer.into_inner().assistant_message.unwrap().content,
         "after the release"

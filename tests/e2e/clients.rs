@@ -145,7 +145,10 @@ fn check(stdout: &str, stored: &pb::Session) {
     use pb::Role::*;
     assert_eq!(
         roles,
-        [User, Assistant, User, User, Assistant, Tool, Assistant, User].map(|r| r as i32),
+        [
+            User, Assistant, User, User, Assistant, Tool, Assistant, User
+        ]
+        .map(|r| r as i32),
         "{stored:#?}"
     );
     let tool_result: serde_json::Value =

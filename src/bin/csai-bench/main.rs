@@ -9,6 +9,7 @@ mod local_llm;
 mod memory;
 mod overload;
 mod report;
+mod watch;
 
 use clap::{Parser, ValueEnum};
 use csai_sidecar::chat::completion::Sampling;
@@ -117,6 +118,15 @@ struct Args {
     /// limit, and report throughput, shed requests and peak RSS of each.
     #[arg(long)]
     overload_limit: Option<usize>,
+    /// Instead of load: this many WatchSession watchers on --sessions sessions while
+    /// appends run at --rate (default 200/s) for --duration, through the same sidecar and,
+    /// on a backend shared by replicas, through a second one; rows of delivery latency.
+    #[arg(long)]
+    watchers: Option<usize>,
+    /// Instead of load (or after --watchers): open this many idle watchers on a sidecar
+    /// child process and report its RSS per watcher.
+    #[arg(long)]
+    idle_watchers: Option<usize>,
     /// The csai-sidecar binary for --memory-messages and --overload-limit (default: next
     /// to csai-bench).
     #[arg(long)]
@@ -280,6 +290,9 @@ async fn run(args: Args) -> Result<(), String> {
         }
         return Ok(());
     }
+    if args.watchers.is_some() || args.idle_watchers.is_some() {
+        return watch_runs(&args, &binary).await;
+    }
     let mut config = config(&args)?;
     let model_url =
         if args.ops.contains(&Op::Chat) || args.mix.iter().any(|(op, _)| *op == Op::Chat) {
@@ -374,6 +387,54 @@ async fn run(args: Args) -> Result<(), String> {
         println!("{}", serde_json::to_string_pretty(&output).expect("JSON"));
     } else {
         print!("{}", report::table(&rows));
+    }
+    Ok(())
+}
+
+/// The change-feed rows (--watchers) and the idle-watcher memory line (--idle-watchers).
+async fn watch_runs(args: &Args, binary: &std::path::PathBuf) -> Result<(), String> {
+    let mut rows = Vec::new();
+    if let Some(watchers) = args.watchers {
+        let config = config(args)?;
+        let plan = watch::Plan {
+            watchers,
+            sessions: args.sessions,
+            rate: args.rate.unwrap_or(200.0),
+            duration: args.duration,
+            payload: args.payload,
+        };
+        let run_id = format!("bench-{}", std::process::id());
+        let store = server::open_store(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = serve_in_process(&config, &store).await?;
+        let watching = watch::channels(&url, watchers).await?;
+        let writer = DialOptions::default().connect(&url).await?;
+        let name = format!("watch {} in one sidecar", args.backend);
+        rows.push(
+            watch::delivery(&name, &watching, writer, &plan, &format!("{run_id}-one")).await?,
+        );
+        // A second replica on the same backend: its own store, connections and hub.
+        let shared = config.storage.backend.persistent && config.storage.backend.name != "sqlite";
+        if shared {
+            let other = server::open_store(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            let other_url = serve_in_process(&config, &other).await?;
+            let writer = DialOptions::default().connect(&other_url).await?;
+            let name = format!("watch {} across replicas", args.backend);
+            rows.push(
+                watch::delivery(&name, &watching, writer, &plan, &format!("{run_id}-two")).await?,
+            );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+    } else if !rows.is_empty() {
+        print!("{}", report::table(&rows));
+    }
+    if let Some(count) = args.idle_watchers {
+        print!("{}", watch::idle_memory(binary, count).await?);
     }
     Ok(())
 }
