@@ -200,12 +200,16 @@ async fn both_example_bots_reach_a_sidecar_on_a_unix_socket() {
 
 /// Runs `clients/python/tests/check_client.py MODE TARGET`; its output, checked to succeed.
 async fn check_client(mode: &str, target: &str) -> tokio::process::Child {
+    check_client_with(&[mode, target])
+}
+
+fn check_client_with(args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(required_env("CSAI_TEST_CLIENT_PYTHON"))
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/clients/python/tests/check_client.py"
         ))
-        .args([mode, target])
+        .args(args)
         .env_remove("CSAI_SIDECAR_ADDRESS")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -239,6 +243,37 @@ async fn the_python_client_retries_until_the_sidecar_listens() {
         .parse()
         .expect("a count");
     assert!(retried >= 1, "{lines:?}");
+}
+
+/// `Sidecar.watch` follows a session across a sidecar restart (SQLite keeps the data):
+/// the stream breaks, the client watches again from its last token, and gets the message
+/// written after the restart, with no gap and none twice.
+#[tokio::test]
+async fn the_python_clients_feed_resumes_across_a_sidecar_restart() {
+    let folder = std::env::temp_dir().join(format!("csai-py-feed-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let vars = [
+        ("CSAI_STORAGE_TYPE", "sqlite".to_string()),
+        ("CSAI_SQLITE_PATH", folder.join("sessions.db").display().to_string()),
+    ];
+    let (mut first, _) = SidecarProcess::spawn(&vars).await;
+    let target = format!("127.0.0.1:{}", first.port);
+    let client = check_client_with(&["watch", &target, &folder.display().to_string()]);
+    let ready = folder.join("ready");
+    for _ in 0..600 {
+        if ready.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready.exists(), "the client did not read its first two messages");
+    first.stop_and_read_logs();
+    let (_second, _) =
+        SidecarProcess::spawn_listening(Listening::Port(first.port), &vars).await;
+    std::fs::write(folder.join("restarted"), b"").unwrap();
+    let lines = lines_of(client).await;
+    assert_eq!(lines, ["seqs 1 2 3 resumed True"]);
+    let _ = std::fs::remove_dir_all(&folder);
 }
 
 #[tokio::test]

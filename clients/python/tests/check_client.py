@@ -3,9 +3,12 @@ starts the sidecar and the scripted model and checks the lines printed here.
 
     check_client.py retry TARGET      one health call, started before the sidecar listens
     check_client.py behaviour TARGET  typed errors, tool errors, stream deadlines, asyncio
+    check_client.py watch TARGET DIR  a change feed that resumes across a sidecar restart
+                                      (handshake files in DIR: ready, restarted)
 """
 
 import asyncio
+import os
 import sys
 import time
 
@@ -28,6 +31,25 @@ SCHEMA = {"type": "object", "properties": {"order_id": {"type": "integer"}}}
 def retry(target):
     with Sidecar(target, timeout=30, retries=30) as sidecar:
         print("health", sidecar.health(), "retried", sidecar.retried)
+
+
+def watch(target, folder):
+    with Sidecar(target, timeout=30, retries=30) as sidecar:
+        feed = sidecar.watch("py-feed")
+        assert next(feed).HasField("caught_up")
+        sidecar.append("py-feed", user("one"), user("two"), request_id="py-feed-1")
+        seqs = []
+        while len(seqs) < 2:
+            seqs += [m.seq for m in next(feed).appended.messages]
+        # The test restarts the sidecar now; the feed's stream breaks under it.
+        open(os.path.join(folder, "ready"), "w").close()
+        while not os.path.exists(os.path.join(folder, "restarted")):
+            time.sleep(0.05)
+        sidecar.append("py-feed", user("three"), request_id="py-feed-2")
+        while len(seqs) < 3:
+            seqs += [m.seq for m in next(feed).appended.messages]
+        feed.close()
+        print("seqs", *seqs, "resumed", sidecar.retried > 0)
 
 
 def behaviour(target):
@@ -87,4 +109,4 @@ async def behaviour_async(target):
 
 
 if __name__ == "__main__":
-    {"retry": retry, "behaviour": behaviour}[sys.argv[1]](sys.argv[2])
+    {"retry": retry, "behaviour": behaviour, "watch": watch}[sys.argv[1]](*sys.argv[2:])

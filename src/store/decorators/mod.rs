@@ -1,5 +1,5 @@
 //! Stores that wrap any store for one cross-cutting concern: a tenant's view, timing and
-//! slow-operation warnings, encryption at rest.
+//! slow-operation warnings, change signals, encryption at rest.
 
 pub mod encrypted;
 pub mod metered;
