@@ -77,7 +77,7 @@ fn session_event(event: SessionEvent) -> pb::SessionEvent {
         SessionChange::Replaced(list) => Change::Replaced(messages(list)),
         SessionChange::SystemMessages(list) => Change::SystemMessages(messages(list)),
         SessionChange::State(state) => Change::State(convert::json_to_struct(state)),
-        SessionChange::Expiry(at) => Change::ExpireTime(timestamp(at)),
+        SessionChange::Touched => Change::Touched(true),
         SessionChange::Deleted => Change::Deleted(true),
         SessionChange::Expired => Change::Expired(true),
         SessionChange::CaughtUp => Change::CaughtUp(true),
@@ -85,6 +85,7 @@ fn session_event(event: SessionEvent) -> pb::SessionEvent {
     pb::SessionEvent {
         version: event.version,
         resume_token: event.resume_token,
+        expire_time: event.expire_time.map(timestamp),
         change: Some(change),
     }
 }

@@ -62,7 +62,8 @@ pub enum SessionChange {
     SystemMessages(Vec<Message>),
     /// The whole state after the change.
     State(JsonObject),
-    Expiry(SystemTime),
+    /// Only the expiry changed.
+    Touched,
     Deleted,
     Expired,
     /// The catch-up is over: live changes follow.
@@ -75,6 +76,8 @@ pub struct SessionEvent {
     pub change: SessionChange,
     /// The session's version once the client has this event and those before it.
     pub version: u64,
+    /// When the session expires, as of this event (None while it does not exist).
+    pub expire_time: Option<SystemTime>,
     /// Where a new WatchSession resumes after this event.
     pub resume_token: String,
 }
@@ -230,6 +233,7 @@ impl SessionFeed {
         self.queue.push_back(SessionEvent {
             change,
             version: at.version,
+            expire_time: self.expire,
             resume_token: at.token(),
         });
     }
@@ -336,7 +340,10 @@ impl SessionFeed {
         }
         if self.expire != Some(session.expire_time) {
             self.expire = Some(session.expire_time);
-            changes.push((SessionChange::Expiry(session.expire_time), at));
+            // Every event says the expiry: its own event only when nothing else changed.
+            if changes.is_empty() {
+                changes.push((SessionChange::Touched, at));
+            }
         }
         let count = changes.len();
         for (i, (change, mut at)) in changes.into_iter().enumerate() {

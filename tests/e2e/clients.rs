@@ -250,11 +250,18 @@ async fn the_python_client_retries_until_the_sidecar_listens() {
 /// written after the restart, with no gap and none twice.
 #[tokio::test]
 async fn the_python_clients_feed_resumes_across_a_sidecar_restart() {
-    let folder = std::env::temp_dir().join(format!("csai-py-feed-{}-{}", std::process::id(), free_port()));
+    let folder = std::env::temp_dir().join(format!(
+        "csai-py-feed-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&folder).unwrap();
     let vars = [
         ("CSAI_STORAGE_TYPE", "sqlite".to_string()),
-        ("CSAI_SQLITE_PATH", folder.join("sessions.db").display().to_string()),
+        (
+            "CSAI_SQLITE_PATH",
+            folder.join("sessions.db").display().to_string(),
+        ),
     ];
     let (mut first, _) = SidecarProcess::spawn(&vars).await;
     let target = format!("127.0.0.1:{}", first.port);
@@ -266,10 +273,12 @@ async fn the_python_clients_feed_resumes_across_a_sidecar_restart() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(ready.exists(), "the client did not read its first two messages");
+    assert!(
+        ready.exists(),
+        "the client did not read its first two messages"
+    );
     first.stop_and_read_logs();
-    let (_second, _) =
-        SidecarProcess::spawn_listening(Listening::Port(first.port), &vars).await;
+    let (_second, _) = SidecarProcess::spawn_listening(Listening::Port(first.port), &vars).await;
     std::fs::write(folder.join("restarted"), b"").unwrap();
     let lines = lines_of(client).await;
     assert_eq!(lines, ["seqs 1 2 3 resumed True"]);

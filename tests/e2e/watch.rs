@@ -100,6 +100,8 @@ struct Mirror {
     version: u64,
     token: String,
     gone: Option<&'static str>,
+    expire_time: Option<prost_types::Timestamp>,
+    touches: usize,
 }
 
 impl Mirror {
@@ -118,6 +120,7 @@ impl Mirror {
                 self.gone = None;
             }
             Change::State(state) => self.state = Some(state.clone()),
+            Change::Touched(_) => self.touches += 1,
             Change::Deleted(_) | Change::Expired(_) => {
                 self.seqs.clear();
                 self.contents.clear();
@@ -131,6 +134,7 @@ impl Mirror {
         }
         self.version = event.version;
         self.token = event.resume_token;
+        self.expire_time = event.expire_time;
         change
     }
 
@@ -249,9 +253,37 @@ async fn feeds_follow_writes(
     assert_eq!(mirror.version, updated.version);
 
     // Live again.
-    append(writer, &id, &["six"]).await;
+    let six = writer
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: vec![user("six")],
+            ..Default::default()
+        })
+        .await
+        .expect("append")
+        .into_inner();
     mirror.follow(&mut stream, |m| m.seqs.len() == 6).await;
     assert_eq!(mirror.seqs, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        mirror.expire_time, six.expire_time,
+        "every event says the expiry"
+    );
+
+    // Only the expiry changes: one touched event, the version unchanged.
+    let touched = writer
+        .touch_session(pb::TouchSessionRequest {
+            session_id: id.clone(),
+            ttl: Some(prost_types::Duration {
+                seconds: 7200,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("touch")
+        .into_inner();
+    mirror.follow(&mut stream, |m| m.touches == 1).await;
+    assert_eq!(mirror.expire_time, touched.expire_time);
+    assert_eq!(mirror.version, six.version);
 
     // The dashboard saw the appends (latest per session) and the state change.
     let mut last_count = 0;

@@ -463,28 +463,30 @@ class WatchSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., resume_token: _Optional[str] = ..., after_seq: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("version", "resume_token", "appended", "replaced", "system_messages", "state", "expire_time", "deleted", "expired", "caught_up")
+    __slots__ = ("version", "resume_token", "appended", "replaced", "system_messages", "state", "touched", "deleted", "expired", "caught_up", "expire_time")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     APPENDED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TOUCHED_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     version: int
     resume_token: str
     appended: MessageList
     replaced: MessageList
     system_messages: MessageList
     state: _struct_pb2.Struct
-    expire_time: _timestamp_pb2.Timestamp
+    touched: bool
     deleted: bool
     expired: bool
     caught_up: bool
-    def __init__(self, version: _Optional[int] = ..., resume_token: _Optional[str] = ..., appended: _Optional[_Union[MessageList, _Mapping]] = ..., replaced: _Optional[_Union[MessageList, _Mapping]] = ..., system_messages: _Optional[_Union[MessageList, _Mapping]] = ..., state: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted: _Optional[bool] = ..., expired: _Optional[bool] = ..., caught_up: _Optional[bool] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., resume_token: _Optional[str] = ..., appended: _Optional[_Union[MessageList, _Mapping]] = ..., replaced: _Optional[_Union[MessageList, _Mapping]] = ..., system_messages: _Optional[_Union[MessageList, _Mapping]] = ..., state: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., touched: _Optional[bool] = ..., deleted: _Optional[bool] = ..., expired: _Optional[bool] = ..., caught_up: _Optional[bool] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class MessageList(_message.Message):
     __slots__ = ("messages",)
