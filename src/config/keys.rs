@@ -134,7 +134,7 @@ pub const KEYS: &[Key] = &[
         "max_concurrent_requests",
         "CSAI_MAX_CONCURRENT_REQUESTS",
         "1000",
-        "RPCs in flight at once; more are refused at once with RESOURCE_EXHAUSTED (health checks never are; 0 = no limit)",
+        "RPCs in flight at once; more are refused at once with RESOURCE_EXHAUSTED (health checks never are; change feeds count against watch_max_watchers instead; 0 = no limit)",
     ),
     key(
         "max_grpc_message_size",

@@ -1,7 +1,9 @@
 //! Load shedding: at most `max_concurrent_requests` RPCs in flight; the next ones are
 //! refused at once with RESOURCE_EXHAUSTED instead of queueing without bound. Health
 //! `Watch` and reflection streams have small pools of their own, so neither can take
-//! capacity from the csai services (nor starve each other).
+//! capacity from the csai services (nor starve each other). Change feeds (WatchSession,
+//! WatchSessions) are long-lived and idle mostly: the hub admits at most
+//! `watch_max_watchers` of them, and they never take a place of the requests.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,6 +62,10 @@ impl LoadShedLayer {
             None
         } else if path.starts_with("/grpc.reflection.") {
             Some(&self.reflection)
+        } else if path == "/csai.v1.SessionStore/WatchSession"
+            || path == "/csai.v1.SessionStore/WatchSessions"
+        {
+            None
         } else {
             self.requests.as_ref()
         }

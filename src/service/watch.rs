@@ -28,6 +28,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 const RESUME_SKEW: Duration = Duration::from_secs(5);
 /// Sessions whose expiry one WatchSessions stream keeps track of, at most.
 const EXPIRIES_TRACKED: usize = 100_000;
+/// How often a feed looks again at a session whose expiry has passed by this sidecar's
+/// clock but not yet by the backend's.
+const EXPIRY_RECHECK: Duration = Duration::from_millis(100);
 /// Sessions per page of a WatchSessions catch-up listing.
 const CATCH_UP_PAGE: u32 = 500;
 
@@ -168,6 +171,7 @@ pub fn watch_session(
         queue: VecDeque::new(),
         started: false,
         ended: false,
+        expiry_checked: tokio::time::Instant::now(),
     };
     Ok(stream::unfold(feed, |mut feed| async move {
         let next = feed.next().await?;
@@ -188,6 +192,8 @@ struct SessionFeed {
     queue: VecDeque<SessionEvent>,
     started: bool,
     ended: bool,
+    /// When the expiry timer last woke the feed.
+    expiry_checked: tokio::time::Instant,
 }
 
 impl SessionFeed {
@@ -200,14 +206,20 @@ impl SessionFeed {
                 return Some(Ok(event));
             }
             if self.started {
+                // A backend whose clock lags ours still has the session when its expiry
+                // has passed here: look again at most every EXPIRY_RECHECK meanwhile.
                 let expiry = self.expire.map(|at| {
                     let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::Instant::now() + wait + Duration::from_millis(5)
+                    let due = tokio::time::Instant::now() + wait + Duration::from_millis(5);
+                    due.max(self.expiry_checked + EXPIRY_RECHECK)
                 });
                 let changed = match expiry {
                     Some(deadline) => tokio::select! {
                         changed = self.subscription.changed() => changed,
-                        _ = tokio::time::sleep_until(deadline) => true,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.expiry_checked = tokio::time::Instant::now();
+                            true
+                        }
                     },
                     None => self.subscription.changed().await,
                 };
@@ -243,13 +255,14 @@ impl SessionFeed {
     /// sends again what came after it.
     async fn refresh(&mut self) -> StoreResult<()> {
         let before = self.at;
+        let window = Window::AfterSeq(before.after_seq.saturating_sub(1));
+        let (store, id) = (&self.store, &self.id);
         let read = self
-            .store
-            .get(
-                &self.id,
-                Window::AfterSeq(before.after_seq.saturating_sub(1)),
-            )
-            .await;
+            .subscription
+            .shared_read(before.after_seq)
+            .get_or_init(|| store.get(id, window))
+            .await
+            .clone();
         let session = match read {
             Ok(session) => session,
             Err(StoreError::NotFound(_)) => {
@@ -603,14 +616,19 @@ impl PrefixFeed {
 
     /// Reports the sessions whose expiry passed, unless a write extended them.
     async fn check_expiries(&mut self) -> StoreResult<()> {
-        for stored in self.expiries.due(epoch_ms(SystemTime::now())) {
+        let now_ms = epoch_ms(SystemTime::now());
+        for stored in self.expiries.due(now_ms) {
             let id = (self.unscoped)(&stored);
             match self
                 .store
                 .get(&SessionId::new(id.clone()), Window::HEADER)
                 .await
             {
-                Ok(session) => self.expiries.set(&stored, epoch_ms(session.expire_time)),
+                Ok(session) => {
+                    let again = now_ms + EXPIRY_RECHECK.as_millis() as u64;
+                    self.expiries
+                        .set(&stored, epoch_ms(session.expire_time).max(again));
+                }
                 Err(StoreError::NotFound(_)) => self.push_change(&Change {
                     id: stored,
                     kind: ChangeKind::Expired,
@@ -663,5 +681,51 @@ impl PrefixFeed {
         }
         self.position = self.position.max(epoch_ms(SystemTime::now()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewMessage, Role};
+
+    #[test]
+    fn tokens_round_trip_and_foreign_ones_are_refused() {
+        let position = SessionPosition {
+            version: 7,
+            after_seq: 12,
+            last_message_us: 1_700_000_000_123_456,
+            session_us: 1_600_000_000_000_001,
+        };
+        assert_eq!(SessionPosition::parse(&position.token()), Ok(position));
+        for foreign in [
+            "",
+            "p1.123",
+            "s1.1.2.3",
+            "s1.1.2.3.4.5",
+            "s1.a.2.3.4",
+            "s2.1.2.3.4",
+        ] {
+            let error = SessionPosition::parse(foreign).unwrap_err();
+            assert_eq!(error.field, "resume_token", "{foreign:?}");
+        }
+        assert_eq!(parse_prefix_token(&prefix_token(42)), Ok(42));
+        assert!(parse_prefix_token(&position.token()).is_err());
+    }
+
+    #[test]
+    fn long_catch_ups_come_in_chunks_by_count_and_size() {
+        let message = |seq: u64, bytes: usize| Message {
+            seq,
+            create_time: UNIX_EPOCH,
+            body: NewMessage::text(Role::User, "x".repeat(bytes)),
+        };
+        let many: Vec<Message> = (1..=250).map(|seq| message(seq, 10)).collect();
+        let sizes: Vec<usize> = chunks(many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let big: Vec<Message> = (1..=5).map(|seq| message(seq, 400_000)).collect();
+        let sizes: Vec<usize> = chunks(big).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert!(chunks(Vec::new()).is_empty());
     }
 }

@@ -111,10 +111,16 @@ pub async fn delivery(
         }));
         n += 1;
     }
-    let mut failed = 0u64;
+    let mut failed: HashMap<String, u64> = HashMap::new();
     for append in appends {
-        if !matches!(append.await, Ok(Ok(()))) {
-            failed += 1;
+        match append.await {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => {
+                *failed
+                    .entry(format!("append {:?}", status.code()))
+                    .or_default() += 1
+            }
+            Err(error) => *failed.entry(error.to_string()).or_default() += 1,
         }
     }
     let appended = n;
@@ -153,9 +159,7 @@ pub async fn delivery(
     if missing > 0 {
         samples.errors.insert("not delivered".into(), missing);
     }
-    if failed > 0 {
-        samples.errors.insert("append failed".into(), failed);
-    }
+    samples.errors.extend(failed);
     let mut row = Row::new(name, &samples);
     row.note = format!(
         "{} watchers on {} sessions, {:.0} appends/s: append acknowledged -> event received",

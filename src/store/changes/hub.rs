@@ -7,18 +7,33 @@
 //! session, up to its limit, past which it is told it fell behind.
 
 use super::Change;
+use crate::domain::Session;
+use crate::store::StoreResult;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OnceCell, watch};
+
+/// A read of a session that the watchers woken by one signal share.
+pub type SharedRead = Arc<Read>;
+/// The outcome of one read, once made.
+pub type Read = OnceCell<StoreResult<Session>>;
+
+/// The watchers of one session: their wake-up counter, and the reads in flight per
+/// (after_seq, counter), so that the N watchers of a session woken by one change make
+/// one read of the backend, not N. A read is freed once its last reader is done.
+struct Watched {
+    changes: watch::Sender<u64>,
+    reads: Mutex<HashMap<u64, (u64, Weak<Read>)>>,
+}
 
 /// The hub of one sidecar.
 pub struct ChangeHub {
     origin: u64,
-    sessions: Mutex<HashMap<String, watch::Sender<u64>>>,
+    sessions: Mutex<HashMap<String, Arc<Watched>>>,
     prefixes: Mutex<Vec<Weak<PrefixInbox>>>,
     closed: watch::Sender<bool>,
     watchers: AtomicUsize,
@@ -75,16 +90,16 @@ impl ChangeHub {
 
     /// Wakes the watchers of the session stored as `id` to read it again.
     pub fn wake(&self, id: &str) {
-        if let Some(sender) = self.sessions.lock().get(id) {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(watched) = self.sessions.lock().get(id) {
+            watched.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
     /// Tells every watcher that changes may have been missed (the bus was down): session
     /// watchers read their session again, prefix watchers fall behind and resume.
     pub fn resync(&self) {
-        for sender in self.sessions.lock().values() {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+        for watched in self.sessions.lock().values() {
+            watched.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         for inbox in self.prefixes.lock().iter().filter_map(Weak::upgrade) {
             inbox.fall_behind();
@@ -117,13 +132,19 @@ impl ChangeHub {
     /// Registers a watcher of the session stored as `id`.
     pub fn watch_session(self: &Arc<Self>, id: &str) -> Result<SessionSubscription, RegisterError> {
         let admitted = self.admit()?;
-        let changes = match self.sessions.lock().entry(id.to_string()) {
-            Entry::Occupied(entry) => entry.get().subscribe(),
-            Entry::Vacant(entry) => entry.insert(watch::channel(0).0).subscribe(),
+        let watched = match self.sessions.lock().entry(id.to_string()) {
+            Entry::Occupied(entry) => entry.get().clone(),
+            Entry::Vacant(entry) => entry
+                .insert(Arc::new(Watched {
+                    changes: watch::channel(0).0,
+                    reads: Mutex::new(HashMap::new()),
+                }))
+                .clone(),
         };
         Ok(SessionSubscription {
             id: id.to_string(),
-            changes: Some(changes),
+            changes: Some(watched.changes.subscribe()),
+            watched,
             closed: self.closed.subscribe(),
             admitted,
         })
@@ -194,6 +215,7 @@ impl Drop for Admitted {
 pub struct SessionSubscription {
     id: String,
     changes: Option<watch::Receiver<u64>>,
+    watched: Arc<Watched>,
     closed: watch::Receiver<bool>,
     admitted: Admitted,
 }
@@ -214,14 +236,32 @@ impl SessionSubscription {
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
+
+    /// The read of the session's messages after `after_seq` that every watcher woken by
+    /// the latest change shares: the first to ask makes it (`OnceCell::get_or_init`), the
+    /// others wait for it. A read begun after the change was signalled holds it.
+    pub fn shared_read(&mut self, after_seq: u64) -> SharedRead {
+        let generation = self.changes.as_mut().map_or(0, |c| *c.borrow_and_update());
+        let mut reads = self.watched.reads.lock();
+        if let Some((at, read)) = reads.get(&after_seq)
+            && *at == generation
+            && let Some(read) = read.upgrade()
+        {
+            return read;
+        }
+        let read = Arc::new(OnceCell::new());
+        reads.retain(|_, (_, read)| read.strong_count() > 0);
+        reads.insert(after_seq, (generation, Arc::downgrade(&read)));
+        read
+    }
 }
 
 impl Drop for SessionSubscription {
     fn drop(&mut self) {
         drop(self.changes.take());
         let mut sessions = self.admitted.0.sessions.lock();
-        if let Some(sender) = sessions.get(&self.id)
-            && sender.receiver_count() == 0
+        if let Some(watched) = sessions.get(&self.id)
+            && watched.changes.receiver_count() == 0
         {
             sessions.remove(&self.id);
         }
