@@ -95,3 +95,13 @@ run --memory-messages 100000 --payload 1000
 echo "# 10x overload: 640 streams against a limit of 64, then against no limit"
 run --overload-limit 64 --concurrency 640 --connections 4 --payload 16384 --window 20 \
     --sessions 100 --duration 5s
+
+echo "# change feeds: 100 watchers on 10 sessions, appends at a fixed rate, then idle watchers"
+run --watchers 100 --sessions 10 --rate 200 --duration 10s
+run --backend redis --redis-address "$redis" --watchers 100 --sessions 10 --rate 200 --duration 10s
+run --backend postgres --postgres-url "$postgres" --watchers 100 --sessions 10 --rate 200 \
+    --duration 10s
+run --backend mongo --mongo-uri "$mongo" --watchers 20 --sessions 10 --rate 20 --duration 10s
+run --backend dynamo --dynamo-endpoint "$dynamo" --watchers 20 --sessions 10 --rate 20 \
+    --duration 10s
+run --idle-watchers 10000
