@@ -6,7 +6,7 @@
 //! one are Cargo features, all on by default.
 
 use crate::settings::{ConfigError, Key, Values};
-use crate::store::changes::{ChangeBus, InProcessBus};
+use crate::store::changes::{ChangeBus, Mechanism, NoBus};
 use crate::store::{SessionStore, StoreResult};
 use async_trait::async_trait;
 use std::fmt;
@@ -76,7 +76,7 @@ pub trait Configured: Send + Sync {
     /// The carrier of change signals between replicas sharing this backend (none for a
     /// backend held by one process).
     fn bus(&self) -> StoreResult<Arc<dyn ChangeBus>> {
-        Ok(Arc::new(InProcessBus))
+        Ok(Arc::new(NoBus(Mechanism::InProcess)))
     }
 }
 

@@ -20,9 +20,10 @@ use csai_sidecar::store::redis::RedisStore;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Every value the bot writes below contains this, so the raw dump must not.
-const MARK: &str = "4111";
-const SECRET: &str = "card 4111-1111-1111-1111";
+/// Every value the bot writes below contains this, so the raw dump must not. Not digits
+/// alone: "4111" turned up inside a stored millisecond timestamp.
+const MARK: &str = "41x11";
+const SECRET: &str = "card 41x11-1111-1111-1111";
 
 fn keyring(entries: &[(&str, u8)]) -> Arc<Keyring> {
     let text: Vec<String> = entries
@@ -98,7 +99,7 @@ async fn write_secrets(store: &dyn SessionStore, id: &SessionId) {
         )
         .await
         .expect("system");
-    let state = serde_json::json!({"card": SECRET, "nested": {"again": SECRET}, "key_4111": 1})
+    let state = serde_json::json!({"card": SECRET, "nested": {"again": SECRET}, "key_41x11": 1})
         .as_object()
         .cloned()
         .unwrap();
@@ -106,7 +107,7 @@ async fn write_secrets(store: &dyn SessionStore, id: &SessionId) {
         .update_state(id, StateUpdate::Replace(state), ttl())
         .await
         .expect("state");
-    let merged = serde_json::json!({"merged_4111": SECRET, "nested": null})
+    let merged = serde_json::json!({"merged_41x11": SECRET, "nested": null})
         .as_object()
         .cloned()
         .unwrap();
@@ -173,15 +174,15 @@ where
     write_secrets(&store, &id).await;
     let text = read_back(&store, &id).await.expect("reads back");
     for expected in [
-        "customer_4111",
-        "\"phone\": String(\"card 4111",
-        "call_4111",
-        "charge_4111",
-        "the user gave card 4111",
-        "\"key_4111\"",
-        "\"merged_4111\"",
-        "never repeat card 4111",
-        "{\\\"reason\\\":\\\"card 4111",
+        "customer_41x11",
+        "\"phone\": String(\"card 41x11",
+        "call_41x11",
+        "charge_41x11",
+        "the user gave card 41x11",
+        "\"key_41x11\"",
+        "\"merged_41x11\"",
+        "never repeat card 41x11",
+        "{\\\"reason\\\":\\\"card 41x11",
     ] {
         assert!(text.contains(expected), "{expected} missing from {text}");
     }

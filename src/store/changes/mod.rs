@@ -92,31 +92,15 @@ pub trait ChangeBus: Send + Sync + 'static {
     async fn listen(&self, hub: Arc<ChangeHub>);
 }
 
-/// The bus of a backend whose data lives in one process: nothing crosses replicas.
-pub struct InProcessBus;
+/// The bus of a backend that carries no signal itself: its data lives in one process
+/// (`Mechanism::InProcess`: in-memory, SQLite), or replicas poll it
+/// (`Mechanism::Polling`: MongoDB, DynamoDB; see [`poller`]).
+pub struct NoBus(pub Mechanism);
 
 #[async_trait]
-impl ChangeBus for InProcessBus {
+impl ChangeBus for NoBus {
     fn mechanism(&self) -> Mechanism {
-        Mechanism::InProcess
-    }
-
-    async fn publish(&self, _origin: u64, _changes: &[Change]) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn listen(&self, hub: Arc<ChangeHub>) {
-        hub.closed().await;
-    }
-}
-
-/// The bus of a backend without a feed: replicas poll (see [`poller`]).
-pub struct PollingBus;
-
-#[async_trait]
-impl ChangeBus for PollingBus {
-    fn mechanism(&self) -> Mechanism {
-        Mechanism::Polling
+        self.0
     }
 
     async fn publish(&self, _origin: u64, _changes: &[Change]) -> StoreResult<()> {

@@ -82,6 +82,7 @@ impl Configured for DynamoOptions {
     }
 
     fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
-        Ok(Arc::new(crate::store::changes::PollingBus))
+        use crate::store::changes::{Mechanism, NoBus};
+        Ok(Arc::new(NoBus(Mechanism::Polling)))
     }
 }

@@ -84,6 +84,7 @@ impl Configured for MongoOptions {
     }
 
     fn bus(&self) -> StoreResult<Arc<dyn crate::store::changes::ChangeBus>> {
-        Ok(Arc::new(crate::store::changes::PollingBus))
+        use crate::store::changes::{Mechanism, NoBus};
+        Ok(Arc::new(NoBus(Mechanism::Polling)))
     }
 }
