@@ -17,4 +17,5 @@ pub mod server;
 pub mod service;
 pub mod settings;
 pub mod store;
+pub mod tokens;
 pub mod transfer;

@@ -107,6 +107,12 @@ pub const KEYS: &[Key] = &[
         "how old the whole-store figures of the metrics gauges and of tenants' GetStats may get (each refresh scans the store)",
     ),
     key(
+        "token_encoding",
+        "CSAI_TOKEN_ENCODING",
+        "o200k_base",
+        "how GetSession's max_tokens counts when the request names no OpenAI model: o200k_base, cl100k_base, or estimate (a token per 4 bytes)",
+    ),
+    key(
         "watch_max_watchers",
         "CSAI_WATCH_MAX_WATCHERS",
         "20000",

@@ -109,6 +109,8 @@ pub struct Config {
     pub sliding_ttl_on_read: bool,
     pub health_interval: Duration,
     pub stats_refresh_interval: Duration,
+    /// How token budgets count when the model does not say.
+    pub token_encoding: crate::tokens::Encoding,
     /// Watch streams open at once.
     pub watch_max_watchers: usize,
     /// Sessions with unread changes a WatchSessions stream may have.

@@ -24,6 +24,11 @@ pub fn parse(values: &Values) -> Result<Config, ConfigError> {
         sliding_ttl_on_read: values.boolean("sliding_ttl_on_read")?,
         health_interval: values.positive_duration("health_interval")?,
         stats_refresh_interval: values.positive_duration("stats_refresh_interval")?,
+        token_encoding: values.get(
+            "token_encoding",
+            "o200k_base, cl100k_base or estimate",
+            crate::tokens::Encoding::parse,
+        )?,
         watch_max_watchers: values.get("watch_max_watchers", "a whole number from 1", |s| {
             s.parse().ok().filter(|n: &usize| *n >= 1)
         })?,

@@ -8,11 +8,13 @@ use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{export_import, record_rpcs, watch_rpcs};
 use crate::service::Policy;
+use crate::service::token_window::TokenWindows;
 use crate::service::validate;
 use crate::store::changes::ChangeHub;
-use crate::store::decorators::tenant::TenantStore;
+use crate::store::decorators::tenant::{TenantStore, stored_id};
 use crate::store::stats_cache::StatsCache;
 use crate::store::{SessionStore, StoreError};
+use crate::tokens::Encoding;
 use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -39,6 +41,7 @@ pub struct SessionStoreService {
     stats: Arc<StatsCache>,
     policy: Policy,
     feeds: Feeds,
+    token_windows: TokenWindows,
 }
 
 /// What the watch RPCs need: the hub the store's writes signal, and each WatchSessions
@@ -63,7 +66,29 @@ impl SessionStoreService {
             stats,
             policy,
             feeds,
+            token_windows: TokenWindows::default(),
         }
+    }
+
+    /// With `sliding_ttl_on_read`, extends a read session's expiry to the default TTL
+    /// (never shortening a longer one).
+    async fn slide(
+        &self,
+        store: &dyn SessionStore,
+        id: &SessionId,
+        mut session: crate::domain::Session,
+    ) -> Result<crate::domain::Session, Status> {
+        if self.policy.sliding_ttl_on_read {
+            let extended = SystemTime::now() + self.policy.default_ttl;
+            if extended > session.expire_time {
+                let touched = store
+                    .touch(id, self.policy.default_ttl)
+                    .await
+                    .map_err(status_of)?;
+                session.expire_time = touched.expire_time;
+            }
+        }
+        Ok(session)
     }
 
     /// The store as the request's tenant sees it (the whole store without authentication).
@@ -147,6 +172,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let store = self.store_for(&request);
+        let tenant = request.extensions().get::<Tenant>().cloned();
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
         let window = match request.window {
@@ -156,24 +182,38 @@ impl SessionStoreRpc for SessionStoreService {
             }
             Some(pb::get_session_request::Window::LastN(n)) => Window::LastN(n),
             Some(pb::get_session_request::Window::AfterSeq(seq)) => Window::AfterSeq(seq),
-        };
-        let mut session = store.get(&id, window).await.map_err(status_of)?;
-        if self.policy.sliding_ttl_on_read {
-            let extended = SystemTime::now() + self.policy.default_ttl;
-            // Sliding never shortens a session that was written with a longer TTL.
-            if extended > session.expire_time {
-                let touched = store
-                    .touch(&id, self.policy.default_ttl)
+            Some(pb::get_session_request::Window::MaxTokens(0)) => {
+                return Err(Status::invalid_argument("max_tokens: must be at least 1"));
+            }
+            Some(pb::get_session_request::Window::MaxTokens(budget)) => {
+                let encoding = Encoding::for_model(&request.model, self.policy.token_encoding);
+                let stored = stored_id(tenant.as_ref().map(|t| t.0.as_str()), id.as_str());
+                let fitted = self
+                    .token_windows
+                    .read(
+                        store.as_ref(),
+                        &id,
+                        &stored,
+                        encoding,
+                        budget,
+                        request.count_system_messages,
+                    )
                     .await
                     .map_err(status_of)?;
-                session.expire_time = touched.expire_time;
+                let session = self.slide(store.as_ref(), &id, fitted.session).await?;
+                return Ok(Response::new(pb::GetSessionResponse {
+                    session: Some(convert::session_to_proto(session)),
+                    tokens: fitted.tokens,
+                }));
             }
-        }
+        };
+        let session = store.get(&id, window).await.map_err(status_of)?;
+        let session = self.slide(store.as_ref(), &id, session).await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(convert::session_to_proto(session)),
+            tokens: 0,
         }))
     }
-
     async fn append_messages(
         &self,
         request: Request<pb::AppendMessagesRequest>,

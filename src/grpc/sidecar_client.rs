@@ -92,6 +92,7 @@ impl SidecarClient {
         let request = pb::GetSessionRequest {
             session_id: id.as_str().to_string(),
             window: None,
+            ..Default::default()
         };
         match self.0.get_session(request).await {
             Ok(response) => {

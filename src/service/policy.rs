@@ -17,6 +17,8 @@ pub struct Policy {
     pub limits: RequestLimits,
     /// How long learning data and security logs are kept.
     pub record_retention: Duration,
+    /// How token budgets count when the request names no OpenAI model.
+    pub token_encoding: crate::tokens::Encoding,
 }
 
 impl Policy {
@@ -27,6 +29,7 @@ impl Policy {
             sliding_ttl_on_read: config.sliding_ttl_on_read,
             limits: config.limits.clone(),
             record_retention: config.record_retention,
+            token_encoding: config.token_encoding,
         }
     }
 

@@ -533,6 +533,7 @@ pub async fn exercise_every_rpc(channel: Channel, session_prefix: &str) {
     let get = |window| pb::GetSessionRequest {
         session_id: id.clone(),
         window,
+        ..Default::default()
     };
 
     let appended = client
@@ -885,6 +886,7 @@ pub async fn concurrent_appenders_through_the_sidecar(
         .get_session(pb::GetSessionRequest {
             session_id: session_id.clone(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -942,6 +944,7 @@ pub async fn large_session_round_trips(server: &TestServer, total_bytes: usize) 
         .get_session(pb::GetSessionRequest {
             session_id: id.clone(),
             window: Some(pb::get_session_request::Window::LastN(2)),
+            ..Default::default()
         })
         .await
         .expect("last 2")

@@ -57,6 +57,7 @@ fn get(id: &str) -> pb::GetSessionRequest {
     pb::GetSessionRequest {
         session_id: id.into(),
         window: None,
+        ..Default::default()
     }
 }
 

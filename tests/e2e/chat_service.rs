@@ -645,6 +645,7 @@ async fn a_handed_off_session_refuses_bot_turns_until_released() {
         .get_session(pb::GetSessionRequest {
             session_id: id.clone(),
             window: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -92,6 +92,7 @@ async fn run_bot(
         .get_session(pb::GetSessionRequest {
             session_id: session.into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect("the bot's session")
@@ -334,6 +335,7 @@ async fn the_python_client_types_errors_bounds_streams_and_runs_on_asyncio() {
         .get_session(pb::GetSessionRequest {
             session_id: "py-a".into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect("py-a")

@@ -58,6 +58,7 @@ async fn health_follows_the_backend_check() {
         .get_session(pb::GetSessionRequest {
             session_id: "any".into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect_err("backend down");

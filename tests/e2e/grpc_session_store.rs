@@ -79,6 +79,7 @@ async fn append_get_and_windows() {
         .get_session(pb::GetSessionRequest {
             session_id: "s1".into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -108,6 +109,7 @@ async fn append_get_and_windows() {
         .get_session(pb::GetSessionRequest {
             session_id: "s1".into(),
             window: Some(pb::get_session_request::Window::LastN(1)),
+            ..Default::default()
         })
         .await
         .expect("get last 1")
@@ -122,6 +124,7 @@ async fn append_get_and_windows() {
         .get_session(pb::GetSessionRequest {
             session_id: "s1".into(),
             window: Some(pb::get_session_request::Window::AfterSeq(1)),
+            ..Default::default()
         })
         .await
         .expect("get after 1")
@@ -180,6 +183,7 @@ async fn tool_calls_round_trip_and_window_keeps_them_together() {
         .get_session(pb::GetSessionRequest {
             session_id: "tools".into(),
             window: Some(pb::get_session_request::Window::LastN(1)),
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -260,6 +264,7 @@ async fn replace_system_state_touch_delete() {
         .get_session(pb::GetSessionRequest {
             session_id: "s".into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect("get")
@@ -422,6 +427,7 @@ async fn not_found_and_aborted() {
             .get_session(pb::GetSessionRequest {
                 session_id: "nobody".into(),
                 window: None,
+                ..Default::default()
             })
             .await,
         Code::NotFound,
@@ -606,6 +612,7 @@ async fn invalid_arguments_name_the_field() {
             .get_session(pb::GetSessionRequest {
                 session_id: "s".into(),
                 window: Some(pb::get_session_request::Window::LastN(0)),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -894,6 +901,7 @@ async fn edge_requests_get_the_documented_codes() {
             .get_session(pb::GetSessionRequest {
                 session_id: "edges".into(),
                 window: Some(pb::get_session_request::Window::LastN(0)),
+                ..Default::default()
             })
             .await
             .map(|_| ()),

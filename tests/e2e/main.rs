@@ -29,5 +29,6 @@ mod redis_e2e;
 mod reliability;
 mod sql_e2e;
 mod tls;
+mod token_windows;
 mod unix_socket;
 mod watch;

@@ -46,6 +46,7 @@ async fn metrics_endpoint_serves_backend_series_after_traffic() {
         .get_session(pb::GetSessionRequest {
             session_id: "absent".into(),
             window: None,
+            ..Default::default()
         })
         .await;
     assert!(missing.is_err());

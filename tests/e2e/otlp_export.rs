@@ -191,6 +191,7 @@ async fn a_bots_trace_continues_through_the_sidecar_into_backend_and_provider_sp
         .get_session(traced(pb::GetSessionRequest {
             session_id: "otlp-absent".into(),
             window: None,
+            ..Default::default()
         }))
         .await
         .expect_err("no such session");

@@ -85,6 +85,7 @@ async fn rpcs_past_the_limit_are_shed_and_health_checks_never_are() {
         .get_session(pb::GetSessionRequest {
             session_id: "overload-shed".into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect_err("the shed append stored nothing");
@@ -138,6 +139,7 @@ async fn a_requests_deadline_stops_its_work_and_counts_as_deadline_exceeded() {
         .get_session(pb::GetSessionRequest {
             session_id: "deadline-turn".into(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect_err("nothing of the turn is stored");

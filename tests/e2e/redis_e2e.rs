@@ -132,6 +132,7 @@ async fn wrong_credentials_or_untrusted_certificates_are_reported() {
             .get_session(pb::GetSessionRequest {
                 session_id: "any".into(),
                 window: None,
+                ..Default::default()
             })
             .await
             .expect_err(case);

@@ -110,6 +110,7 @@ async fn two_sidecar_processes_share_a_postgres_database() {
         .get_session(pb::GetSessionRequest {
             session_id: session.clone(),
             window: None,
+            ..Default::default()
         })
         .await
         .expect("read through the other replica")
@@ -179,6 +180,7 @@ async fn an_sqlite_sidecar_killed_under_load_keeps_every_acknowledged_append() {
             .get_session(pb::GetSessionRequest {
                 session_id: format!("kill-{writer}"),
                 window: None,
+                ..Default::default()
             })
             .await
             .expect("the session survived")

@@ -18,12 +18,12 @@ use tonic::{Code, Streaming};
 /// Longest wait for one event: polling backends poll every 200 ms here.
 const EVENT_WITHIN: Duration = Duration::from_secs(10);
 
-fn unique(name: &str) -> String {
+pub fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), free_port())
 }
 
 /// The settings of two replicas sharing one backend (None: the backend is one process's).
-fn backend_vars(backend: &str) -> Vec<(&'static str, String)> {
+pub fn backend_vars(backend: &str) -> Vec<(&'static str, String)> {
     let mut vars = vec![
         ("CSAI_STORAGE_TYPE", backend.to_string()),
         ("CSAI_WATCH_POLL_INTERVAL", "200ms".to_string()),
@@ -372,7 +372,7 @@ async fn on_one_process(backend: &str) {
     feeds_follow_writes(&mut client.clone(), &mut client).await;
 }
 
-async fn serving(channel: Channel) -> SessionStoreClient<Channel> {
+pub async fn serving(channel: Channel) -> SessionStoreClient<Channel> {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     wait_for_status(&mut health, "csai.v1.SessionStore", SERVING).await;
     SessionStoreClient::new(channel)

@@ -768,6 +768,7 @@ impl Bench {
                         .get_session(pb::GetSessionRequest {
                             session_id,
                             window: Some(pb::get_session_request::Window::LastN(window)),
+                            ..Default::default()
                         })
                         .await
                         .map(drop),

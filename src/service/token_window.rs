@@ -1,0 +1,96 @@
+//! "The history that fits": the most recent messages whose tokens add up to at most a
+//! budget, tool-safe like `last_n`, read with windows of the backend (LastN) so that its
+//! cost follows the window, not the session's length.
+
+use crate::domain::{Role, Session, SessionId, Window};
+use crate::store::{SessionStore, StoreResult};
+use crate::tokens::{Encoding, TokenCache};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+
+/// Messages read first when nothing is known of the session.
+const FIRST_READ: u32 = 32;
+/// Sessions whose last window size is remembered, at most.
+const HINTS: usize = 100_000;
+
+/// A budgeted window: the messages that fit, the tokens they (and the system messages,
+/// when counted) add up to.
+#[derive(Debug)]
+pub struct Fitted {
+    pub session: Session,
+    pub tokens: u32,
+}
+
+/// What a budgeted read needs beside the store: the token counts of stored messages and,
+/// per session, how many messages the last window held (the next read's first guess).
+#[derive(Default)]
+pub struct TokenWindows {
+    counts: TokenCache,
+    hints: Mutex<HashMap<String, u32>>,
+}
+
+impl TokenWindows {
+    /// The most recent messages of `id` (stored as `stored_id`) that fit in `budget`
+    /// tokens of `encoding`, after the system messages when `count_system`. Never starts
+    /// with tool results whose call was cut off.
+    pub async fn read(
+        &self,
+        store: &dyn SessionStore,
+        id: &SessionId,
+        stored_id: &str,
+        encoding: Encoding,
+        budget: u32,
+        count_system: bool,
+    ) -> StoreResult<Fitted> {
+        let hint = self.hints.lock().get(stored_id).copied();
+        // A little more than last time, so that a window that grew by a turn is one read.
+        let mut n = hint.map_or(FIRST_READ, |h| h + h / 4 + 8);
+        loop {
+            let mut session = store.get(id, Window::LastN(n)).await?;
+            let system: u32 = if count_system {
+                session
+                    .system_messages
+                    .iter()
+                    .map(|m| self.counts.message(encoding, stored_id, m))
+                    .sum()
+            } else {
+                0
+            };
+            let mut tokens = system;
+            let mut start = session.messages.len();
+            let mut exhausted = system > budget;
+            while !exhausted && start > 0 {
+                let cost = self
+                    .counts
+                    .message(encoding, stored_id, &session.messages[start - 1]);
+                if tokens + cost > budget {
+                    exhausted = true;
+                } else {
+                    tokens += cost;
+                    start -= 1;
+                }
+            }
+            let whole = session.messages.first().is_none_or(|m| m.seq == 1);
+            if !exhausted && !whole && (session.messages.len() as u32) >= n {
+                // The budget reaches further back than this read: read more.
+                n = n.saturating_mul(4);
+                continue;
+            }
+            // Tool results whose call did not fit are dropped with it.
+            while start < session.messages.len() && session.messages[start].body.role == Role::Tool
+            {
+                tokens -= self
+                    .counts
+                    .message(encoding, stored_id, &session.messages[start]);
+                start += 1;
+            }
+            session.messages.drain(..start);
+            let mut hints = self.hints.lock();
+            if hints.len() >= HINTS {
+                hints.clear();
+            }
+            hints.insert(stored_id.to_string(), session.messages.len() as u32);
+            return Ok(Fitted { session, tokens });
+        }
+    }
+}
