@@ -19,6 +19,10 @@ use std::time::Duration;
 pub struct TurnLimits {
     /// History messages sent to the model when a request does not say (0 = all).
     pub history_window: u32,
+    /// Tokens of that history at most when a request does not say (0 = no budget).
+    pub history_tokens: u32,
+    /// How the budget counts for models whose name does not say.
+    pub token_encoding: crate::tokens::Encoding,
     /// Model answers with tool calls per turn; the next call forbids tools.
     pub max_tool_rounds: u32,
     /// How long the streaming form waits for each tool result.
@@ -31,6 +35,8 @@ impl Default for TurnLimits {
     fn default() -> Self {
         Self {
             history_window: 50,
+            history_tokens: 0,
+            token_encoding: crate::tokens::Encoding::O200k,
             max_tool_rounds: 10,
             tool_timeout: Duration::from_secs(60),
             max_user_message_chars: 0,

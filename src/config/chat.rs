@@ -119,6 +119,16 @@ pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
                 "a whole number (0 = all messages)",
                 |s| s.parse().ok(),
             )?,
+            history_tokens: values.get(
+                "chat_history_tokens",
+                "a whole number (0 = no token budget)",
+                |s| s.parse().ok(),
+            )?,
+            token_encoding: values.get(
+                "token_encoding",
+                "o200k_base, cl100k_base or estimate",
+                crate::tokens::Encoding::parse,
+            )?,
             max_tool_rounds: values.get(
                 "chat_max_tool_rounds",
                 "a whole number from 1 to 100",

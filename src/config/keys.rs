@@ -273,6 +273,12 @@ pub const KEYS: &[Key] = &[
         "history messages sent to the model (tool-safe; 0 = all)",
     ),
     key(
+        "chat_history_tokens",
+        "CSAI_CHAT_HISTORY_TOKENS",
+        "0",
+        "at most this many tokens of those history messages, the oldest dropped first (the model's context size minus room for the system messages, the turn and the answer; 0 = no token budget)",
+    ),
+    key(
         "chat_max_tool_rounds",
         "CSAI_CHAT_MAX_TOOL_ROUNDS",
         "10",

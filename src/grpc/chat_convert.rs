@@ -71,6 +71,7 @@ pub fn turn_request(
         overrides: overrides(raw.parameters.unwrap_or_default()),
         provider: Some(raw.provider).filter(|p| !p.is_empty()),
         history_window: Some(raw.history_window).filter(|&w| w > 0),
+        history_tokens: Some(raw.max_history_tokens).filter(|&t| t > 0),
         request_id: convert::request_id(raw.request_id, "request_id")?,
         ttl: convert::ttl(raw.ttl, policy.default_ttl, limits, "ttl")?,
         response_format: response_format(raw.response_format)?,

@@ -175,6 +175,7 @@ mod tests {
             overrides: Overrides::default(),
             provider: None,
             history_window: None,
+            history_tokens: None,
             request_id: None,
             ttl: Duration::from_secs(60),
             response_format: ResponseFormat::Text,

@@ -692,3 +692,70 @@ async fn a_handed_off_session_refuses_bot_turns_until_released() {
         "after the release"
     );
 }
+
+/// A token budget on the history: the model gets the most recent messages that fit
+/// (counted like GetSession's max_tokens), whatever the message-count window allows.
+#[tokio::test]
+async fn a_turns_history_fits_its_token_budget() {
+    use csai_sidecar::domain::{NewMessage, Role};
+    use csai_sidecar::tokens::Encoding;
+    let model = ScriptedModel::start(vec![
+        Reply::Text("first".into()),
+        Reply::Text("second".into()),
+    ])
+    .await;
+    let (server, mut chat) = start(chat_config(&model), &memory()).await;
+    let mut sessions = server.sessions().await;
+    let id = unique("budget");
+    let mut history = Vec::new();
+    for n in 0..10 {
+        history.push(("user", format!("Question {n} about parcel {}", n * 31)));
+        history.push((
+            "assistant",
+            format!("Answer {n}: it left the depot on day {n}."),
+        ));
+    }
+    sessions
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: history
+                .iter()
+                .map(|(role, content)| match *role {
+                    "user" => common::user(content),
+                    _ => common::message(pb::Role::Assistant, content),
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    let cost = |(role, content): &(&str, String)| {
+        let role = if *role == "user" {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        Encoding::O200k.message(&NewMessage::text(role, content))
+    };
+    // Exactly the last five messages fit.
+    let budget: u32 = history[15..].iter().map(cost).sum();
+    let mut request = ask(&id, "And parcel 7?");
+    request.max_history_tokens = budget;
+    chat.exec(request).await.expect("a budgeted turn");
+    let sent = model.requests().await[0].roles_and_contents();
+    let expected: Vec<(String, String)> = history[15..]
+        .iter()
+        .map(|(role, content)| (role.to_string(), content.clone()))
+        .chain([("user".to_string(), "And parcel 7?".to_string())])
+        .collect();
+    assert_eq!(sent, expected);
+
+    // Without a budget, the message window (50) sends everything.
+    chat.exec(ask(&id, "Thanks"))
+        .await
+        .expect("an unbudgeted turn");
+    assert_eq!(
+        model.requests().await[1].roles_and_contents().len(),
+        20 + 2 + 1
+    );
+}

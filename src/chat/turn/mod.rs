@@ -14,6 +14,7 @@ use crate::domain::{
 use crate::observability::metrics;
 use crate::records::{self, RecordStream, SecurityLog};
 use crate::store::{SessionStore, StoreError};
+use crate::tokens::Encoding;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 
@@ -100,6 +101,8 @@ pub struct TurnRequest {
     pub provider: Option<String>,
     /// History messages sent to the model; the configured window when None (0 = all).
     pub history_window: Option<u32>,
+    /// Tokens of that history at most; the configured budget when None (0 = none).
+    pub history_tokens: Option<u32>,
     pub request_id: Option<String>,
     pub ttl: Duration,
     pub response_format: ResponseFormat,
@@ -328,7 +331,16 @@ impl ChatEngine {
             }
             (false, _) => (loaded.messages.as_slice(), &[][..]),
         };
-        let history = window::history(before, window);
+        let mut history = window::history(before, window);
+        let budget = request.history_tokens.unwrap_or(self.limits.history_tokens);
+        if budget > 0 {
+            let model = match &request.overrides.model {
+                Some(model) => model.as_str(),
+                None => provider.settings.model.as_str(),
+            };
+            let encoding = Encoding::for_model(model, self.limits.token_encoding);
+            history = window::fit_tokens(history, budget, encoding);
+        }
         let stored_turn: Vec<NewMessage> = open_turn.iter().map(|m| m.body.clone()).collect();
         let mut cache = answered_calls(&stored_turn);
         let mut rounds = stored_turn

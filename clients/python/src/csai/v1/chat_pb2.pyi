@@ -90,7 +90,7 @@ class ToolResult(_message.Message):
     def __init__(self, tool_call_id: _Optional[str] = ..., content: _Optional[str] = ..., is_error: _Optional[bool] = ...) -> None: ...
 
 class ExecRequest(_message.Message):
-    __slots__ = ("session_id", "user_message", "tools", "tool_choice", "additional_system_messages", "parameters", "provider", "tool_results", "history_window", "request_id", "ttl", "response_format")
+    __slots__ = ("session_id", "user_message", "tools", "tool_choice", "additional_system_messages", "parameters", "provider", "tool_results", "history_window", "request_id", "ttl", "response_format", "max_history_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class ExecRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MAX_HISTORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_message: UserMessage
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
@@ -115,7 +116,8 @@ class ExecRequest(_message.Message):
     request_id: str
     ttl: _duration_pb2.Duration
     response_format: ResponseFormat
-    def __init__(self, session_id: _Optional[str] = ..., user_message: _Optional[_Union[UserMessage, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., additional_system_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., provider: _Optional[str] = ..., tool_results: _Optional[_Iterable[_Union[ToolResult, _Mapping]]] = ..., history_window: _Optional[int] = ..., request_id: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ...) -> None: ...
+    max_history_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., user_message: _Optional[_Union[UserMessage, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[ToolChoice, _Mapping]] = ..., additional_system_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., parameters: _Optional[_Union[ModelParameters, _Mapping]] = ..., provider: _Optional[str] = ..., tool_results: _Optional[_Iterable[_Union[ToolResult, _Mapping]]] = ..., history_window: _Optional[int] = ..., request_id: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., max_history_tokens: _Optional[int] = ...) -> None: ...
 
 class ResponseFormat(_message.Message):
     __slots__ = ("json_object", "json_schema")
