@@ -25,18 +25,21 @@ use csai_sidecar::settings::Source;
 use csai_sidecar::store::SessionStore;
 use load::{Plan, Samples};
 use report::Row;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
 enum Op {
     /// AppendMessages of one message.
     Append,
     /// GetSession of the last `--window` messages.
     Get,
+    /// GetSession of the messages that fit the tokens of `--window` messages (max_tokens).
+    Tokens,
     /// ReplaceMessages with `--window` messages.
     Replace,
     /// A chat turn (Exec) over the last `--window` messages, against a local model that
@@ -102,7 +105,8 @@ struct Args {
     /// Messages read by `get` and written by `replace`.
     #[arg(long, default_value_t = 20)]
     window: u32,
-    /// Also measure append on sessions already this long (e.g. 10,1000,10000).
+    /// Also measure each of --ops among append, get and tokens on sessions already this
+    /// long (e.g. 10,1000,10000).
     #[arg(long, value_delimiter = ',')]
     lengths: Vec<usize>,
     /// With --lengths on Redis: also CS-AI's layout (the whole JSON array read and written
@@ -581,48 +585,56 @@ impl Bench {
                 rows.push(row);
             }
         }
-        let mut shortest: Option<Samples> = None;
+        let mut shortest: HashMap<Op, Samples> = HashMap::new();
+        let length_ops: Vec<Op> = self
+            .args
+            .ops
+            .iter()
+            .copied()
+            .filter(|op| matches!(op, Op::Append | Op::Get | Op::Tokens))
+            .collect();
         for (index, &length) in self.args.lengths.iter().enumerate() {
             // A length may come twice (to see whether the backend itself slowed down).
             let tag = format!("len{length}-{index}");
             self.prefill(&tag, length).await?;
-            let samples = self
-                .over_grpc(
-                    Arc::new(vec![Op::Append]),
-                    &tag,
-                    &self.channels,
-                    self.plan(),
-                )
-                .await;
-            let mut row = Row::new(format!("append at {length} messages"), &samples);
-            if let Some(first) = &shortest {
-                row.note = format!(
-                    "p50 {:.2}x, p99 {:.2}x that at {} messages",
-                    samples.quantile_ms(0.5) / first.quantile_ms(0.5),
-                    samples.quantile_ms(0.99) / first.quantile_ms(0.99),
-                    self.args.lengths[0]
-                );
-            } else {
-                shortest = Some(samples.clone());
-            }
-            rows.push(row);
-            if self.args.cs_ai_layout {
-                let cs_ai = csai_layout::append_rows(
-                    &self.args.redis_address,
-                    &self.run_id,
-                    self.args.sessions,
-                    length,
-                    self.args.payload,
-                    &self.plan(),
-                )
-                .await?;
-                let mut row = Row::new(format!("cs-ai layout at {length} messages"), &cs_ai);
-                row.note = format!(
-                    "p50 {:.2}x, p99 {:.2}x the sidecar's append",
-                    cs_ai.quantile_ms(0.5) / samples.quantile_ms(0.5),
-                    cs_ai.quantile_ms(0.99) / samples.quantile_ms(0.99)
-                );
+            for &op in &length_ops {
+                let samples = self
+                    .over_grpc(Arc::new(vec![op]), &tag, &self.channels, self.plan())
+                    .await;
+                let name = format!("{op:?}").to_lowercase();
+                let mut row = Row::new(format!("{name} at {length} messages"), &samples);
+                if let Some(first) = shortest.get(&op) {
+                    row.note = format!(
+                        "p50 {:.2}x, p99 {:.2}x that at {} messages",
+                        samples.quantile_ms(0.5) / first.quantile_ms(0.5),
+                        samples.quantile_ms(0.99) / first.quantile_ms(0.99),
+                        self.args.lengths[0]
+                    );
+                } else {
+                    shortest.insert(op, samples.clone());
+                }
                 rows.push(row);
+                if op != Op::Append {
+                    continue;
+                }
+                if self.args.cs_ai_layout {
+                    let cs_ai = csai_layout::append_rows(
+                        &self.args.redis_address,
+                        &self.run_id,
+                        self.args.sessions,
+                        length,
+                        self.args.payload,
+                        &self.plan(),
+                    )
+                    .await?;
+                    let mut row = Row::new(format!("cs-ai layout at {length} messages"), &cs_ai);
+                    row.note = format!(
+                        "p50 {:.2}x, p99 {:.2}x the sidecar's append",
+                        cs_ai.quantile_ms(0.5) / samples.quantile_ms(0.5),
+                        cs_ai.quantile_ms(0.99) / samples.quantile_ms(0.99)
+                    );
+                    rows.push(row);
+                }
             }
         }
         Ok(rows)
@@ -739,6 +751,11 @@ impl Bench {
         plan: Plan,
     ) -> Samples {
         let (content, window) = (self.content(), self.args.window);
+        // The tokens of `window` of the bench's messages: a budgeted read returns as many
+        // messages as `get` does.
+        let budget = window
+            * csai_sidecar::tokens::Encoding::O200k
+                .message(&NewMessage::text(Role::User, content.clone()));
         let sessions: Vec<String> = (0..self.args.sessions as u64)
             .map(|s| self.session(tag, s))
             .collect();
@@ -768,6 +785,14 @@ impl Bench {
                         .get_session(pb::GetSessionRequest {
                             session_id,
                             window: Some(pb::get_session_request::Window::LastN(window)),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    Op::Tokens => client
+                        .get_session(pb::GetSessionRequest {
+                            session_id,
+                            window: Some(pb::get_session_request::Window::MaxTokens(budget)),
                             ..Default::default()
                         })
                         .await
@@ -831,7 +856,8 @@ impl Bench {
                         )
                         .await
                         .map(drop),
-                    Op::Get => store.get(&id, Window::LastN(window)).await.map(drop),
+                    // A budgeted read's direct floor: the same window read from the backend.
+                    Op::Get | Op::Tokens => store.get(&id, Window::LastN(window)).await.map(drop),
                     Op::Replace => store
                         .replace(&id, vec![message; window as usize], WriteOptions::ttl(ttl))
                         .await
