@@ -759,3 +759,100 @@ async fn a_turns_history_fits_its_token_budget() {
         20 + 2 + 1
     );
 }
+
+/// 500 turns under a token budget: every model request's history fits the budget, the
+/// history is the most recent that fits, and the store keeps every message.
+#[tokio::test]
+async fn five_hundred_turns_stay_within_their_token_budget() {
+    use csai_sidecar::domain::{NewMessage, Role};
+    use csai_sidecar::tokens::Encoding;
+    const TURNS: usize = 500;
+    const BUDGET: u32 = 300;
+    let answers: Vec<Reply> = (0..TURNS)
+        .map(|n| Reply::Text(format!("Answer {n}: your parcel {} is on its way.", n * 17)))
+        .collect();
+    let model = ScriptedModel::start(answers).await;
+    let mut config = chat_config(&model);
+    config.chat.limits.history_window = 0;
+    config.chat.limits.history_tokens = BUDGET;
+    let (server, mut chat) = start(config, &memory()).await;
+    let id = unique("long");
+    for n in 0..TURNS {
+        chat.exec(ask(
+            &id,
+            &format!("Question {n}: where is parcel {}?", n * 17),
+        ))
+        .await
+        .expect("a turn");
+    }
+    let requests = model.requests().await;
+    assert_eq!(requests.len(), TURNS, "one model call per turn");
+    let cost = |(role, content): &(String, String)| {
+        let role = if role == "user" {
+            Role::User
+        } else {
+            Role::Assistant
+        };
+        Encoding::O200k.message(&NewMessage::text(role, content.clone()))
+    };
+    let mut fuller = 0;
+    for (n, request) in requests.iter().enumerate() {
+        let sent = request.roles_and_contents();
+        let (history, turn) = sent.split_at(sent.len() - 1);
+        assert_eq!(
+            turn[0].1,
+            format!("Question {n}: where is parcel {}?", n * 17)
+        );
+        let tokens: u32 = history.iter().map(cost).sum();
+        assert!(tokens <= BUDGET, "turn {n}: {tokens} tokens of history");
+        // The most recent that fit: the message before the window would not have.
+        if 2 * n > history.len() {
+            fuller += 1;
+            let earlier = 2 * n - history.len() - 1;
+            let turn_of = |i: usize| i / 2;
+            let role = if earlier % 2 == 0 {
+                "user"
+            } else {
+                "assistant"
+            };
+            let content = if role == "user" {
+                format!(
+                    "Question {}: where is parcel {}?",
+                    turn_of(earlier),
+                    turn_of(earlier) * 17
+                )
+            } else {
+                format!(
+                    "Answer {}: your parcel {} is on its way.",
+                    turn_of(earlier),
+                    turn_of(earlier) * 17
+                )
+            };
+            assert!(
+                tokens + cost(&(role.to_string(), content)) > BUDGET,
+                "turn {n}: one more message would have fit"
+            );
+        }
+    }
+    assert!(
+        fuller > TURNS - 20,
+        "the budget cut the history on most turns: {fuller}"
+    );
+    let stored = server
+        .sessions()
+        .await
+        .get_session(pb::GetSessionRequest {
+            session_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(
+        stored.message_count,
+        2 * TURNS as u64,
+        "every message is kept"
+    );
+}
