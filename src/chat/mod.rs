@@ -1,5 +1,6 @@
 //! Chat turns: model providers, prompt windows, the tool-calling loop and its guards.
 
+pub mod compaction;
 pub mod completion;
 pub mod format;
 pub mod guard;
@@ -23,6 +24,8 @@ pub struct TurnLimits {
     pub history_tokens: u32,
     /// How the budget counts for models whose name does not say.
     pub token_encoding: crate::tokens::Encoding,
+    /// Compact when this many tokens of history no longer fit the budget (0 = never).
+    pub compact_after_tokens: u32,
     /// Model answers with tool calls per turn; the next call forbids tools.
     pub max_tool_rounds: u32,
     /// How long the streaming form waits for each tool result.
@@ -37,6 +40,7 @@ impl Default for TurnLimits {
             history_window: 50,
             history_tokens: 0,
             token_encoding: crate::tokens::Encoding::O200k,
+            compact_after_tokens: 0,
             max_tool_rounds: 10,
             tool_timeout: Duration::from_secs(60),
             max_user_message_chars: 0,

@@ -124,6 +124,11 @@ pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
                 "a whole number (0 = no token budget)",
                 |s| s.parse().ok(),
             )?,
+            compact_after_tokens: values.get(
+                "chat_compact_after_tokens",
+                "a whole number (0 = never)",
+                |s| s.parse().ok(),
+            )?,
             token_encoding: values.get(
                 "token_encoding",
                 "o200k_base, cl100k_base or estimate",

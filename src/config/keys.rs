@@ -279,6 +279,12 @@ pub const KEYS: &[Key] = &[
         "at most this many tokens of those history messages, the oldest dropped first (the model's context size minus room for the system messages, the turn and the answer; 0 = no token budget)",
     ),
     key(
+        "chat_compact_after_tokens",
+        "CSAI_CHAT_COMPACT_AFTER_TOKENS",
+        "0",
+        "with a token budget: once this many tokens of history no longer fit it, the model summarises them and later turns send the summary instead (0 = never)",
+    ),
+    key(
         "chat_max_tool_rounds",
         "CSAI_CHAT_MAX_TOOL_ROUNDS",
         "10",

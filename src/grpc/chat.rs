@@ -169,6 +169,44 @@ impl Chat for ChatService {
         Ok(Response::new(exec_response(outcome)))
     }
 
+    async fn compact_session(
+        &self,
+        request: Request<crate::grpc::pb::CompactSessionRequest>,
+    ) -> Result<Response<crate::grpc::pb::CompactSessionResponse>, Status> {
+        let store = scoped_store(&self.store, None, &request);
+        let request = request.into_inner();
+        let id = crate::grpc::convert::session_id(&request.session_id, "session_id")?;
+        let budget = match (request.max_tokens, self.engine.limits().history_tokens) {
+            (0, 0) => {
+                return Err(Status::invalid_argument(
+                    "max_tokens: required, since chat_history_tokens is not configured",
+                ));
+            }
+            (0, configured) => configured,
+            (requested, _) => requested,
+        };
+        let provider = Some(request.provider).filter(|p| !p.is_empty());
+        let compacted = self
+            .engine
+            .compact(store.as_ref(), &id, provider.as_deref(), budget)
+            .await
+            .map_err(status_of_turn)?;
+        // What the session holds now: the new summary, or the one it had.
+        let summary = match compacted.clone() {
+            Some(summary) => Some(summary),
+            None => match store.get(&id, crate::domain::Window::HEADER).await {
+                Ok(header) => crate::chat::compaction::Summary::of_state(&header.state),
+                Err(crate::store::StoreError::NotFound(_)) => None,
+                Err(error) => return Err(crate::grpc::errors::status_of(error)),
+            },
+        };
+        Ok(Response::new(crate::grpc::pb::CompactSessionResponse {
+            compacted: compacted.is_some(),
+            summary: summary.as_ref().map(|s| s.text.clone()).unwrap_or_default(),
+            through_seq: summary.map_or(0, |s| s.through_seq),
+        }))
+    }
+
     type ExecStreamStream = BoxStream<'static, Result<ExecStreamResponse, Status>>;
 
     async fn exec_stream(

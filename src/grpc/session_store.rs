@@ -204,6 +204,11 @@ impl SessionStoreRpc for SessionStoreService {
                 return Ok(Response::new(pb::GetSessionResponse {
                     session: Some(convert::session_to_proto(session)),
                     tokens: fitted.tokens,
+                    summary: fitted.summary.map(|(s, tokens)| pb::WindowSummary {
+                        text: s.text,
+                        through_seq: s.through_seq,
+                        tokens,
+                    }),
                 }));
             }
         };
@@ -212,6 +217,7 @@ impl SessionStoreRpc for SessionStoreService {
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(convert::session_to_proto(session)),
             tokens: 0,
+            summary: None,
         }))
     }
     async fn append_messages(

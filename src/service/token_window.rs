@@ -2,6 +2,7 @@
 //! budget, tool-safe like `last_n`, read with windows of the backend (LastN) so that its
 //! cost follows the window, not the session's length.
 
+use crate::chat::compaction::Summary;
 use crate::domain::{Role, Session, SessionId, Window};
 use crate::store::{SessionStore, StoreResult};
 use crate::tokens::{Encoding, TokenCache};
@@ -19,6 +20,9 @@ const HINTS: usize = 100_000;
 pub struct Fitted {
     pub session: Session,
     pub tokens: u32,
+    /// The summary that stands for the oldest messages, and its tokens, when the session
+    /// was compacted: the window holds only messages after it.
+    pub summary: Option<(Summary, u32)>,
 }
 
 /// What a budgeted read needs beside the store: the token counts of stored messages and,
@@ -47,19 +51,26 @@ impl TokenWindows {
         let mut n = hint.map_or(FIRST_READ, |h| h + h / 4 + 8);
         loop {
             let mut session = store.get(id, Window::LastN(n)).await?;
-            let system: u32 = if count_system {
-                session
-                    .system_messages
-                    .iter()
-                    .map(|m| self.counts.message(encoding, stored_id, m))
-                    .sum()
-            } else {
-                0
-            };
+            let summary = Summary::of_state(&session.state).map(|s| {
+                let tokens = s.tokens(encoding);
+                (s, tokens)
+            });
+            let summarised = summary.as_ref().map_or(0, |(s, _)| s.through_seq);
+            let covered = session.messages.partition_point(|m| m.seq <= summarised);
+            let system: u32 = summary.as_ref().map_or(0, |(_, t)| *t)
+                + if count_system {
+                    session
+                        .system_messages
+                        .iter()
+                        .map(|m| self.counts.message(encoding, stored_id, m))
+                        .sum()
+                } else {
+                    0
+                };
             let mut tokens = system;
             let mut start = session.messages.len();
             let mut exhausted = system > budget;
-            while !exhausted && start > 0 {
+            while !exhausted && start > covered {
                 let cost = self
                     .counts
                     .message(encoding, stored_id, &session.messages[start - 1]);
@@ -70,7 +81,7 @@ impl TokenWindows {
                     start -= 1;
                 }
             }
-            let whole = session.messages.first().is_none_or(|m| m.seq == 1);
+            let whole = covered > 0 || session.messages.first().is_none_or(|m| m.seq == 1);
             if !exhausted && !whole && (session.messages.len() as u32) >= n {
                 // The budget reaches further back than this read: read more.
                 n = n.saturating_mul(4);
@@ -90,7 +101,11 @@ impl TokenWindows {
                 hints.clear();
             }
             hints.insert(stored_id.to_string(), session.messages.len() as u32);
-            return Ok(Fitted { session, tokens });
+            return Ok(Fitted {
+                session,
+                tokens,
+                summary,
+            });
         }
     }
 }

@@ -856,3 +856,244 @@ async fn five_hundred_turns_stay_within_their_token_budget() {
         "every message is kept"
     );
 }
+
+fn history_of(turns: usize) -> Vec<pb::Message> {
+    (0..turns)
+        .flat_map(|n| {
+            [
+                common::user(&format!("Question {n} about parcel {}", n * 31)),
+                common::message(
+                    pb::Role::Assistant,
+                    &format!("Answer {n}: it left the depot on day {n}."),
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// CompactSession: the oldest messages summarised by the model, the summary kept in the
+/// state beside every message, budgeted reads and turns sending "summary + recent", and
+/// two concurrent compactions storing one summary.
+#[tokio::test]
+async fn compaction_keeps_a_summary_beside_every_message() {
+    let delayed = |text: &str| {
+        Reply::Delayed(
+            Duration::from_millis(300),
+            Box::new(Reply::Text(text.into())),
+        )
+    };
+    let model = ScriptedModel::start(vec![
+        Reply::Text("The customer asked about parcels 0 to 7; all left the depot.".into()),
+        Reply::Text("Parcel 42 is on its way.".into()),
+        delayed("first summary"),
+        delayed("second summary"),
+    ])
+    .await;
+    let (server, mut chat) = start(chat_config(&model), &memory()).await;
+    let mut sessions = server.sessions().await;
+    let id = unique("compact");
+    sessions
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: id.clone(),
+            messages: history_of(10),
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    let budget = 150;
+    let compact = |session: &str, max_tokens: u32| pb::CompactSessionRequest {
+        session_id: session.to_string(),
+        max_tokens,
+        provider: String::new(),
+    };
+    let first = chat
+        .compact_session(compact(&id, budget))
+        .await
+        .expect("compact")
+        .into_inner();
+    assert!(first.compacted);
+    let through = first.through_seq;
+    assert!((1..20).contains(&through), "{first:?}");
+    let asked = model.requests().await[0].roles_and_contents();
+    assert_eq!(asked[0].0, "system");
+    assert!(
+        asked[0]
+            .1
+            .starts_with("You summarise a customer-service conversation")
+    );
+    assert!(
+        asked[1].1.starts_with(&format!("Messages 1 to {through}:")),
+        "{}",
+        asked[1].1
+    );
+
+    // Every message is still there; a budgeted read is the summary and what follows it.
+    let all = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.session.unwrap().messages.len(), 20);
+    let window = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+            window: Some(pb::get_session_request::Window::MaxTokens(budget)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let summary = window.summary.expect("the window says it holds a summary");
+    assert_eq!(
+        (summary.text.as_str(), summary.through_seq),
+        (first.summary.as_str(), through)
+    );
+    let seqs: Vec<u64> = window
+        .session
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert!(
+        !seqs.is_empty() && seqs.iter().all(|&s| s > through),
+        "{seqs:?}"
+    );
+    assert!(
+        window.tokens <= budget && window.tokens > summary.tokens,
+        "{}",
+        window.tokens
+    );
+
+    // Nothing left to summarise: no model call, the same summary.
+    let again = chat
+        .compact_session(compact(&id, 1_000_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.compacted);
+    assert_eq!(
+        (again.summary, again.through_seq),
+        (first.summary.clone(), through)
+    );
+    assert_eq!(model.requests().await.len(), 1);
+
+    // A turn sends the summary, then only messages after it.
+    let mut request = ask(&id, "And parcel 42?");
+    request.max_history_tokens = budget;
+    chat.exec(request).await.expect("a turn");
+    let sent = model.requests().await[1].roles_and_contents();
+    assert_eq!(sent[0].0, "system");
+    assert!(
+        sent[0]
+            .1
+            .contains(&format!("(messages 1 to {through}): {}", first.summary)),
+        "{}",
+        sent[0].1
+    );
+    assert!(!sent.iter().any(|(_, c)| c == "Question 0 about parcel 0"));
+
+    // Two compactions at once store one summary.
+    let other = unique("compact-race");
+    sessions
+        .append_messages(pb::AppendMessagesRequest {
+            session_id: other.clone(),
+            messages: history_of(10),
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    let (mut a, mut b) = (chat.clone(), chat.clone());
+    let (ra, rb) = tokio::join!(
+        a.compact_session(compact(&other, budget)),
+        b.compact_session(compact(&other, budget))
+    );
+    let (ra, rb) = (ra.unwrap().into_inner(), rb.unwrap().into_inner());
+    assert_eq!(ra.compacted as u8 + rb.compacted as u8, 1, "{ra:?} {rb:?}");
+    assert_eq!(ra.summary, rb.summary, "both report the one stored");
+}
+
+/// Chat compacts by itself: over 120 turns under a budget, each turn's summary + history
+/// fits, summaries cover more and more, and the model is asked for one at most once per
+/// `chat_compact_after_tokens` tokens that stopped fitting.
+#[tokio::test]
+async fn turns_compact_their_session_as_it_grows() {
+    use csai_sidecar::domain::{NewMessage, Role};
+    use csai_sidecar::tokens::Encoding;
+    const TURNS: usize = 120;
+    const BUDGET: u32 = 400;
+    const EVERY: u32 = 200;
+    let model = ScriptedModel::start(vec![
+        Reply::Text("Noted: parcels on their way.".into());
+        400
+    ])
+    .await;
+    let mut config = chat_config(&model);
+    config.chat.limits.history_window = 0;
+    config.chat.limits.history_tokens = BUDGET;
+    config.chat.limits.compact_after_tokens = EVERY;
+    let (server, mut chat) = start(config, &memory()).await;
+    let id = unique("auto-compact");
+    for n in 0..TURNS {
+        chat.exec(ask(
+            &id,
+            &format!("Question {n}: where is parcel {}?", n * 17),
+        ))
+        .await
+        .expect("a turn");
+    }
+    let requests = model.requests().await;
+    let is_summary = |r: &crate::common::llm_server::Recorded| {
+        r.roles_and_contents()[0]
+            .1
+            .starts_with("You summarise a customer-service conversation")
+    };
+    let summaries = requests.iter().filter(|r| is_summary(r)).count();
+    let turns: Vec<_> = requests.iter().filter(|r| !is_summary(r)).collect();
+    assert_eq!(turns.len(), TURNS);
+    let cost = |(role, content): &(String, String)| {
+        let role = match role.as_str() {
+            "user" => Role::User,
+            "system" => Role::System,
+            _ => Role::Assistant,
+        };
+        Encoding::O200k.message(&NewMessage::text(role, content.clone()))
+    };
+    for (n, request) in turns.iter().enumerate() {
+        let sent = request.roles_and_contents();
+        let history = &sent[..sent.len() - 1];
+        let tokens: u32 = history.iter().map(cost).sum();
+        assert!(
+            tokens <= BUDGET,
+            "turn {n}: summary + history is {tokens} tokens"
+        );
+    }
+    // Every message of a turn costs about 20 tokens: 240 messages ~ 4,800 tokens, of
+    // which all but the budget stopped fitting, one summary per EVERY tokens at most.
+    assert!(summaries >= 5, "{summaries} summaries");
+    assert!(
+        summaries as u32 <= 2 * TURNS as u32 * 25 / EVERY,
+        "{summaries} summaries"
+    );
+    let session = server
+        .sessions()
+        .await
+        .get_session(pb::GetSessionRequest {
+            session_id: id,
+            window: Some(pb::get_session_request::Window::MaxTokens(BUDGET)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let summary = session.summary.expect("a summary");
+    assert!(summary.through_seq > 150, "{}", summary.through_seq);
+    assert_eq!(
+        session.session.unwrap().message_count,
+        2 * TURNS as u64,
+        "every message is kept"
+    );
+}

@@ -1,5 +1,6 @@
 //! One chat turn: the tool-calling loop, its one atomic append, and replays of retries.
 
+use crate::chat::compaction::{self, Summary};
 use crate::chat::completion::{
     Completion, CompletionRequest, Delta, ResponseFormat, Sampling, ToolChoice, ToolSpec,
 };
@@ -206,6 +207,8 @@ struct Loaded {
     messages: Vec<Message>,
     /// The value of the state's [`HANDOFF_KEY`] while a human agent has the session.
     handoff: Option<serde_json::Value>,
+    /// What the oldest messages are summarised as, if the session was compacted.
+    summary: Option<Summary>,
 }
 
 /// The state key by which a human agent takes a session over: while it is set (to
@@ -331,16 +334,32 @@ impl ChatEngine {
             }
             (false, _) => (loaded.messages.as_slice(), &[][..]),
         };
+        // A summary stands for the messages it covers.
+        let summarised = loaded.summary.as_ref().map_or(0, |s| s.through_seq);
+        let before = &before[before.partition_point(|m| m.seq <= summarised)..];
         let mut history = window::history(before, window);
         let budget = request.history_tokens.unwrap_or(self.limits.history_tokens);
+        let mut left_out = 0u32;
         if budget > 0 {
             let model = match &request.overrides.model {
                 Some(model) => model.as_str(),
                 None => provider.settings.model.as_str(),
             };
             let encoding = Encoding::for_model(model, self.limits.token_encoding);
-            history = window::fit_tokens(history, budget, encoding);
+            let summary_tokens = loaded.summary.as_ref().map_or(0, |s| s.tokens(encoding));
+            let all = history.clone();
+            history = window::fit_tokens(history, budget.saturating_sub(summary_tokens), encoding);
+            left_out = all[..all.len() - history.len()]
+                .iter()
+                .map(|m| encoding.message(m))
+                .sum();
         }
+        let additional_system: Vec<NewMessage> = loaded
+            .summary
+            .iter()
+            .map(Summary::as_message)
+            .chain(request.additional_system.iter().cloned())
+            .collect();
         let stored_turn: Vec<NewMessage> = open_turn.iter().map(|m| m.body.clone()).collect();
         let mut cache = answered_calls(&stored_turn);
         let mut rounds = stored_turn
@@ -361,8 +380,7 @@ impl ChatEngine {
             let at_limit = rounds >= self.limits.max_tool_rounds;
             let mut turn = stored_turn.clone();
             turn.extend(new.iter().cloned());
-            let messages =
-                window::prompt(&loaded.system, &request.additional_system, &history, &turn);
+            let messages = window::prompt(&loaded.system, &additional_system, &history, &turn);
             let (completion, answered_by) = self
                 .complete(provider, &request, messages, at_limit, bot)
                 .await?;
@@ -424,18 +442,96 @@ impl ChatEngine {
             new.extend(tool_messages(&calls, &cache));
         };
 
-        self.store_turn(
-            store,
-            &request,
-            &loaded,
-            new,
-            usage,
-            finish_reason,
-            rounds,
-            pending,
-            answered_by,
-        )
-        .await
+        let outcome = self
+            .store_turn(
+                store,
+                &request,
+                &loaded,
+                new,
+                usage,
+                finish_reason,
+                rounds,
+                pending,
+                answered_by,
+            )
+            .await?;
+        // Enough history no longer fits: summarise it now, after the turn is stored, so a
+        // failure costs this turn nothing (the next one tries again).
+        let every = self.limits.compact_after_tokens;
+        if every > 0 && budget > 0 && left_out >= every {
+            let id = &request.session;
+            if let Err(error) = self
+                .compact(store, id, request.provider.as_deref(), budget)
+                .await
+            {
+                tracing::warn!(session = %crate::observability::telemetry::logged(id.as_str()), %error, "cannot compact the session; the next turn tries again");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Summarises the session's oldest messages (after its current summary) so that the
+    /// rest fits `budget` tokens, with the model of `provider`, and stores the summary in
+    /// the state if the session did not change meanwhile. None when nothing needed
+    /// summarising or another write came first (a concurrent compaction included).
+    pub async fn compact(
+        &self,
+        store: &dyn SessionStore,
+        id: &SessionId,
+        provider: Option<&str>,
+        budget: u32,
+    ) -> Result<Option<Summary>, TurnError> {
+        let provider = self.provider(provider)?;
+        let encoding = Encoding::for_model(&provider.settings.model, self.limits.token_encoding);
+        let previous = match store.get(id, Window::HEADER).await {
+            Ok(header) => Summary::of_state(&header.state),
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let through = previous.as_ref().map_or(0, |s| s.through_seq);
+        let session = store.get(id, Window::AfterSeq(through)).await?;
+        let left = budget.saturating_sub(previous.as_ref().map_or(0, |s| s.tokens(encoding)));
+        let cut = compaction::cut(&session.messages, left, encoding);
+        if cut == 0 {
+            return Ok(None);
+        }
+        let asked = CompletionRequest {
+            model: provider.settings.model.clone(),
+            messages: compaction::request(previous.as_ref(), &session.messages[..cut]),
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            sampling: provider.settings.defaults.clone(),
+            response_format: ResponseFormat::Text,
+        };
+        let answer = provider.complete(&asked, None).await?;
+        let text = answer.message.content.trim().to_string();
+        if text.is_empty() {
+            return Err(TurnError::Format("the model wrote an empty summary".into()));
+        }
+        let summary = Summary {
+            text,
+            through_seq: session.messages[cut - 1].seq,
+        };
+        let mut merge = crate::domain::JsonObject::new();
+        merge.insert(compaction::SUMMARY_KEY.into(), summary.to_state());
+        // The session's expiry stays what it was.
+        let ttl = session
+            .expire_time
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .max(crate::service::validate::MIN_TTL);
+        let options = WriteOptions {
+            expected_version: Some(session.version),
+            ttl,
+        };
+        match store
+            .update_state(id, crate::domain::StateUpdate::Merge(merge), options)
+            .await
+        {
+            Ok(_) => Ok(Some(summary)),
+            Err(StoreError::VersionMismatch { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     fn check_length(&self, user: &NewMessage) -> Result<(), TurnError> {

@@ -18,6 +18,7 @@ impl ChatEngine {
                 Ok(session) => Ok(Loaded {
                     version: session.version,
                     handoff: handoff_of(&session.state),
+                    summary: Summary::of_state(&session.state),
                     system: session.system_messages,
                     messages: session.messages,
                 }),
@@ -26,6 +27,7 @@ impl ChatEngine {
                     system: Vec::new(),
                     messages: Vec::new(),
                     handoff: None,
+                    summary: None,
                 }),
                 Err(e) => Err(TurnError::Store(e)),
             }

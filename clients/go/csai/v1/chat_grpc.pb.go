@@ -26,6 +26,16 @@ type ChatClient interface {
 	// is `done`. A bot that does not answer a tool call in time ends the turn with
 	// DEADLINE_EXCEEDED.
 	ExecStream(ctx context.Context, opts ...grpc.CallOption) (Chat_ExecStreamClient, error)
+	// Summarises the session's oldest messages with the model, so that the rest fits
+	// max_tokens (with the summary), for bots that run their own model and read windows
+	// with GetSession max_tokens; Chat turns do it themselves when
+	// `chat_compact_after_tokens` is set. The summary is kept in the state key
+	// "csai.summary" ({"text", "through_seq"}: it covers messages 1 through through_seq),
+	// beside the messages, which stay. It merges the previous summary; tool exchanges are
+	// never split. The state is written with the version read before the model was asked:
+	// when the session changed meanwhile (another compaction included), nothing is stored
+	// and `compacted` is false. Each call asks the model once at most.
+	CompactSession(ctx context.Context, in *CompactSessionRequest, opts ...grpc.CallOption) (*CompactSessionResponse, error)
 }
 
 type chatClient struct {
@@ -76,6 +86,15 @@ func (x *chatExecStreamClient) Recv() (*ExecStreamResponse, error) {
 	return m, nil
 }
 
+func (c *chatClient) CompactSession(ctx context.Context, in *CompactSessionRequest, opts ...grpc.CallOption) (*CompactSessionResponse, error) {
+	out := new(CompactSessionResponse)
+	err := c.cc.Invoke(ctx, "/csai.v1.Chat/CompactSession", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ChatServer is the server API for Chat service.
 // All implementations must embed UnimplementedChatServer
 // for forward compatibility
@@ -89,6 +108,16 @@ type ChatServer interface {
 	// is `done`. A bot that does not answer a tool call in time ends the turn with
 	// DEADLINE_EXCEEDED.
 	ExecStream(Chat_ExecStreamServer) error
+	// Summarises the session's oldest messages with the model, so that the rest fits
+	// max_tokens (with the summary), for bots that run their own model and read windows
+	// with GetSession max_tokens; Chat turns do it themselves when
+	// `chat_compact_after_tokens` is set. The summary is kept in the state key
+	// "csai.summary" ({"text", "through_seq"}: it covers messages 1 through through_seq),
+	// beside the messages, which stay. It merges the previous summary; tool exchanges are
+	// never split. The state is written with the version read before the model was asked:
+	// when the session changed meanwhile (another compaction included), nothing is stored
+	// and `compacted` is false. Each call asks the model once at most.
+	CompactSession(context.Context, *CompactSessionRequest) (*CompactSessionResponse, error)
 	mustEmbedUnimplementedChatServer()
 }
 
@@ -101,6 +130,9 @@ func (UnimplementedChatServer) Exec(context.Context, *ExecRequest) (*ExecRespons
 }
 func (UnimplementedChatServer) ExecStream(Chat_ExecStreamServer) error {
 	return status.Errorf(codes.Unimplemented, "method ExecStream not implemented")
+}
+func (UnimplementedChatServer) CompactSession(context.Context, *CompactSessionRequest) (*CompactSessionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CompactSession not implemented")
 }
 func (UnimplementedChatServer) mustEmbedUnimplementedChatServer() {}
 
@@ -159,6 +191,24 @@ func (x *chatExecStreamServer) Recv() (*ExecStreamRequest, error) {
 	return m, nil
 }
 
+func _Chat_CompactSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompactSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServer).CompactSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/csai.v1.Chat/CompactSession",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServer).CompactSession(ctx, req.(*CompactSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _Chat_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "csai.v1.Chat",
 	HandlerType: (*ChatServer)(nil),
@@ -166,6 +216,10 @@ var _Chat_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Exec",
 			Handler:    _Chat_Exec_Handler,
+		},
+		{
+			MethodName: "CompactSession",
+			Handler:    _Chat_CompactSession_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

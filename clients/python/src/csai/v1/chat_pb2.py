@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63sai/v1/chat.proto\x12\x07\x63sai.v1\x1a\x15\x63sai/v1/message.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"8\n\x0bUserMessage\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10participant_name\x18\x02 \x01(\t\"f\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\xa8\x01\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x18.csai.v1.ToolChoice.ModeH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\"M\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_AUTO\x10\x01\x12\r\n\tMODE_NONE\x10\x02\x12\x11\n\rMODE_REQUIRED\x10\x03\x42\x08\n\x06\x63hoice\"\xb3\x02\n\x0fModelParameters\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x06\x88\x01\x01\x42\x08\n\x06_modelB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"E\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x10\n\x08is_error\x18\x03 \x01(\x08\"\xd8\x03\n\x0b\x45xecRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x0cuser_message\x18\x02 \x01(\x0b\x32\x14.csai.v1.UserMessage\x12\x1c\n\x05tools\x18\x03 \x03(\x0b\x32\r.csai.v1.Tool\x12(\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x13.csai.v1.ToolChoice\x12\x34\n\x1a\x61\x64\x64itional_system_messages\x18\x05 \x03(\x0b\x32\x10.csai.v1.Message\x12,\n\nparameters\x18\x06 \x01(\x0b\x32\x18.csai.v1.ModelParameters\x12\x10\n\x08provider\x18\x07 \x01(\t\x12)\n\x0ctool_results\x18\x08 \x03(\x0b\x32\x13.csai.v1.ToolResult\x12\x16\n\x0ehistory_window\x18\t \x01(\r\x12\x12\n\nrequest_id\x18\n \x01(\t\x12&\n\x03ttl\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0fresponse_format\x18\x0c \x01(\x0b\x32\x17.csai.v1.ResponseFormat\x12\x1a\n\x12max_history_tokens\x18\r \x01(\r\"\xc1\x01\n\x0eResponseFormat\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x39\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\".csai.v1.ResponseFormat.JsonSchemaH\x00\x1aS\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x03 \x01(\x08\x42\x08\n\x06\x66ormat\"\xa2\x02\n\x0c\x45xecResponse\x12+\n\x11\x61ssistant_message\x18\x01 \x01(\x0b\x32\x10.csai.v1.Message\x12-\n\x12pending_tool_calls\x18\x02 \x03(\x0b\x32\x11.csai.v1.ToolCall\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.csai.v1.Usage\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0btool_rounds\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12\x10\n\x08provider\x18\x07 \x01(\t\x12#\n\x06status\x18\x08 \x01(\x0e\x32\x13.csai.v1.TurnStatus\x12\x11\n\tfirst_seq\x18\t \x01(\x04\x12\x10\n\x08last_seq\x18\n \x01(\x04\"n\n\x11\x45xecStreamRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.csai.v1.ExecRequestH\x00\x12*\n\x0btool_result\x18\x02 \x01(\x0b\x32\x13.csai.v1.ToolResultH\x00\x42\x06\n\x04kind\":\n\x0c\x43ontentDelta\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x19\n\x11reasoning_content\x18\x02 \x01(\t\"\x93\x01\n\x12\x45xecStreamResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.csai.v1.ContentDeltaH\x00\x12&\n\ttool_call\x18\x02 \x01(\x0b\x32\x11.csai.v1.ToolCallH\x00\x12%\n\x04\x64one\x18\x03 \x01(\x0b\x32\x15.csai.v1.ExecResponseH\x00\x42\x06\n\x04kind*e\n\nTurnStatus\x12\x1b\n\x17TURN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15TURN_STATUS_COMPLETED\x10\x01\x12\x1f\n\x1bTURN_STATUS_REQUIRES_ACTION\x10\x02\x32\x86\x01\n\x04\x43hat\x12\x33\n\x04\x45xec\x12\x14.csai.v1.ExecRequest\x1a\x15.csai.v1.ExecResponse\x12I\n\nExecStream\x12\x1a.csai.v1.ExecStreamRequest\x1a\x1b.csai.v1.ExecStreamResponse(\x01\x30\x01\x42@Z>github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1;csaiv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63sai/v1/chat.proto\x12\x07\x63sai.v1\x1a\x15\x63sai/v1/message.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"Q\n\x15\x43ompactSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x10\n\x08provider\x18\x03 \x01(\t\"Q\n\x16\x43ompactSessionResponse\x12\x11\n\tcompacted\x18\x01 \x01(\x08\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x13\n\x0bthrough_seq\x18\x03 \x01(\x04\"8\n\x0bUserMessage\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10participant_name\x18\x02 \x01(\t\"f\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\xa8\x01\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x18.csai.v1.ToolChoice.ModeH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\"M\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\r\n\tMODE_AUTO\x10\x01\x12\r\n\tMODE_NONE\x10\x02\x12\x11\n\rMODE_REQUIRED\x10\x03\x42\x08\n\x06\x63hoice\"\xb3\x02\n\x0fModelParameters\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x06\x88\x01\x01\x42\x08\n\x06_modelB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"E\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x10\n\x08is_error\x18\x03 \x01(\x08\"\xd8\x03\n\x0b\x45xecRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12*\n\x0cuser_message\x18\x02 \x01(\x0b\x32\x14.csai.v1.UserMessage\x12\x1c\n\x05tools\x18\x03 \x03(\x0b\x32\r.csai.v1.Tool\x12(\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x13.csai.v1.ToolChoice\x12\x34\n\x1a\x61\x64\x64itional_system_messages\x18\x05 \x03(\x0b\x32\x10.csai.v1.Message\x12,\n\nparameters\x18\x06 \x01(\x0b\x32\x18.csai.v1.ModelParameters\x12\x10\n\x08provider\x18\x07 \x01(\t\x12)\n\x0ctool_results\x18\x08 \x03(\x0b\x32\x13.csai.v1.ToolResult\x12\x16\n\x0ehistory_window\x18\t \x01(\r\x12\x12\n\nrequest_id\x18\n \x01(\t\x12&\n\x03ttl\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0fresponse_format\x18\x0c \x01(\x0b\x32\x17.csai.v1.ResponseFormat\x12\x1a\n\x12max_history_tokens\x18\r \x01(\r\"\xc1\x01\n\x0eResponseFormat\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x39\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\".csai.v1.ResponseFormat.JsonSchemaH\x00\x1aS\n\nJsonSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x03 \x01(\x08\x42\x08\n\x06\x66ormat\"\xa2\x02\n\x0c\x45xecResponse\x12+\n\x11\x61ssistant_message\x18\x01 \x01(\x0b\x32\x10.csai.v1.Message\x12-\n\x12pending_tool_calls\x18\x02 \x03(\x0b\x32\x11.csai.v1.ToolCall\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.csai.v1.Usage\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x13\n\x0btool_rounds\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12\x10\n\x08provider\x18\x07 \x01(\t\x12#\n\x06status\x18\x08 \x01(\x0e\x32\x13.csai.v1.TurnStatus\x12\x11\n\tfirst_seq\x18\t \x01(\x04\x12\x10\n\x08last_seq\x18\n \x01(\x04\"n\n\x11\x45xecStreamRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.csai.v1.ExecRequestH\x00\x12*\n\x0btool_result\x18\x02 \x01(\x0b\x32\x13.csai.v1.ToolResultH\x00\x42\x06\n\x04kind\":\n\x0c\x43ontentDelta\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x19\n\x11reasoning_content\x18\x02 \x01(\t\"\x93\x01\n\x12\x45xecStreamResponse\x12&\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.csai.v1.ContentDeltaH\x00\x12&\n\ttool_call\x18\x02 \x01(\x0b\x32\x11.csai.v1.ToolCallH\x00\x12%\n\x04\x64one\x18\x03 \x01(\x0b\x32\x15.csai.v1.ExecResponseH\x00\x42\x06\n\x04kind*e\n\nTurnStatus\x12\x1b\n\x17TURN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15TURN_STATUS_COMPLETED\x10\x01\x12\x1f\n\x1bTURN_STATUS_REQUIRES_ACTION\x10\x02\x32\xd9\x01\n\x04\x43hat\x12\x33\n\x04\x45xec\x12\x14.csai.v1.ExecRequest\x1a\x15.csai.v1.ExecResponse\x12I\n\nExecStream\x12\x1a.csai.v1.ExecStreamRequest\x1a\x1b.csai.v1.ExecStreamResponse(\x01\x30\x01\x12Q\n\x0e\x43ompactSession\x12\x1e.csai.v1.CompactSessionRequest\x1a\x1f.csai.v1.CompactSessionResponseB@Z>github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1;csaiv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'csai.v1.chat_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1;csaiv1'
-  _globals['_TURNSTATUS']._serialized_start=2116
-  _globals['_TURNSTATUS']._serialized_end=2217
-  _globals['_USERMESSAGE']._serialized_start=116
-  _globals['_USERMESSAGE']._serialized_end=172
-  _globals['_TOOL']._serialized_start=174
-  _globals['_TOOL']._serialized_end=276
-  _globals['_TOOLCHOICE']._serialized_start=279
-  _globals['_TOOLCHOICE']._serialized_end=447
-  _globals['_TOOLCHOICE_MODE']._serialized_start=360
-  _globals['_TOOLCHOICE_MODE']._serialized_end=437
-  _globals['_MODELPARAMETERS']._serialized_start=450
-  _globals['_MODELPARAMETERS']._serialized_end=757
-  _globals['_TOOLRESULT']._serialized_start=759
-  _globals['_TOOLRESULT']._serialized_end=828
-  _globals['_EXECREQUEST']._serialized_start=831
-  _globals['_EXECREQUEST']._serialized_end=1303
-  _globals['_RESPONSEFORMAT']._serialized_start=1306
-  _globals['_RESPONSEFORMAT']._serialized_end=1499
-  _globals['_RESPONSEFORMAT_JSONSCHEMA']._serialized_start=1406
-  _globals['_RESPONSEFORMAT_JSONSCHEMA']._serialized_end=1489
-  _globals['_EXECRESPONSE']._serialized_start=1502
-  _globals['_EXECRESPONSE']._serialized_end=1792
-  _globals['_EXECSTREAMREQUEST']._serialized_start=1794
-  _globals['_EXECSTREAMREQUEST']._serialized_end=1904
-  _globals['_CONTENTDELTA']._serialized_start=1906
-  _globals['_CONTENTDELTA']._serialized_end=1964
-  _globals['_EXECSTREAMRESPONSE']._serialized_start=1967
-  _globals['_EXECSTREAMRESPONSE']._serialized_end=2114
-  _globals['_CHAT']._serialized_start=2220
-  _globals['_CHAT']._serialized_end=2354
+  _globals['_TURNSTATUS']._serialized_start=2282
+  _globals['_TURNSTATUS']._serialized_end=2383
+  _globals['_COMPACTSESSIONREQUEST']._serialized_start=116
+  _globals['_COMPACTSESSIONREQUEST']._serialized_end=197
+  _globals['_COMPACTSESSIONRESPONSE']._serialized_start=199
+  _globals['_COMPACTSESSIONRESPONSE']._serialized_end=280
+  _globals['_USERMESSAGE']._serialized_start=282
+  _globals['_USERMESSAGE']._serialized_end=338
+  _globals['_TOOL']._serialized_start=340
+  _globals['_TOOL']._serialized_end=442
+  _globals['_TOOLCHOICE']._serialized_start=445
+  _globals['_TOOLCHOICE']._serialized_end=613
+  _globals['_TOOLCHOICE_MODE']._serialized_start=526
+  _globals['_TOOLCHOICE_MODE']._serialized_end=603
+  _globals['_MODELPARAMETERS']._serialized_start=616
+  _globals['_MODELPARAMETERS']._serialized_end=923
+  _globals['_TOOLRESULT']._serialized_start=925
+  _globals['_TOOLRESULT']._serialized_end=994
+  _globals['_EXECREQUEST']._serialized_start=997
+  _globals['_EXECREQUEST']._serialized_end=1469
+  _globals['_RESPONSEFORMAT']._serialized_start=1472
+  _globals['_RESPONSEFORMAT']._serialized_end=1665
+  _globals['_RESPONSEFORMAT_JSONSCHEMA']._serialized_start=1572
+  _globals['_RESPONSEFORMAT_JSONSCHEMA']._serialized_end=1655
+  _globals['_EXECRESPONSE']._serialized_start=1668
+  _globals['_EXECRESPONSE']._serialized_end=1958
+  _globals['_EXECSTREAMREQUEST']._serialized_start=1960
+  _globals['_EXECSTREAMREQUEST']._serialized_end=2070
+  _globals['_CONTENTDELTA']._serialized_start=2072
+  _globals['_CONTENTDELTA']._serialized_end=2130
+  _globals['_EXECSTREAMRESPONSE']._serialized_start=2133
+  _globals['_EXECSTREAMRESPONSE']._serialized_end=2280
+  _globals['_CHAT']._serialized_start=2386
+  _globals['_CHAT']._serialized_end=2603
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,26 @@ TURN_STATUS_UNSPECIFIED: TurnStatus
 TURN_STATUS_COMPLETED: TurnStatus
 TURN_STATUS_REQUIRES_ACTION: TurnStatus
 
+class CompactSessionRequest(_message.Message):
+    __slots__ = ("session_id", "max_tokens", "provider")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    max_tokens: int
+    provider: str
+    def __init__(self, session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., provider: _Optional[str] = ...) -> None: ...
+
+class CompactSessionResponse(_message.Message):
+    __slots__ = ("compacted", "summary", "through_seq")
+    COMPACTED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    compacted: bool
+    summary: str
+    through_seq: int
+    def __init__(self, compacted: _Optional[bool] = ..., summary: _Optional[str] = ..., through_seq: _Optional[int] = ...) -> None: ...
+
 class UserMessage(_message.Message):
     __slots__ = ("content", "participant_name")
     CONTENT_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class ChatStub:
                 request_serializer=csai_dot_v1_dot_chat__pb2.ExecStreamRequest.SerializeToString,
                 response_deserializer=csai_dot_v1_dot_chat__pb2.ExecStreamResponse.FromString,
                 _registered_method=True)
+        self.CompactSession = channel.unary_unary(
+                '/csai.v1.Chat/CompactSession',
+                request_serializer=csai_dot_v1_dot_chat__pb2.CompactSessionRequest.SerializeToString,
+                response_deserializer=csai_dot_v1_dot_chat__pb2.CompactSessionResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServicer:
@@ -98,6 +103,21 @@ class ChatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompactSession(self, request, context):
+        """Summarises the session's oldest messages with the model, so that the rest fits
+        max_tokens (with the summary), for bots that run their own model and read windows
+        with GetSession max_tokens; Chat turns do it themselves when
+        `chat_compact_after_tokens` is set. The summary is kept in the state key
+        "csai.summary" ({"text", "through_seq"}: it covers messages 1 through through_seq),
+        beside the messages, which stay. It merges the previous summary; tool exchanges are
+        never split. The state is written with the version read before the model was asked:
+        when the session changed meanwhile (another compaction included), nothing is stored
+        and `compacted` is false. Each call asks the model once at most.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +130,11 @@ def add_ChatServicer_to_server(servicer, server):
                     servicer.ExecStream,
                     request_deserializer=csai_dot_v1_dot_chat__pb2.ExecStreamRequest.FromString,
                     response_serializer=csai_dot_v1_dot_chat__pb2.ExecStreamResponse.SerializeToString,
+            ),
+            'CompactSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactSession,
+                    request_deserializer=csai_dot_v1_dot_chat__pb2.CompactSessionRequest.FromString,
+                    response_serializer=csai_dot_v1_dot_chat__pb2.CompactSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +206,33 @@ class Chat:
             '/csai.v1.Chat/ExecStream',
             csai_dot_v1_dot_chat__pb2.ExecStreamRequest.SerializeToString,
             csai_dot_v1_dot_chat__pb2.ExecStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/csai.v1.Chat/CompactSession',
+            csai_dot_v1_dot_chat__pb2.CompactSessionRequest.SerializeToString,
+            csai_dot_v1_dot_chat__pb2.CompactSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -99,12 +99,24 @@ class GetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., last_n: _Optional[int] = ..., after_seq: _Optional[int] = ..., max_tokens: _Optional[int] = ..., count_system_messages: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GetSessionResponse(_message.Message):
-    __slots__ = ("session", "tokens")
+    __slots__ = ("session", "tokens", "summary")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     session: Session
     tokens: int
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., tokens: _Optional[int] = ...) -> None: ...
+    summary: WindowSummary
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., tokens: _Optional[int] = ..., summary: _Optional[_Union[WindowSummary, _Mapping]] = ...) -> None: ...
+
+class WindowSummary(_message.Message):
+    __slots__ = ("text", "through_seq", "tokens")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    through_seq: int
+    tokens: int
+    def __init__(self, text: _Optional[str] = ..., through_seq: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class AppendMessagesRequest(_message.Message):
     __slots__ = ("session_id", "messages", "expected_version", "request_id", "ttl")
