@@ -104,9 +104,10 @@ impl Encoding {
 /// Entries the cache keeps before it forgets the older half.
 const CACHE_ENTRIES: usize = 1 << 20;
 
-/// What identifies a stored message for its count: whose session (stored id), which seq,
-/// when it was stored and how long its content is (a replaced history has new times).
-type Key = (String, u64, u128, usize, Encoding);
+/// What identifies a stored message for its count: whose session (a hash of its stored
+/// id), which seq, when it was stored and how long its content is (a replaced history has
+/// new times), and the encoding.
+type Key = (u64, u64, u128, usize, Encoding);
 
 /// Counts of stored messages, so that the window of a long conversation is not tokenized
 /// again on every read. Two generations: when the young one is full, the old one is
@@ -117,31 +118,51 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// The tokens of message `message` of the session stored as `session`.
-    pub fn message(&self, encoding: Encoding, session: &str, message: &Message) -> u32 {
-        let key = (
-            session.to_string(),
-            message.seq,
-            message
-                .create_time
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros()),
-            message.body.content.len(),
-            encoding,
-        );
-        {
+    /// The tokens of each of `messages` of the session stored as `session`: one lock to
+    /// look them up, the ones not known counted outside it.
+    pub fn messages(&self, encoding: Encoding, session: &str, messages: &[Message]) -> Vec<u32> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let session = BuildHasherDefault::<DefaultHasher>::default().hash_one(session);
+        let keys: Vec<Key> = messages
+            .iter()
+            .map(|m| {
+                let stored = m
+                    .create_time
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+                (session, m.seq, stored, m.body.content.len(), encoding)
+            })
+            .collect();
+        let mut counts: Vec<Option<u32>> = {
             let generations = self.generations.lock();
-            if let Some(tokens) = generations.0.get(&key).or_else(|| generations.1.get(&key)) {
-                return *tokens;
+            keys.iter()
+                .map(|key| {
+                    generations
+                        .0
+                        .get(key)
+                        .or_else(|| generations.1.get(key))
+                        .copied()
+                })
+                .collect()
+        };
+        let mut counted = Vec::new();
+        for (i, count) in counts.iter_mut().enumerate() {
+            if count.is_none() {
+                let tokens = encoding.message(&messages[i].body);
+                *count = Some(tokens);
+                counted.push((keys[i], tokens));
             }
         }
-        let tokens = encoding.message(&message.body);
-        let mut generations = self.generations.lock();
-        if generations.0.len() >= CACHE_ENTRIES / 2 {
-            generations.1 = std::mem::take(&mut generations.0);
+        if !counted.is_empty() {
+            let mut generations = self.generations.lock();
+            for (key, tokens) in counted {
+                if generations.0.len() >= CACHE_ENTRIES / 2 {
+                    generations.1 = std::mem::take(&mut generations.0);
+                }
+                generations.0.insert(key, tokens);
+            }
         }
-        generations.0.insert(key, tokens);
-        tokens
+        counts.into_iter().map(|c| c.unwrap_or_default()).collect()
     }
 }
 

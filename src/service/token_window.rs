@@ -47,8 +47,9 @@ impl TokenWindows {
         count_system: bool,
     ) -> StoreResult<Fitted> {
         let hint = self.hints.lock().get(stored_id).copied();
-        // A little more than last time, so that a window that grew by a turn is one read.
-        let mut n = hint.map_or(FIRST_READ, |h| h + h / 4 + 8);
+        // A little more than last time, so that a window that grew by a message or two is
+        // one read (a turn more costs a second one).
+        let mut n = hint.map_or(FIRST_READ, |h| h + h / 8 + 2);
         loop {
             let mut session = store.get(id, Window::LastN(n)).await?;
             let summary = Summary::of_state(&session.state).map(|s| {
@@ -59,21 +60,19 @@ impl TokenWindows {
             let covered = session.messages.partition_point(|m| m.seq <= summarised);
             let system: u32 = summary.as_ref().map_or(0, |(_, t)| *t)
                 + if count_system {
-                    session
-                        .system_messages
+                    self.counts
+                        .messages(encoding, stored_id, &session.system_messages)
                         .iter()
-                        .map(|m| self.counts.message(encoding, stored_id, m))
                         .sum()
                 } else {
                     0
                 };
+            let costs = self.counts.messages(encoding, stored_id, &session.messages);
             let mut tokens = system;
             let mut start = session.messages.len();
             let mut exhausted = system > budget;
             while !exhausted && start > covered {
-                let cost = self
-                    .counts
-                    .message(encoding, stored_id, &session.messages[start - 1]);
+                let cost = costs[start - 1];
                 if tokens + cost > budget {
                     exhausted = true;
                 } else {
@@ -90,9 +89,7 @@ impl TokenWindows {
             // Tool results whose call did not fit are dropped with it.
             while start < session.messages.len() && session.messages[start].body.role == Role::Tool
             {
-                tokens -= self
-                    .counts
-                    .message(encoding, stored_id, &session.messages[start]);
+                tokens -= costs[start];
                 start += 1;
             }
             session.messages.drain(..start);
