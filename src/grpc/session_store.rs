@@ -154,6 +154,23 @@ async fn check_tool_results_answer_calls(
     }
 }
 
+/// The sum of the provider usage stored on every message of the session, when asked.
+async fn usage_total(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    asked: bool,
+) -> Result<Option<pb::Usage>, Status> {
+    if !asked {
+        return Ok(None);
+    }
+    let session = store.get(id, Window::All).await.map_err(status_of)?;
+    let mut total = crate::domain::Usage::default();
+    for usage in session.messages.iter().filter_map(|m| m.body.usage.clone()) {
+        total += usage;
+    }
+    Ok(Some(convert::usage_to_proto(total)))
+}
+
 fn session_id(raw: &str) -> Result<SessionId, Status> {
     convert::session_id(raw, "session_id")
 }
@@ -201,8 +218,10 @@ impl SessionStoreRpc for SessionStoreService {
                     .await
                     .map_err(status_of)?;
                 let session = self.slide(store.as_ref(), &id, fitted.session).await?;
+                let usage_total = usage_total(store.as_ref(), &id, request.include_usage).await?;
                 return Ok(Response::new(pb::GetSessionResponse {
                     session: Some(convert::session_to_proto(session)),
+                    usage_total,
                     tokens: fitted.tokens,
                     summary: fitted.summary.map(|(s, tokens)| pb::WindowSummary {
                         text: s.text,
@@ -214,8 +233,10 @@ impl SessionStoreRpc for SessionStoreService {
         };
         let session = store.get(&id, window).await.map_err(status_of)?;
         let session = self.slide(store.as_ref(), &id, session).await?;
+        let usage_total = usage_total(store.as_ref(), &id, request.include_usage).await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(convert::session_to_proto(session)),
+            usage_total,
             tokens: 0,
             summary: None,
         }))

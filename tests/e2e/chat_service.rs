@@ -741,7 +741,11 @@ async fn a_turns_history_fits_its_token_budget() {
     let budget: u32 = history[15..].iter().map(cost).sum();
     let mut request = ask(&id, "And parcel 7?");
     request.max_history_tokens = budget;
-    chat.exec(request).await.expect("a budgeted turn");
+    let first = chat
+        .exec(request)
+        .await
+        .expect("a budgeted turn")
+        .into_inner();
     let sent = model.requests().await[0].roles_and_contents();
     let expected: Vec<(String, String)> = history[15..]
         .iter()
@@ -751,12 +755,35 @@ async fn a_turns_history_fits_its_token_budget() {
     assert_eq!(sent, expected);
 
     // Without a budget, the message window (50) sends everything.
-    chat.exec(ask(&id, "Thanks"))
+    let second = chat
+        .exec(ask(&id, "Thanks"))
         .await
-        .expect("an unbudgeted turn");
+        .expect("an unbudgeted turn")
+        .into_inner();
     assert_eq!(
         model.requests().await[1].roles_and_contents().len(),
         20 + 2 + 1
+    );
+
+    // The session's usage: what both turns' model calls reported, kept on their messages.
+    let read = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+            window: Some(pb::get_session_request::Window::LastN(1)),
+            include_usage: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (a, b) = (first.usage.unwrap(), second.usage.unwrap());
+    let total = read.usage_total.expect("usage_total");
+    assert!(a.total_tokens > 0);
+    assert_eq!(total.total_tokens, a.total_tokens + b.total_tokens);
+    assert_eq!(total.prompt_tokens, a.prompt_tokens + b.prompt_tokens);
+    assert_eq!(
+        total.completion_tokens,
+        a.completion_tokens + b.completion_tokens
     );
 }
 

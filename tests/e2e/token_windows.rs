@@ -52,6 +52,7 @@ async fn window(
             window: Some(pb::get_session_request::Window::MaxTokens(budget)),
             count_system_messages: count_system,
             model: "gpt-4o".into(),
+            ..Default::default()
         })
         .await
         .expect("a budgeted read")

@@ -83,30 +83,34 @@ class Session(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., system_messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., state: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[int] = ..., message_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
-    __slots__ = ("session_id", "last_n", "after_seq", "max_tokens", "count_system_messages", "model")
+    __slots__ = ("session_id", "last_n", "after_seq", "max_tokens", "count_system_messages", "model", "include_usage")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_N_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COUNT_SYSTEM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_USAGE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     last_n: int
     after_seq: int
     max_tokens: int
     count_system_messages: bool
     model: str
-    def __init__(self, session_id: _Optional[str] = ..., last_n: _Optional[int] = ..., after_seq: _Optional[int] = ..., max_tokens: _Optional[int] = ..., count_system_messages: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+    include_usage: bool
+    def __init__(self, session_id: _Optional[str] = ..., last_n: _Optional[int] = ..., after_seq: _Optional[int] = ..., max_tokens: _Optional[int] = ..., count_system_messages: _Optional[bool] = ..., model: _Optional[str] = ..., include_usage: _Optional[bool] = ...) -> None: ...
 
 class GetSessionResponse(_message.Message):
-    __slots__ = ("session", "tokens", "summary")
+    __slots__ = ("session", "tokens", "summary", "usage_total")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    USAGE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     session: Session
     tokens: int
     summary: WindowSummary
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., tokens: _Optional[int] = ..., summary: _Optional[_Union[WindowSummary, _Mapping]] = ...) -> None: ...
+    usage_total: _message_pb2.Usage
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., tokens: _Optional[int] = ..., summary: _Optional[_Union[WindowSummary, _Mapping]] = ..., usage_total: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class WindowSummary(_message.Message):
     __slots__ = ("text", "through_seq", "tokens")
