@@ -165,7 +165,7 @@ async fn usage_total(
     }
     let session = store.get(id, Window::All).await.map_err(status_of)?;
     let mut total = crate::domain::Usage::default();
-    for usage in session.messages.iter().filter_map(|m| m.body.usage.clone()) {
+    for usage in session.messages.iter().filter_map(|m| m.body.usage) {
         total += usage;
     }
     Ok(Some(convert::usage_to_proto(total)))
