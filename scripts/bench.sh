@@ -96,6 +96,12 @@ echo "# 10x overload: 640 streams against a limit of 64, then against no limit"
 run --overload-limit 64 --concurrency 640 --connections 4 --payload 16384 --window 20 \
     --sessions 100 --duration 5s
 
+echo "# token-budgeted reads against last_n, at 10 and 10,000 messages"
+run --ops get,tokens --lengths 10,10000,10 --window 20 --concurrency 16 --rate 1000 --duration 5s \
+    --sessions 5 --no-floors
+run --backend redis --redis-address "$redis" --ops get,tokens --lengths 10,10000,10 --window 20 \
+    --concurrency 16 --rate 1000 --duration 5s --sessions 5 --no-floors
+
 echo "# change feeds: 100 watchers on 10 sessions, appends at a fixed rate, then idle watchers"
 run --watchers 100 --sessions 10 --rate 200 --duration 10s
 run --backend redis --redis-address "$redis" --watchers 100 --sessions 10 --rate 200 --duration 10s
