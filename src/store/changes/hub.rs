@@ -232,11 +232,6 @@ impl SessionSubscription {
         }
     }
 
-    /// True once the hub closed.
-    pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
-
     /// The read of the session's messages after `after_seq` that every watcher woken by
     /// the latest change shares: the first to ask makes it (`OnceCell::get_or_init`), the
     /// others wait for it. A read begun after the change was signalled holds it.
