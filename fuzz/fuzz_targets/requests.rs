@@ -10,8 +10,9 @@ use csai_sidecar::grpc::chat::ChatService;
 use csai_sidecar::grpc::pb;
 use csai_sidecar::grpc::pb::chat_server::Chat;
 use csai_sidecar::grpc::pb::session_store_server::SessionStore;
-use csai_sidecar::grpc::session_store::SessionStoreService;
+use csai_sidecar::grpc::session_store::{Feeds, SessionStoreService};
 use csai_sidecar::service::Policy;
+use csai_sidecar::store::changes::ChangeHub;
 use csai_sidecar::store::memory::{MemoryLimits, MemoryStore};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -42,6 +43,10 @@ static SERVICES: LazyLock<Services> = LazyLock::new(|| {
                 config.stats_refresh_interval,
             ),
             Policy::from_config(&config),
+            Feeds {
+                hub: ChangeHub::new(config.watch_max_watchers),
+                buffer: config.watch_buffer,
+            },
         ),
         chat: ChatService::new(Arc::new(engine), store, Policy::from_config(&config)),
     }
@@ -61,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             };
         }
         let sessions = &services.sessions;
-        match rpc % 10 {
+        match rpc % 12 {
             0 => call!(sessions, get_session, pb::GetSessionRequest),
             1 => call!(sessions, append_messages, pb::AppendMessagesRequest),
             2 => call!(sessions, replace_messages, pb::ReplaceMessagesRequest),
@@ -71,6 +76,9 @@ fuzz_target!(|data: &[u8]| {
             6 => call!(sessions, delete_session, pb::DeleteSessionRequest),
             7 => call!(sessions, list_sessions, pb::ListSessionsRequest),
             8 => call!(sessions, record_feedback, pb::RecordFeedbackRequest),
+            // The streams are dropped unread: what is fuzzed is the request's checks.
+            10 => call!(sessions, watch_session, pb::WatchSessionRequest),
+            11 => call!(sessions, watch_sessions, pb::WatchSessionsRequest),
             _ => call!(services.chat, exec, pb::ExecRequest),
         }
     });
