@@ -101,6 +101,49 @@ impl Encoding {
     }
 }
 
+/// The most recent of a window whose message `i` costs `costs[i]` that fit `budget`
+/// tokens beside `spent` already counted, never before `floor`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fit {
+    /// The first message kept.
+    pub start: usize,
+    /// `spent` plus the kept messages' tokens.
+    pub tokens: u32,
+    /// A message before `start` (and after `floor`) did not fit.
+    pub exhausted: bool,
+}
+
+/// Walks back from the end while the messages fit; a window never starts with tool
+/// results (`is_tool`), which go with their call when it does not fit.
+pub fn fit(
+    costs: &[u32],
+    floor: usize,
+    spent: u32,
+    budget: u32,
+    is_tool: impl Fn(usize) -> bool,
+) -> Fit {
+    let mut tokens = spent;
+    let mut start = costs.len();
+    let mut exhausted = spent > budget;
+    while !exhausted && start > floor {
+        if tokens + costs[start - 1] > budget {
+            exhausted = true;
+        } else {
+            tokens += costs[start - 1];
+            start -= 1;
+        }
+    }
+    while start < costs.len() && is_tool(start) {
+        tokens -= costs[start];
+        start += 1;
+    }
+    Fit {
+        start,
+        tokens,
+        exhausted,
+    }
+}
+
 /// Entries the cache keeps before it forgets the older half.
 const CACHE_ENTRIES: usize = 1 << 20;
 

@@ -4,7 +4,7 @@
 //! covers (1 through `through_seq`); the messages stay readable by seq, export and backup.
 
 use crate::domain::{JsonObject, Message, NewMessage, Role};
-use crate::tokens::Encoding;
+use crate::tokens::{self, Encoding};
 use serde_json::{Value, json};
 
 /// The state key of a session's summary.
@@ -63,21 +63,12 @@ impl Summary {
 /// message kept. Tool results stay with their call: the cut never falls inside a tool
 /// exchange. 0 means nothing needs summarising.
 pub fn cut(messages: &[Message], budget: u32, encoding: Encoding) -> usize {
-    let mut tokens = 0u32;
-    let mut start = messages.len();
-    while start > 0 {
-        let cost = encoding.message(&messages[start - 1].body);
-        if tokens + cost > budget {
-            break;
-        }
-        tokens += cost;
-        start -= 1;
-    }
+    let costs: Vec<u32> = messages.iter().map(|m| encoding.message(&m.body)).collect();
     // Results whose call would be summarised go into the summary with it.
-    while start < messages.len() && messages[start].body.role == Role::Tool {
-        start += 1;
-    }
-    start
+    tokens::fit(&costs, 0, 0, budget, |i| {
+        messages[i].body.role == Role::Tool
+    })
+    .start
 }
 
 /// The request that asks the model for a summary of `messages`, merged with `previous`.

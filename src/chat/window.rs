@@ -1,7 +1,7 @@
 //! What a turn sends the model: system messages, a tool-safe history window, the turn.
 
 use crate::domain::{Message, NewMessage, Role, tool_safe_start};
-use crate::tokens::Encoding;
+use crate::tokens::{self, Encoding};
 
 /// Index of the first message of the last turn: the last user message.
 pub fn turn_start(messages: &[Message]) -> Option<usize> {
@@ -24,20 +24,9 @@ pub fn history(before: &[Message], window: u32) -> Vec<NewMessage> {
 /// The most recent messages of `history` whose tokens add up to at most `budget`: the
 /// oldest go first, and tool results left without their call go with it.
 pub fn fit_tokens(history: Vec<NewMessage>, budget: u32, encoding: Encoding) -> Vec<NewMessage> {
-    let mut total = 0u32;
-    let mut start = history.len();
-    while start > 0 {
-        let cost = encoding.message(&history[start - 1]);
-        if total + cost > budget {
-            break;
-        }
-        total += cost;
-        start -= 1;
-    }
-    while start < history.len() && history[start].role == Role::Tool {
-        start += 1;
-    }
-    history.into_iter().skip(start).collect()
+    let costs: Vec<u32> = history.iter().map(|m| encoding.message(m)).collect();
+    let fit = tokens::fit(&costs, 0, 0, budget, |i| history[i].role == Role::Tool);
+    history.into_iter().skip(fit.start).collect()
 }
 
 /// Drops tool calls that no tool message right after them answers, assistant messages

@@ -5,7 +5,7 @@
 use crate::chat::compaction::Summary;
 use crate::domain::{Role, Session, SessionId, Window};
 use crate::store::{SessionStore, StoreResult};
-use crate::tokens::{Encoding, TokenCache};
+use crate::tokens::{self, Encoding, TokenCache};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
@@ -68,30 +68,17 @@ impl TokenWindows {
                     0
                 };
             let costs = self.counts.messages(encoding, stored_id, &session.messages);
-            let mut tokens = system;
-            let mut start = session.messages.len();
-            let mut exhausted = system > budget;
-            while !exhausted && start > covered {
-                let cost = costs[start - 1];
-                if tokens + cost > budget {
-                    exhausted = true;
-                } else {
-                    tokens += cost;
-                    start -= 1;
-                }
-            }
+            let messages = &session.messages;
+            let fit = tokens::fit(&costs, covered, system, budget, |i| {
+                messages[i].body.role == Role::Tool
+            });
             let whole = covered > 0 || session.messages.first().is_none_or(|m| m.seq == 1);
-            if !exhausted && !whole && (session.messages.len() as u32) >= n {
+            if !fit.exhausted && !whole && (session.messages.len() as u32) >= n {
                 // The budget reaches further back than this read: read more.
                 n = n.saturating_mul(4);
                 continue;
             }
-            // Tool results whose call did not fit are dropped with it.
-            while start < session.messages.len() && session.messages[start].body.role == Role::Tool
-            {
-                tokens -= costs[start];
-                start += 1;
-            }
+            let (start, tokens) = (fit.start, fit.tokens);
             session.messages.drain(..start);
             let mut hints = self.hints.lock();
             if hints.len() >= HINTS {
