@@ -120,26 +120,8 @@ pub fn watch_sessions(
         buffer,
     )
     .map_err(status_of_watch)?;
-    // FELL_BEHIND is the last event; the status after it says why the stream ends.
-    let mut fell_behind = false;
     Ok(events
-        .map(move |event| match event {
-            Ok(event) => Ok(summary_event(event)),
-            Err(error) => Err(status_of_watch(error)),
-        })
-        .flat_map(move |item| {
-            let end = matches!(&item, Ok(e) if e.kind == pb::SessionChangeKind::FellBehind as i32);
-            let limit = buffer;
-            let items: Vec<Result<pb::SessionSummaryEvent, Status>> = if fell_behind {
-                Vec::new()
-            } else if end {
-                fell_behind = true;
-                vec![item, Err(status_of_watch(WatchError::FellBehind { limit }))]
-            } else {
-                vec![item]
-            };
-            futures::stream::iter(items)
-        })
+        .map(|event| event.map(summary_event).map_err(status_of_watch))
         .boxed())
 }
 

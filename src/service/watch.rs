@@ -469,6 +469,7 @@ pub fn watch_sessions(
         expiries: Expiries::default(),
         queue: VecDeque::new(),
         started: false,
+        fell_behind: false,
         ended: false,
     };
     Ok(stream::unfold(feed, |mut feed| async move {
@@ -525,6 +526,8 @@ struct PrefixFeed {
     expiries: Expiries,
     queue: VecDeque<SummaryEvent>,
     started: bool,
+    /// Its FELL_BEHIND marker is queued: the stream ends after it.
+    fell_behind: bool,
     ended: bool,
 }
 
@@ -536,6 +539,10 @@ impl PrefixFeed {
         loop {
             if let Some(event) = self.queue.pop_front() {
                 return Some(Ok(event));
+            }
+            if self.fell_behind {
+                self.ended = true;
+                return Some(Err(WatchError::FellBehind { limit: self.buffer }));
             }
             if !self.started {
                 self.started = true;
@@ -561,10 +568,9 @@ impl PrefixFeed {
                     }
                 }
                 Some(Taken::FellBehind) => {
-                    self.ended = true;
+                    // What is queued goes out, the marker last, then the stream ends.
                     self.push_marker(SummaryKind::FellBehind);
-                    let event = self.queue.pop_front().expect("just queued");
-                    return Some(Ok(event));
+                    self.fell_behind = true;
                 }
                 Some(Taken::Closed) => {
                     self.ended = true;

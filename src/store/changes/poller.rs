@@ -44,7 +44,9 @@ async fn poll_sessions(
     seen: &mut HashMap<String, Option<Seen>>,
 ) {
     let watched = hub.watched_sessions();
-    seen.retain(|id, _| watched.contains(id));
+    // A set: thousands of watched sessions would make a list's `contains` quadratic.
+    let still: std::collections::HashSet<&String> = watched.iter().collect();
+    seen.retain(|id, _| still.contains(id));
     let reads = futures::stream::iter(watched)
         .map(|id| async move {
             let header = store.get(&SessionId::new(id.clone()), Window::HEADER).await;

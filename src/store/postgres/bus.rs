@@ -2,11 +2,12 @@
 //! `{table_prefix}changes`: one listening connection per replica, and `pg_notify` on
 //! a small pool of its own, so signals never wait for the store's connections.
 
+use super::Connecting;
 use super::config::PostgresOptions;
 use crate::store::changes::{Change, ChangeBus, ChangeHub, Envelope, Mechanism};
 use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::AsyncMessage;
@@ -28,27 +29,11 @@ pub struct PostgresBus {
 impl PostgresBus {
     /// A bus on the configured database; nothing is dialled yet.
     pub fn new(options: &PostgresOptions) -> StoreResult<Self> {
-        let mut config: tokio_postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("postgres_url: {e}")))?;
-        config.connect_timeout(options.timeout);
-        let tls = super::tls(options.ca_file.as_deref())?;
-        let manager = Manager::from_config(
-            config.clone(),
-            tls.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(2)
-            .build()
-            .map_err(|e| StoreError::Internal(format!("PostgreSQL pool: {e}")))?;
+        let connecting = Connecting::new(options)?;
         Ok(Self {
-            config,
-            tls,
-            pool,
+            pool: connecting.pool(2)?,
+            config: connecting.config,
+            tls: connecting.tls,
             channel: format!("{}changes", options.table_prefix),
             timeout: options.timeout,
         })

@@ -58,23 +58,7 @@ impl PostgresStore {
     /// A store on `options.url`; connections are made when first needed, so a database
     /// that is down at start makes the sidecar NOT_SERVING rather than stopping it.
     pub fn open(options: PostgresOptions) -> StoreResult<Self> {
-        let mut config: tokio_postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("postgres_url: {e}")))?;
-        config.connect_timeout(options.timeout);
-        let tls = tls(options.ca_file.as_deref())?;
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size)
-            .build()
-            .map_err(|e| StoreError::Internal(format!("PostgreSQL pool: {e}")))?;
+        let pool = Connecting::new(&options)?.pool(options.pool_size)?;
         Ok(Self {
             pool,
             tables: Tables::new(&options.table_prefix),
@@ -256,9 +240,41 @@ enum Change {
 
 /// The TLS connector: the configured CA, else the public web roots. Whether TLS is used
 /// is the URL's `sslmode` (disable, prefer: the default, require).
-pub(super) fn tls(
-    ca_file: Option<&std::path::Path>,
-) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
+/// How to reach the database: the parsed URL and the TLS connector, for the store's pool
+/// and the change bus's connections.
+pub(super) struct Connecting {
+    pub config: tokio_postgres::Config,
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl Connecting {
+    pub fn new(options: &PostgresOptions) -> StoreResult<Self> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("postgres_url: {e}")))?;
+        config.connect_timeout(options.timeout);
+        let tls = tls(options.ca_file.as_deref())?;
+        Ok(Self { config, tls })
+    }
+
+    /// A pool of at most `size` connections, made when first needed.
+    pub fn pool(&self, size: usize) -> StoreResult<Pool> {
+        let manager = Manager::from_config(
+            self.config.clone(),
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("PostgreSQL pool: {e}")))
+    }
+}
+
+fn tls(ca_file: Option<&std::path::Path>) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
