@@ -6,6 +6,7 @@ pub mod format;
 pub mod guard;
 pub mod provider;
 pub mod sse;
+pub mod token_window;
 pub mod turn;
 pub mod window;
 mod wire;

@@ -106,6 +106,9 @@ pub struct ProviderSettings {
     pub name: String,
     pub endpoint: Endpoint,
     pub model: String,
+    /// The model's context window in tokens (0 = not configured): a turn's history is
+    /// what it leaves after the rest of the prompt and room for the answer.
+    pub context_tokens: u32,
     pub defaults: Sampling,
     /// Bound of one HTTP attempt, answer streaming included.
     pub timeout: Duration,

@@ -1,5 +1,6 @@
 //! What a turn sends the model: system messages, a tool-safe history window, the turn.
 
+use crate::chat::completion::ToolSpec;
 use crate::domain::{Message, NewMessage, Role, tool_safe_start};
 use crate::tokens::{self, Encoding};
 
@@ -27,6 +28,33 @@ pub fn fit_tokens(history: Vec<NewMessage>, budget: u32, encoding: Encoding) -> 
     let costs: Vec<u32> = history.iter().map(|m| encoding.message(m)).collect();
     let fit = tokens::fit(&costs, 0, 0, budget, |i| history[i].role == Role::Tool);
     history.into_iter().skip(fit.start).collect()
+}
+
+/// The tokens a turn's history (its summary included) may take: the `requested` budget
+/// (0 = none) and what the model's `context` (0 = not configured) leaves after `rest`,
+/// the other tokens of the request and the room for the answer. None: no budget.
+pub fn history_budget(requested: u32, context: u32, rest: u32) -> Option<u32> {
+    let left = (context > 0).then(|| context.saturating_sub(rest));
+    match (requested, left) {
+        (0, left) => left,
+        (requested, None) => Some(requested),
+        (requested, Some(left)) => Some(requested.min(left)),
+    }
+}
+
+/// The tokens of the tools' definitions, counted as their JSON (name, description,
+/// parameters): a little more than OpenAI bills for them, which is the safe side of a
+/// context budget.
+pub fn tools_tokens(tools: &[ToolSpec], encoding: Encoding) -> u32 {
+    tools
+        .iter()
+        .map(|tool| {
+            let parameters = serde_json::to_string(&tool.parameters).unwrap_or_default();
+            encoding.count(&tool.name)
+                + encoding.count(&tool.description)
+                + encoding.count(&parameters)
+        })
+        .sum()
 }
 
 /// Drops tool calls that no tool message right after them answers, assistant messages
@@ -153,6 +181,16 @@ mod tests {
         );
         assert_eq!(window[1].tool_calls.len(), 1);
         assert_eq!(window[1].tool_calls[0].id, "a");
+    }
+
+    #[test]
+    fn the_smaller_budget_wins_and_a_full_context_leaves_none() {
+        assert_eq!(history_budget(0, 0, 500), None);
+        assert_eq!(history_budget(300, 0, 500), Some(300));
+        assert_eq!(history_budget(0, 1000, 400), Some(600));
+        assert_eq!(history_budget(300, 1000, 400), Some(300));
+        assert_eq!(history_budget(900, 1000, 400), Some(600));
+        assert_eq!(history_budget(0, 1000, 1400), Some(0));
     }
 
     #[test]

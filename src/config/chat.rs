@@ -32,6 +32,11 @@ pub(super) fn settings(values: &Values) -> Result<ChatSettings, ConfigError> {
         name: String::new(),
         endpoint: Endpoint::Echo,
         model: values.text("chat_model"),
+        context_tokens: values.get(
+            "chat_context_tokens",
+            "a whole number (0 = not configured)",
+            |s| s.parse().ok(),
+        )?,
         defaults,
         timeout: values.get("chat_timeout", "a positive duration such as 30s", |s| {
             humantime::parse_duration(s).ok().filter(|d| !d.is_zero())
@@ -218,6 +223,7 @@ const PROVIDER_KEYS: &[&str] = &[
     "presence_penalty",
     "timeout",
     "max_retries",
+    "context_tokens",
 ];
 
 /// A named provider of the config file; unset fields take the `chat_*` values.
@@ -325,5 +331,11 @@ fn provider_from_table(
                 .ok_or_else(|| error("timeout", "must be a positive duration such as 30s"))?,
         },
         max_retries: whole("max_retries", 0, 10, shared.max_retries)?,
+        context_tokens: whole(
+            "context_tokens",
+            0,
+            i64::from(u32::MAX),
+            shared.context_tokens,
+        )?,
     })
 }

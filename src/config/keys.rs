@@ -276,7 +276,13 @@ pub const KEYS: &[Key] = &[
         "chat_history_tokens",
         "CSAI_CHAT_HISTORY_TOKENS",
         "0",
-        "at most this many tokens of those history messages, the oldest dropped first (the model's context size minus room for the system messages, the turn and the answer; 0 = no token budget)",
+        "at most this many tokens of those history messages (and the summary), the oldest dropped first (0 = no token budget)",
+    ),
+    key(
+        "chat_context_tokens",
+        "CSAI_CHAT_CONTEXT_TOKENS",
+        "0",
+        "the model's context window in tokens: a turn's history also fits what it leaves after the system messages, the turn and chat_max_tokens for the answer ([providers.NAME] context_tokens per model; 0 = not configured)",
     ),
     key(
         "chat_compact_after_tokens",

@@ -1,5 +1,6 @@
 //! The SessionStore gRPC service: validates requests, applies policy, calls the store.
 
+use crate::chat::token_window::{Budget, TokenWindows};
 use crate::domain::Tenant;
 use crate::domain::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
 use crate::grpc::convert::{self, timestamp};
@@ -8,7 +9,6 @@ use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{export_import, record_rpcs, watch_rpcs};
 use crate::service::Policy;
-use crate::service::token_window::TokenWindows;
 use crate::service::validate;
 use crate::store::changes::ChangeHub;
 use crate::store::decorators::tenant::{TenantStore, stored_id};
@@ -211,9 +211,12 @@ impl SessionStoreRpc for SessionStoreService {
                         store.as_ref(),
                         &id,
                         &stored,
-                        encoding,
-                        budget,
-                        request.count_system_messages,
+                        Budget {
+                            encoding,
+                            tokens: budget,
+                            count_system: request.count_system_messages,
+                            open_turn: false,
+                        },
                     )
                     .await
                     .map_err(status_of)?;

@@ -5,7 +5,6 @@
 pub mod chat_rules;
 pub mod import;
 pub mod policy;
-pub mod token_window;
 pub mod validate;
 pub mod watch;
 

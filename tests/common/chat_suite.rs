@@ -35,6 +35,7 @@ pub fn provider(name: &str, model: &ScriptedModel) -> ProviderSettings {
             }),
         },
         model: "scripted-model".into(),
+        context_tokens: 0,
         defaults: Sampling::default(),
         timeout: Duration::from_secs(10),
         max_retries: 2,

@@ -26,6 +26,7 @@ fn config() -> Config {
         name: "echo".into(),
         endpoint: Endpoint::Echo,
         model: "echo".into(),
+        context_tokens: 0,
         defaults: Sampling::default(),
         timeout: Duration::from_secs(5),
         max_retries: 0,

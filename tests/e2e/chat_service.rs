@@ -308,6 +308,7 @@ async fn echo_provider_answers_with_the_users_message() {
         name: "echo".into(),
         endpoint: Endpoint::Echo,
         model: "echo".into(),
+        context_tokens: 0,
         defaults: Sampling::default(),
         timeout: Duration::from_secs(5),
         max_retries: 0,
@@ -884,6 +885,92 @@ async fn five_hundred_turns_stay_within_their_token_budget() {
     );
 }
 
+/// A model's context sets the budget: each request's messages, the reply priming and the
+/// room for the answer fit `context_tokens`, with the most history that does; a request's
+/// smaller `max_history_tokens` wins.
+#[tokio::test]
+async fn a_models_context_window_sets_the_history_budget() {
+    use csai_sidecar::domain::{NewMessage, Role};
+    use csai_sidecar::tokens::{Encoding, REPLY_PRIMING};
+    const TURNS: usize = 40;
+    const CONTEXT: u32 = 500;
+    const ANSWER_ROOM: u32 = 150;
+    let model =
+        ScriptedModel::start(vec![Reply::Text("Your parcel is on its way.".into()); 41]).await;
+    let mut config = chat_config(&model);
+    config.chat.limits.history_window = 0;
+    config.chat.providers[0].context_tokens = CONTEXT;
+    config.chat.providers[0].defaults.max_tokens = ANSWER_ROOM;
+    let (server, mut chat) = start(config, &memory()).await;
+    let id = unique("context");
+    let system = "You are the parcel service's assistant. Answer in one sentence.";
+    server
+        .sessions()
+        .await
+        .set_system_messages(pb::SetSystemMessagesRequest {
+            session_id: id.clone(),
+            system_messages: vec![pb::Message {
+                role: pb::Role::System as i32,
+                content: system.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("system messages");
+    let question = |n: usize| format!("Question {n}: where is parcel {}?", n * 17);
+    for n in 0..TURNS {
+        chat.exec(ask(&id, &question(n))).await.expect("a turn");
+    }
+    let cost = |role: &str, content: &str| {
+        let role = match role {
+            "user" => Role::User,
+            "system" => Role::System,
+            _ => Role::Assistant,
+        };
+        Encoding::O200k.message(&NewMessage::text(role, content))
+    };
+    let requests = model.requests().await;
+    let mut cut = 0;
+    for (n, request) in requests.iter().enumerate() {
+        let sent = request.roles_and_contents();
+        assert_eq!(sent[0].1, system);
+        let history = sent.len() - 2;
+        let used: u32 =
+            sent.iter().map(|(r, c)| cost(r, c)).sum::<u32>() + REPLY_PRIMING + ANSWER_ROOM;
+        assert!(
+            used <= CONTEXT,
+            "turn {n}: {used} tokens with the answer's room"
+        );
+        if history < 2 * n {
+            cut += 1;
+            // The message before the window would not have fitted.
+            let earlier = 2 * n - history - 1;
+            let (role, content) = if earlier % 2 == 0 {
+                ("user", question(earlier / 2))
+            } else {
+                ("assistant", "Your parcel is on its way.".to_string())
+            };
+            assert!(
+                used + cost(role, &content) > CONTEXT,
+                "turn {n}: one more fits"
+            );
+        }
+    }
+    assert!(cut > 20, "the context cut the history on most turns: {cut}");
+
+    // A smaller budget in the request wins over the context's.
+    let mut request = ask(&id, &question(TURNS));
+    request.max_history_tokens = 60;
+    chat.exec(request).await.expect("a turn");
+    let sent = model.requests().await.pop().unwrap().roles_and_contents();
+    let history: u32 = sent[1..sent.len() - 1]
+        .iter()
+        .map(|(r, c)| cost(r, c))
+        .sum();
+    assert!(history <= 60 && history > 0, "{history} tokens of history");
+}
+
 fn history_of(turns: usize) -> Vec<pb::Message> {
     (0..turns)
         .flat_map(|n| {
@@ -1041,86 +1128,4 @@ async fn compaction_keeps_a_summary_beside_every_message() {
     let (ra, rb) = (ra.unwrap().into_inner(), rb.unwrap().into_inner());
     assert_eq!(ra.compacted as u8 + rb.compacted as u8, 1, "{ra:?} {rb:?}");
     assert_eq!(ra.summary, rb.summary, "both report the one stored");
-}
-
-/// Chat compacts by itself: over 120 turns under a budget, each turn's summary + history
-/// fits, summaries cover more and more, and the model is asked for one at most once per
-/// `chat_compact_after_tokens` tokens that stopped fitting.
-#[tokio::test]
-async fn turns_compact_their_session_as_it_grows() {
-    use csai_sidecar::domain::{NewMessage, Role};
-    use csai_sidecar::tokens::Encoding;
-    const TURNS: usize = 120;
-    const BUDGET: u32 = 400;
-    const EVERY: u32 = 200;
-    let model = ScriptedModel::start(vec![
-        Reply::Text("Noted: parcels on their way.".into());
-        400
-    ])
-    .await;
-    let mut config = chat_config(&model);
-    config.chat.limits.history_window = 0;
-    config.chat.limits.history_tokens = BUDGET;
-    config.chat.limits.compact_after_tokens = EVERY;
-    let (server, mut chat) = start(config, &memory()).await;
-    let id = unique("auto-compact");
-    for n in 0..TURNS {
-        chat.exec(ask(
-            &id,
-            &format!("Question {n}: where is parcel {}?", n * 17),
-        ))
-        .await
-        .expect("a turn");
-    }
-    let requests = model.requests().await;
-    let is_summary = |r: &crate::common::llm_server::Recorded| {
-        r.roles_and_contents()[0]
-            .1
-            .starts_with("You summarise a customer-service conversation")
-    };
-    let summaries = requests.iter().filter(|r| is_summary(r)).count();
-    let turns: Vec<_> = requests.iter().filter(|r| !is_summary(r)).collect();
-    assert_eq!(turns.len(), TURNS);
-    let cost = |(role, content): &(String, String)| {
-        let role = match role.as_str() {
-            "user" => Role::User,
-            "system" => Role::System,
-            _ => Role::Assistant,
-        };
-        Encoding::O200k.message(&NewMessage::text(role, content.clone()))
-    };
-    for (n, request) in turns.iter().enumerate() {
-        let sent = request.roles_and_contents();
-        let history = &sent[..sent.len() - 1];
-        let tokens: u32 = history.iter().map(cost).sum();
-        assert!(
-            tokens <= BUDGET,
-            "turn {n}: summary + history is {tokens} tokens"
-        );
-    }
-    // Every message of a turn costs about 20 tokens: 240 messages ~ 4,800 tokens, of
-    // which all but the budget stopped fitting, one summary per EVERY tokens at most.
-    assert!(summaries >= 5, "{summaries} summaries");
-    assert!(
-        summaries as u32 <= 2 * TURNS as u32 * 25 / EVERY,
-        "{summaries} summaries"
-    );
-    let session = server
-        .sessions()
-        .await
-        .get_session(pb::GetSessionRequest {
-            session_id: id,
-            window: Some(pb::get_session_request::Window::MaxTokens(BUDGET)),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let summary = session.summary.expect("a summary");
-    assert!(summary.through_seq > 150, "{}", summary.through_seq);
-    assert_eq!(
-        session.session.unwrap().message_count,
-        2 * TURNS as u64,
-        "every message is kept"
-    );
 }

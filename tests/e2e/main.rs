@@ -13,6 +13,7 @@ mod chat_turns_memory;
 mod chat_turns_redis;
 mod cli;
 mod clients;
+mod compaction;
 mod deploy;
 mod docs;
 mod dynamo_e2e;

@@ -252,6 +252,7 @@ fn model_provider(base_url: &str) -> ProviderSettings {
             api_key: None,
         },
         model: "bench-model".into(),
+        context_tokens: 0,
         defaults: Sampling::default(),
         timeout: Duration::from_secs(10),
         max_retries: 0,

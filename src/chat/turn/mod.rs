@@ -7,6 +7,7 @@ use crate::chat::completion::{
 use crate::chat::format;
 use crate::chat::guard::{Limited, RateLimiter, TranscriptLog};
 use crate::chat::provider::{Provider, ProviderError};
+use crate::chat::token_window::TokenWindows;
 use crate::chat::window;
 use crate::chat::{ChatSettings, TurnLimits};
 use crate::domain::{
@@ -15,7 +16,7 @@ use crate::domain::{
 use crate::observability::metrics;
 use crate::records::{self, RecordStream, SecurityLog};
 use crate::store::{SessionStore, StoreError};
-use crate::tokens::Encoding;
+use crate::tokens::{self, Encoding};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 
@@ -198,9 +199,12 @@ pub struct ChatEngine {
     rate_limiter: Option<RateLimiter>,
     transcripts: Option<TranscriptLog>,
     record_retention: Duration,
+    /// Token counts and window sizes of budgeted history reads.
+    token_windows: TokenWindows,
 }
 
-/// A session as the turn reads it.
+/// A session as the turn reads it; the default is a session not stored yet.
+#[derive(Default)]
 struct Loaded {
     version: u64,
     system: Vec<Message>,
@@ -209,6 +213,18 @@ struct Loaded {
     handoff: Option<serde_json::Value>,
     /// What the oldest messages are summarised as, if the session was compacted.
     summary: Option<Summary>,
+}
+
+impl Loaded {
+    fn of(session: crate::domain::Session) -> Self {
+        Loaded {
+            version: session.version,
+            handoff: handoff_of(&session.state),
+            summary: Summary::of_state(&session.state),
+            system: session.system_messages,
+            messages: session.messages,
+        }
+    }
 }
 
 /// The state key by which a human agent takes a session over: while it is set (to
@@ -239,6 +255,7 @@ impl ChatEngine {
             rate_limiter: settings.rate_limits.map(RateLimiter::new),
             transcripts: settings.transcript_dir.clone().map(TranscriptLog::new),
             record_retention: settings.record_retention,
+            token_windows: TokenWindows::default(),
         })
     }
 
@@ -301,8 +318,25 @@ impl ChatEngine {
         }
         let window = request.history_window.unwrap_or(self.limits.history_window);
         let continuing = matches!(request.input, TurnInput::ToolResults(_));
+        let model = match &request.overrides.model {
+            Some(model) => model.as_str(),
+            None => provider.settings.model.as_str(),
+        };
+        let encoding = Encoding::for_model(model, self.limits.token_encoding);
+        let requested = request.history_tokens.unwrap_or(self.limits.history_tokens);
+        let context = provider.settings.context_tokens;
+        let answer_room = request
+            .overrides
+            .max_tokens
+            .unwrap_or(provider.settings.defaults.max_tokens)
+            .saturating_add(tokens::REPLY_PRIMING);
+        let every = self.limits.compact_after_tokens;
+        // Enough history to fill the most the budget can be, and to tell whether `every`
+        // tokens more than that no longer fit (compaction's trigger).
+        let read_budget = window::history_budget(requested, context, answer_room)
+            .map(|budget| (budget.saturating_add(every), encoding));
         let loaded = self
-            .load(store, &request.session, window, continuing)
+            .load(store, &request, window, continuing, read_budget)
             .await?;
         if let Some(request_id) = &request.request_id
             && let Some(outcome) = replay(&loaded.messages, request_id, loaded.version)
@@ -338,22 +372,6 @@ impl ChatEngine {
         let summarised = loaded.summary.as_ref().map_or(0, |s| s.through_seq);
         let before = &before[before.partition_point(|m| m.seq <= summarised)..];
         let mut history = window::history(before, window);
-        let budget = request.history_tokens.unwrap_or(self.limits.history_tokens);
-        let mut left_out = 0u32;
-        if budget > 0 {
-            let model = match &request.overrides.model {
-                Some(model) => model.as_str(),
-                None => provider.settings.model.as_str(),
-            };
-            let encoding = Encoding::for_model(model, self.limits.token_encoding);
-            let summary_tokens = loaded.summary.as_ref().map_or(0, |s| s.tokens(encoding));
-            let all = history.clone();
-            history = window::fit_tokens(history, budget.saturating_sub(summary_tokens), encoding);
-            left_out = all[..all.len() - history.len()]
-                .iter()
-                .map(|m| encoding.message(m))
-                .sum();
-        }
         let additional_system: Vec<NewMessage> = loaded
             .summary
             .iter()
@@ -374,6 +392,39 @@ impl ChatEngine {
                 continue_with(&request.session, &stored_turn, results, &mut cache)?
             }
         };
+
+        // The rest of the request, which the model's context must hold beside the history.
+        let rest = if context > 0 {
+            let messages = loaded.system.iter().map(|m| &m.body);
+            let others = request.additional_system.iter();
+            let turn = stored_turn.iter().chain(new.iter());
+            messages
+                .chain(others)
+                .chain(turn)
+                .map(|m| encoding.message(m))
+                .sum::<u32>()
+                .saturating_add(window::tools_tokens(&request.tools, encoding))
+                .saturating_add(answer_room)
+        } else {
+            0
+        };
+        let budget = window::history_budget(requested, context, rest);
+        let mut left_out = 0u32;
+        if let Some(budget) = budget {
+            let summary_tokens = loaded.summary.as_ref().map_or(0, |s| s.tokens(encoding));
+            let all = history.clone();
+            history = window::fit_tokens(history, budget.saturating_sub(summary_tokens), encoding);
+            left_out = all[..all.len() - history.len()]
+                .iter()
+                .map(|m| encoding.message(m))
+                .sum();
+            // A budgeted read stops once `every` tokens more than the budget would not
+            // fit: history it did not read is left out too, and is more than that.
+            let unread = before.first().is_some_and(|m| m.seq > summarised + 1);
+            if window == 0 && unread {
+                left_out = left_out.max(every);
+            }
+        }
 
         let mut usage = Usage::default();
         let (finish_reason, pending, answered_by) = loop {
@@ -457,8 +508,10 @@ impl ChatEngine {
             .await?;
         // Enough history no longer fits: summarise it now, after the turn is stored, so a
         // failure costs this turn nothing (the next one tries again).
-        let every = self.limits.compact_after_tokens;
-        if every > 0 && budget > 0 && left_out >= every {
+        if let Some(budget) = budget
+            && every > 0
+            && left_out >= every
+        {
             let id = &request.session;
             if let Err(error) = self
                 .compact(store, id, request.provider.as_deref(), budget)

@@ -2,38 +2,46 @@
 //! whole turn as one atomic append at the end.
 
 use super::*;
+use crate::chat::token_window::Budget;
+use crate::store::decorators::tenant::stored_id;
 
 impl ChatEngine {
-    /// Reads the session with enough history for the window, and for a continued turn
-    /// the whole open turn however long it is.
+    /// Reads the session with enough history for the window (or, without one, for
+    /// `budget` tokens), and for a continued turn the whole open turn however long it is.
     pub(super) async fn load(
         &self,
         store: &dyn SessionStore,
-        id: &SessionId,
+        request: &TurnRequest,
         window: u32,
         continuing: bool,
+        budget: Option<(u32, Encoding)>,
     ) -> Result<Loaded, TurnError> {
+        let id = &request.session;
         let read = |w: Window| async move {
             match store.get(id, w).await {
-                Ok(session) => Ok(Loaded {
-                    version: session.version,
-                    handoff: handoff_of(&session.state),
-                    summary: Summary::of_state(&session.state),
-                    system: session.system_messages,
-                    messages: session.messages,
-                }),
-                Err(StoreError::NotFound(_)) => Ok(Loaded {
-                    version: 0,
-                    system: Vec::new(),
-                    messages: Vec::new(),
-                    handoff: None,
-                    summary: None,
-                }),
+                Ok(session) => Ok(Loaded::of(session)),
+                Err(StoreError::NotFound(_)) => Ok(Loaded::default()),
                 Err(e) => Err(TurnError::Store(e)),
             }
         };
         if window == 0 {
-            return read(Window::All).await;
+            let Some((tokens, encoding)) = budget else {
+                return read(Window::All).await;
+            };
+            // The history that fits the budget, read like GetSession's: O(window), not
+            // O(session).
+            let stored = stored_id(request.tenant.as_deref(), id.as_str());
+            let budget = Budget {
+                encoding,
+                tokens,
+                count_system: false,
+                open_turn: continuing,
+            };
+            return match self.token_windows.read(store, id, &stored, budget).await {
+                Ok(fitted) => Ok(Loaded::of(fitted.session)),
+                Err(StoreError::NotFound(_)) => Ok(Loaded::default()),
+                Err(e) => Err(TurnError::Store(e)),
+            };
         }
         let loaded = read(Window::LastN(window)).await?;
         let starts_at_one = loaded.messages.first().is_none_or(|m| m.seq == 1);

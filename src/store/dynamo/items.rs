@@ -16,7 +16,7 @@ pub(super) const CHUNK_BYTES: usize = 300_000;
 /// sealed into a chunk: appends that fit are one conditional UpdateItem, without a
 /// transaction. Small, so that the meta item stays cheap to read and rewrite.
 const OPEN_BYTES: u64 = 16_000;
-const OPEN_ELEMENTS: usize = 32;
+pub(super) const OPEN_ELEMENTS: usize = 32;
 /// A message's JSON longer than this is split into fragments.
 const FRAGMENT_BYTES: usize = 200_000;
 /// The sort key of a session's meta item.

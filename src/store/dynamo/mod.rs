@@ -207,6 +207,11 @@ impl DynamoStore {
         let mut start: Option<Item> = None;
         // The newest messages are in the meta item: chunks are read only for older ones.
         let open_first = meta.open.first().map(seq_of);
+        // As many chunks per page as the window needs if they are full, then twice as
+        // many: a query without a limit reads (and bills) up to 1 MB of the session
+        // however small the window, which made every window read O(session).
+        let wanted = open_first.unwrap_or(to + 1).saturating_sub(from);
+        let mut limit = (wanted / items::OPEN_ELEMENTS as u64 + 2).min(1_000) as i32;
         'pages: loop {
             if open_first.is_some_and(|first| first <= from) || meta.chunk == 0 {
                 break;
@@ -220,6 +225,7 @@ impl DynamoStore {
                 .expression_attribute_values(":prefix", s(chunk_prefix(generation)))
                 .scan_index_forward(false)
                 .consistent_read(true)
+                .limit(limit)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -247,6 +253,7 @@ impl DynamoStore {
                 Some(key) => start = Some(key.clone()),
                 None => break,
             }
+            limit = limit.saturating_mul(2).min(1_000);
         }
         let elements: Vec<AttributeValue> = chunks
             .into_iter()

@@ -3,6 +3,7 @@
 //! cost follows the window, not the session's length.
 
 use crate::chat::compaction::Summary;
+use crate::chat::window::turn_start;
 use crate::domain::{Role, Session, SessionId, Window};
 use crate::store::{SessionStore, StoreResult};
 use crate::tokens::{self, Encoding, TokenCache};
@@ -25,6 +26,18 @@ pub struct Fitted {
     pub summary: Option<(Summary, u32)>,
 }
 
+/// What a budgeted read counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub encoding: Encoding,
+    pub tokens: u32,
+    /// Count the system messages too.
+    pub count_system: bool,
+    /// Keep the session's open turn (its last user message and what follows) whole and
+    /// outside the budget: what a continued chat turn counts is the history before it.
+    pub open_turn: bool,
+}
+
 /// What a budgeted read needs beside the store: the token counts of stored messages and,
 /// per session, how many messages the last window held (the next read's first guess).
 #[derive(Default)]
@@ -34,18 +47,16 @@ pub struct TokenWindows {
 }
 
 impl TokenWindows {
-    /// The most recent messages of `id` (stored as `stored_id`) that fit in `budget`
-    /// tokens of `encoding`, after the system messages when `count_system`. Never starts
-    /// with tool results whose call was cut off.
+    /// The most recent messages of `id` (stored as `stored_id`) that fit `budget`. Never
+    /// starts with tool results whose call was cut off.
     pub async fn read(
         &self,
         store: &dyn SessionStore,
         id: &SessionId,
         stored_id: &str,
-        encoding: Encoding,
-        budget: u32,
-        count_system: bool,
+        budget: Budget,
     ) -> StoreResult<Fitted> {
+        let encoding = budget.encoding;
         let hint = self.hints.lock().get(stored_id).copied();
         // A little more than last time, so that a window that grew by a message or two is
         // one read (a turn more costs a second one).
@@ -58,8 +69,21 @@ impl TokenWindows {
             });
             let summarised = summary.as_ref().map_or(0, |(s, _)| s.through_seq);
             let covered = session.messages.partition_point(|m| m.seq <= summarised);
+            let whole = (session.messages.len() as u32) < n
+                || covered > 0
+                || session.messages.first().is_none_or(|m| m.seq == 1);
+            let end = match (budget.open_turn, turn_start(&session.messages)) {
+                (false, _) => session.messages.len(),
+                (true, Some(start)) => start.max(covered),
+                (true, None) if whole => session.messages.len(),
+                // The open turn started before this read.
+                (true, None) => {
+                    n = n.saturating_mul(4);
+                    continue;
+                }
+            };
             let system: u32 = summary.as_ref().map_or(0, |(_, t)| *t)
-                + if count_system {
+                + if budget.count_system {
                     self.counts
                         .messages(encoding, stored_id, &session.system_messages)
                         .iter()
@@ -67,13 +91,14 @@ impl TokenWindows {
                 } else {
                     0
                 };
-            let costs = self.counts.messages(encoding, stored_id, &session.messages);
+            let costs = self
+                .counts
+                .messages(encoding, stored_id, &session.messages[..end]);
             let messages = &session.messages;
-            let fit = tokens::fit(&costs, covered, system, budget, |i| {
+            let fit = tokens::fit(&costs, covered, system, budget.tokens, |i| {
                 messages[i].body.role == Role::Tool
             });
-            let whole = covered > 0 || session.messages.first().is_none_or(|m| m.seq == 1);
-            if !fit.exhausted && !whole && (session.messages.len() as u32) >= n {
+            if !fit.exhausted && !whole {
                 // The budget reaches further back than this read: read more.
                 n = n.saturating_mul(4);
                 continue;
