@@ -1,6 +1,6 @@
 //! A 500-turn conversation under a token budget with automatic compaction, on every
 //! backend: every request fits, every message is kept, and the model is asked for exactly
-//! the summaries the documented rule calls for; then CompactSession by RPC. MongoDB and
+//! the summaries the documented rule calls for, usage adds up; then CompactSession by RPC. MongoDB and
 //! DynamoDB hold 200 turns: their Python test servers take 80 and 190 ms a turn, and CI
 //! runs every test in under 30 minutes.
 
@@ -159,6 +159,27 @@ async fn converse(backend: &str, turns: usize) {
         .session
         .unwrap();
     assert_eq!(first.messages.len(), 2 * turns, "{backend}");
+    // The provider's usage of every turn, added up (the scripted model reports 15 tokens,
+    // 4 of them cached, 2 reasoning; summaries are not messages and add nothing).
+    let usage = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+            window: Some(pb::get_session_request::Window::LastN(1)),
+            include_usage: true,
+            ..Default::default()
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+        .usage_total
+        .expect("usage_total");
+    let n = turns as u32;
+    assert_eq!(
+        (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+        (10 * n, 5 * n, 15 * n),
+        "{backend}"
+    );
+    assert_eq!((usage.cached_tokens, usage.reasoning_tokens), (4 * n, 2 * n));
     assert_eq!(first.messages[0].content, question(0), "{backend}");
 
     // By RPC, with a smaller budget: one more summary, further on.
