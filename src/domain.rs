@@ -94,6 +94,91 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// The provider usage of many messages added up: a session's (CS-AI's
+/// `session_total_usage`), kept by every backend beside the session's messages, and the
+/// store's. Counted in u64: a store's total outgrows u32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotal {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    #[serde(default)]
+    pub cache_miss_tokens: u64,
+}
+
+impl UsageTotal {
+    /// The names of its counters, in the order of [`counters`](Self::counters): its
+    /// field names, which the backends also store them under.
+    pub const NAMES: [&'static str; 6] = [
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "cache_miss_tokens",
+    ];
+
+    /// The usage of `messages` added up.
+    pub fn of<'a>(messages: impl IntoIterator<Item = &'a NewMessage>) -> Self {
+        let mut total = UsageTotal::default();
+        for usage in messages.into_iter().filter_map(|m| m.usage) {
+            total += UsageTotal::from(usage);
+        }
+        total
+    }
+
+    /// Its six counters, in the order of the fields.
+    pub fn counters(&self) -> [u64; 6] {
+        [
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cached_tokens,
+            self.reasoning_tokens,
+            self.cache_miss_tokens,
+        ]
+    }
+
+    /// The total of six counters in the order of [`counters`](Self::counters).
+    pub fn from_counters(c: [u64; 6]) -> Self {
+        UsageTotal {
+            prompt_tokens: c[0],
+            completion_tokens: c[1],
+            total_tokens: c[2],
+            cached_tokens: c[3],
+            reasoning_tokens: c[4],
+            cache_miss_tokens: c[5],
+        }
+    }
+}
+
+impl From<Usage> for UsageTotal {
+    fn from(u: Usage) -> Self {
+        UsageTotal {
+            prompt_tokens: u64::from(u.prompt_tokens),
+            completion_tokens: u64::from(u.completion_tokens),
+            total_tokens: u64::from(u.total_tokens),
+            cached_tokens: u64::from(u.cached_tokens),
+            reasoning_tokens: u64::from(u.reasoning_tokens),
+            cache_miss_tokens: u64::from(u.cache_miss_tokens),
+        }
+    }
+}
+
+impl std::ops::AddAssign for UsageTotal {
+    fn add_assign(&mut self, other: UsageTotal) {
+        let (a, b) = (self.counters(), other.counters());
+        *self = UsageTotal::from_counters(std::array::from_fn(|i| a[i].saturating_add(b[i])));
+    }
+}
+
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, other: Usage) {
         self.prompt_tokens += other.prompt_tokens;
@@ -227,6 +312,8 @@ pub struct Session {
     pub version: u64,
     /// Messages in the whole session, which is also the seq of the last one.
     pub message_count: u64,
+    /// The provider usage of all its messages.
+    pub usage_total: UsageTotal,
     pub create_time: SystemTime,
     pub update_time: SystemTime,
     pub expire_time: SystemTime,
@@ -332,6 +419,7 @@ pub struct ListQuery {
 pub struct SessionSummary {
     pub id: SessionId,
     pub message_count: u64,
+    pub usage_total: UsageTotal,
     pub version: u64,
     pub update_time: SystemTime,
     pub expire_time: SystemTime,
@@ -354,6 +442,8 @@ pub struct StoreStats {
     /// Live learning records and security logs.
     pub learning_records: u64,
     pub security_logs: u64,
+    /// The provider usage of the messages of live sessions.
+    pub usage_total: UsageTotal,
 }
 
 /// Index of the first message of a tool-safe "last N" window over `messages`.

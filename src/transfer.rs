@@ -2,8 +2,8 @@
 //! sessions, the backup file format, and checksums for verifying copies.
 
 use crate::domain::{
-    JsonObject, ListQuery, Message, NewMessage, Session, SessionId, StateUpdate, Window,
-    WriteOptions,
+    JsonObject, ListQuery, Message, NewMessage, Session, SessionId, StateUpdate, UsageTotal,
+    Window, WriteOptions,
 };
 use crate::store::{SessionStore, StoreError, StoreResult};
 use futures::Stream;
@@ -278,6 +278,7 @@ impl BackupSession {
         Ok(Session {
             id: SessionId::new(self.session_id),
             message_count: messages.len() as u64,
+            usage_total: UsageTotal::of(messages.iter().map(|m| &m.body)),
             messages,
             system_messages: messages_or_empty(self.system_messages)?,
             state: self.state,
@@ -314,6 +315,7 @@ mod tests {
             state: serde_json::json!({"step": 2}).as_object().cloned().unwrap(),
             version: 7,
             message_count: 2,
+            usage_total: UsageTotal::default(),
             create_time: now,
             update_time: now,
             expire_time: now + Duration::from_secs(60),

@@ -17,7 +17,7 @@ pub use sessions::*;
 
 use crate::domain::{
     Append, FunctionCall, JsonObject, ListQuery, NewMessage, Role, SessionId, StateUpdate,
-    ToolCall, Usage, Window, WriteOptions,
+    ToolCall, Usage, UsageTotal, Window, WriteOptions,
 };
 use crate::store::{SessionStore, StoreError};
 use serde_json::json;
@@ -61,6 +61,7 @@ macro_rules! conformance_tests {
             stats_count_what_is_stored,
             stats_count_records,
             every_message_field_round_trips,
+            usage_totals_follow_writes,
             unicode_and_large_contents_round_trip,
             records_round_trip_in_time_order,
             record_ranges_and_pages_are_exact,

@@ -603,3 +603,90 @@ pub async fn unicode_and_large_contents_round_trip(store: TestStore) {
         .expect("get unicode id");
     assert_eq!(unicode.state["名前"], json!("テスト"));
 }
+
+/// Every backend keeps a session's usage total beside its messages: appends add their
+/// messages' usage (a repeated request_id adds nothing), whatever window is read the total
+/// is the session's, listings and stats carry it, a replace sets it, a new incarnation
+/// starts from zero; counted in 64 bits.
+pub async fn usage_totals_follow_writes(store: TestStore) {
+    let id = unique_id("usage");
+    let answer = |prompt_tokens: u32| {
+        let mut message = NewMessage::text(Role::Assistant, "Your parcel is on its way.");
+        message.usage = Some(Usage {
+            prompt_tokens,
+            completion_tokens: 20,
+            total_tokens: prompt_tokens.saturating_add(20),
+            cached_tokens: 7,
+            reasoning_tokens: 3,
+            cache_miss_tokens: 1,
+        });
+        message
+    };
+    let total = |messages: &[NewMessage]| UsageTotal::of(messages);
+    let big = answer(4_000_000_000);
+    let mut first = append_of(vec![user("Where is my parcel?"), big.clone()]);
+    first.request_id = Some("turn-1".into());
+    store.append(&id, first.clone()).await.expect("append");
+    store.append(&id, first).await.expect("a repeated append");
+    let read = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(read.usage_total, total(std::slice::from_ref(&big)));
+
+    let second = vec![
+        user("And the other one?"),
+        answer(4_000_000_000),
+        answer(10),
+    ];
+    store
+        .append(&id, append_of(second.clone()))
+        .await
+        .expect("append");
+    let expected = total(&[big.clone(), second[1].clone(), second[2].clone()]);
+    assert_eq!(expected.prompt_tokens, 8_000_000_010, "past u32");
+    let last = store.get(&id, Window::LastN(1)).await.expect("get");
+    assert_eq!(last.messages.len(), 1);
+    assert_eq!(
+        last.usage_total, expected,
+        "the session's, not the window's"
+    );
+    let system = vec![NewMessage::text(Role::System, "Be brief.")];
+    let written = store
+        .set_system_messages(&id, system, WriteOptions::ttl(TTL))
+        .await
+        .expect("system messages");
+    assert!(written.version > 0);
+    assert_eq!(
+        store.get(&id, Window::HEADER).await.unwrap().usage_total,
+        expected
+    );
+
+    let listed = store
+        .list(ListQuery {
+            prefix: id.as_str().to_string(),
+            page_size: 10,
+            page_token: None,
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.sessions.len(), 1);
+    assert_eq!(listed.sessions[0].usage_total, expected);
+    let stats = store.stats().await.expect("stats");
+    for (whole, ours) in stats.usage_total.counters().iter().zip(expected.counters()) {
+        assert!(*whole >= ours, "{:?} holds {expected:?}", stats.usage_total);
+    }
+
+    let replaced = vec![user("Start over"), answer(50)];
+    store
+        .replace(&id, replaced.clone(), WriteOptions::ttl(TTL))
+        .await
+        .expect("replace");
+    let read = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(read.usage_total, total(&replaced));
+
+    store.delete(&id, None).await.expect("delete");
+    store
+        .append(&id, append_of(vec![user("Hello again")]))
+        .await
+        .expect("append");
+    let read = store.get(&id, Window::All).await.expect("get");
+    assert_eq!(read.usage_total, UsageTotal::default());
+}

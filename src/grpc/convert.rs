@@ -5,7 +5,7 @@
 use crate::config::RequestLimits;
 use crate::domain::{
     FunctionCall, JsonObject, ListPage, Message, NewMessage, Role, Session, SessionId,
-    SessionSummary, ToolCall, Usage,
+    SessionSummary, ToolCall, Usage, UsageTotal,
 };
 use crate::grpc::pb;
 use crate::service::validate;
@@ -218,6 +218,18 @@ pub fn usage_to_proto(usage: Usage) -> pb::Usage {
     }
 }
 
+/// A usage total as proto.
+pub fn usage_total_to_proto(usage: UsageTotal) -> pb::UsageTotal {
+    pb::UsageTotal {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        total_tokens: usage.total_tokens,
+        cached_tokens: usage.cached_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        cache_miss_tokens: usage.cache_miss_tokens,
+    }
+}
+
 /// A session as proto.
 pub fn session_to_proto(session: Session) -> pb::Session {
     pb::Session {
@@ -244,6 +256,7 @@ fn summary_to_proto(summary: SessionSummary) -> pb::SessionSummary {
         version: summary.version,
         update_time: Some(timestamp(summary.update_time)),
         expire_time: Some(timestamp(summary.expire_time)),
+        usage_total: Some(usage_total_to_proto(summary.usage_total)),
     }
 }
 

@@ -126,6 +126,7 @@ pub fn session_of(
         // Checked with the rest by `import::checked_session` below.
         id: SessionId::new(session.session_id),
         message_count: messages.len() as u64,
+        usage_total: crate::domain::UsageTotal::of(messages.iter().map(|m| &m.body)),
         messages,
         system_messages,
         state: session

@@ -154,23 +154,6 @@ async fn check_tool_results_answer_calls(
     }
 }
 
-/// The sum of the provider usage stored on every message of the session, when asked.
-async fn usage_total(
-    store: &dyn SessionStore,
-    id: &SessionId,
-    asked: bool,
-) -> Result<Option<pb::Usage>, Status> {
-    if !asked {
-        return Ok(None);
-    }
-    let session = store.get(id, Window::All).await.map_err(status_of)?;
-    let mut total = crate::domain::Usage::default();
-    for usage in session.messages.iter().filter_map(|m| m.body.usage) {
-        total += usage;
-    }
-    Ok(Some(convert::usage_to_proto(total)))
-}
-
 fn session_id(raw: &str) -> Result<SessionId, Status> {
     convert::session_id(raw, "session_id")
 }
@@ -221,7 +204,9 @@ impl SessionStoreRpc for SessionStoreService {
                     .await
                     .map_err(status_of)?;
                 let session = self.slide(store.as_ref(), &id, fitted.session).await?;
-                let usage_total = usage_total(store.as_ref(), &id, request.include_usage).await?;
+                let usage_total = request
+                    .include_usage
+                    .then(|| convert::usage_total_to_proto(session.usage_total));
                 return Ok(Response::new(pb::GetSessionResponse {
                     session: Some(convert::session_to_proto(session)),
                     usage_total,
@@ -236,7 +221,9 @@ impl SessionStoreRpc for SessionStoreService {
         };
         let session = store.get(&id, window).await.map_err(status_of)?;
         let session = self.slide(store.as_ref(), &id, session).await?;
-        let usage_total = usage_total(store.as_ref(), &id, request.include_usage).await?;
+        let usage_total = request
+            .include_usage
+            .then(|| convert::usage_total_to_proto(session.usage_total));
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(convert::session_to_proto(session)),
             usage_total,
@@ -417,6 +404,7 @@ impl SessionStoreRpc for SessionStoreService {
             approximate_bytes: stats.approximate_bytes,
             learning_records: stats.learning_records,
             security_logs: stats.security_logs,
+            usage_total: Some(convert::usage_total_to_proto(stats.usage_total)),
         }))
     }
 

@@ -2,7 +2,8 @@
 //! its JSON parts, times as microseconds since the epoch, roles by name.
 
 use crate::domain::{
-    AppendOutcome, JsonObject, Message, NewMessage, Role, Session, SessionId, WriteOutcome,
+    AppendOutcome, JsonObject, Message, NewMessage, Role, Session, SessionId, UsageTotal,
+    WriteOutcome,
 };
 use crate::store::{StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,8 @@ pub struct SessionRow {
     pub system_messages: String,
     pub state: JsonObject,
     pub recent_appends: Vec<Remembered>,
+    /// The provider usage of the session's messages, kept as JSON in `usage_total`.
+    pub usage_total: UsageTotal,
 }
 
 pub fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -75,7 +78,13 @@ impl SessionRow {
             system_messages: "[]".into(),
             state: JsonObject::new(),
             recent_appends: Vec::new(),
+            usage_total: UsageTotal::default(),
         }
+    }
+
+    /// Its `usage_total` column.
+    pub fn usage_json(&self) -> StoreResult<String> {
+        serde_json::to_string(&self.usage_total).map_err(|e| corrupt("a usage total", e))
     }
 
     /// The row a write goes on: the live one, its version checked against `expected`,
@@ -92,17 +101,19 @@ impl SessionRow {
         self.expire_us = now + micros(ttl);
     }
 
-    /// After an append of `count` messages (seqs from the old count + 1): the write's
-    /// bookkeeping, the request id remembered; what the append reports.
+    /// After an append of `messages` (seqs from the old count + 1): the write's
+    /// bookkeeping, their usage added, the request id remembered; what the append reports.
     pub fn appended(
         &mut self,
-        count: u64,
+        messages: &[NewMessage],
         ttl: Duration,
         request_id: Option<String>,
         now: i64,
     ) -> AppendOutcome {
+        let count = messages.len() as u64;
         let first_seq = self.message_count + 1;
         self.message_count += count;
+        self.usage_total += UsageTotal::of(messages);
         self.written(ttl, now);
         let outcome = AppendOutcome {
             first_seq,
@@ -181,11 +192,26 @@ impl SessionRow {
             state: self.state.clone(),
             version: self.version,
             message_count: self.message_count,
+            usage_total: self.usage_total,
             create_time: time_of(self.create_us),
             update_time: time_of(self.update_us),
             expire_time: time_of(self.expire_us),
         })
     }
+}
+
+/// The six `COALESCE(SUM(...), 0)` of a usage total's counters, in the order of
+/// [`UsageTotal::counters`], for a stats query; `field` has a `{}` for the counter's name,
+/// and each sum is followed by `cast`.
+pub fn usage_sums(field: &str, cast: &str) -> String {
+    UsageTotal::NAMES
+        .map(|name| format!("COALESCE(SUM({}), 0){cast}", field.replace("{}", name)))
+        .join(", ")
+}
+
+/// A `usage_total` column's value.
+pub fn usage_of(json: &str) -> StoreResult<UsageTotal> {
+    serde_json::from_str(json).map_err(|e| corrupt("a usage total", e))
 }
 
 /// The role of its OpenAI name (an unknown name reads as user).

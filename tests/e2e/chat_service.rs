@@ -780,11 +780,12 @@ async fn a_turns_history_fits_its_token_budget() {
     let (a, b) = (first.usage.unwrap(), second.usage.unwrap());
     let total = read.usage_total.expect("usage_total");
     assert!(a.total_tokens > 0);
-    assert_eq!(total.total_tokens, a.total_tokens + b.total_tokens);
-    assert_eq!(total.prompt_tokens, a.prompt_tokens + b.prompt_tokens);
+    let sum = |x: u32, y: u32| u64::from(x) + u64::from(y);
+    assert_eq!(total.total_tokens, sum(a.total_tokens, b.total_tokens));
+    assert_eq!(total.prompt_tokens, sum(a.prompt_tokens, b.prompt_tokens));
     assert_eq!(
         total.completion_tokens,
-        a.completion_tokens + b.completion_tokens
+        sum(a.completion_tokens, b.completion_tokens)
     );
 }
 

@@ -173,13 +173,20 @@ async fn converse(backend: &str, turns: usize) {
         .into_inner()
         .usage_total
         .expect("usage_total");
-    let n = turns as u32;
+    let n = turns as u64;
     assert_eq!(
-        (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
         (10 * n, 5 * n, 15 * n),
         "{backend}"
     );
-    assert_eq!((usage.cached_tokens, usage.reasoning_tokens), (4 * n, 2 * n));
+    assert_eq!(
+        (usage.cached_tokens, usage.reasoning_tokens),
+        (4 * n, 2 * n)
+    );
     assert_eq!(first.messages[0].content, question(0), "{backend}");
 
     // By RPC, with a smaller budget: one more summary, further on.

@@ -202,7 +202,10 @@ impl SessionStore for TenantStore {
                 })
                 .await?;
             stats.active_sessions += page.sessions.len() as u64;
-            stats.total_messages += page.sessions.iter().map(|s| s.message_count).sum::<u64>();
+            for session in &page.sessions {
+                stats.total_messages += session.message_count;
+                stats.usage_total += session.usage_total;
+            }
             match page.next_page_token {
                 Some(token) => page_token = Some(token),
                 None => break,

@@ -2,7 +2,7 @@
 //! into fragments when large), and the placement of new messages into the open list or
 //! sealed chunks.
 
-use crate::domain::{Message, NewMessage};
+use crate::domain::{Message, NewMessage, UsageTotal};
 use crate::store::optimistic::new_generation;
 use crate::store::{StoreError, StoreResult};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -44,6 +44,8 @@ pub(super) struct Meta {
     pub(super) system: String,
     pub(super) state: String,
     pub(super) reqs: Vec<RecentAppend>,
+    /// The provider usage of the session's messages (`usage`, JSON).
+    pub(super) usage_total: UsageTotal,
 }
 
 /// An append remembered for idempotency.
@@ -144,6 +146,7 @@ impl Meta {
             system: get_s(item, "sys")?.to_string(),
             state: get_s(item, "state")?.to_string(),
             reqs: serde_json::from_str(get_s(item, "reqs")?).map_err(corrupt)?,
+            usage_total: usage_of(item)?,
         })
     }
 
@@ -163,7 +166,16 @@ impl Meta {
             system: "[]".into(),
             state: "{}".into(),
             reqs: Vec::new(),
+            usage_total: UsageTotal::default(),
         }
+    }
+}
+
+/// An item's usage total (zero on items written before it was kept).
+pub(super) fn usage_of(item: &Item) -> StoreResult<UsageTotal> {
+    match item.get("usage") {
+        None => Ok(UsageTotal::default()),
+        Some(_) => serde_json::from_str(get_s(item, "usage")?).map_err(corrupt),
     }
 }
 

@@ -39,8 +39,8 @@ pub use config::{BACKEND, DynamoOptions};
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
-    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
-    WriteOutcome, tool_safe_start,
+    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, UsageTotal, Window,
+    WriteOptions, WriteOutcome, tool_safe_start,
 };
 use crate::store::optimistic::{WriteLocks, new_generation};
 use crate::store::records::{self, Record, RecordCounts, RecordRange, RecordStream};
@@ -319,6 +319,7 @@ impl DynamoStore {
             state: serde_json::from_str(&meta.state).map_err(corrupt)?,
             version: meta.version,
             message_count: count,
+            usage_total: meta.usage_total,
             create_time: to_time(meta.created),
             update_time: to_time(meta.updated),
             expire_time: to_time(meta.expire),
@@ -459,10 +460,11 @@ impl SessionStore for DynamoStore {
                     .expression_attribute_names("#ver", "ver")
                     .expression_attribute_names("#cnt", "cnt")
                     .expression_attribute_names("#updated", "updated")
+                    .expression_attribute_names("#usage", "usage")
                     .expression_attribute_values(":meta", s(META))
                     .expression_attribute_values(":prefix", s(&query.prefix))
                     .expression_attribute_values(":now", n(now_ms()))
-                    .projection_expression("pk, #ver, #cnt, #updated, #exp")
+                    .projection_expression("pk, #ver, #cnt, #updated, #exp, #usage")
                     .limit((page_size - sessions.len()) as i32)
                     .set_exclusive_start_key(start.take())
                     .send()
@@ -475,6 +477,7 @@ impl SessionStore for DynamoStore {
                         version: get_n(item, "ver")?,
                         update_time: to_time(get_n(item, "updated")?),
                         expire_time: to_time(get_n(item, "exp")?),
+                        usage_total: items::usage_of(item)?,
                     });
                 }
                 start = output.last_evaluated_key().cloned();
@@ -521,9 +524,10 @@ impl SessionStore for DynamoStore {
                         .expression_attribute_names("#mbytes", "mbytes")
                         .expression_attribute_names("#sys", "sys")
                         .expression_attribute_names("#state", "state")
+                        .expression_attribute_names("#usage", "usage")
                         .expression_attribute_values(":meta", s(META))
                         .expression_attribute_values(":now", n(now_ms()))
-                        .projection_expression("pk, #cnt, #mbytes, #sys, #state")
+                        .projection_expression("pk, #cnt, #mbytes, #sys, #state, #usage")
                         .set_exclusive_start_key(start.take())
                         .send()
                         .await
@@ -531,6 +535,7 @@ impl SessionStore for DynamoStore {
                     for item in output.items() {
                         stats.active_sessions += 1;
                         stats.total_messages += get_n(item, "cnt")?;
+                        stats.usage_total += items::usage_of(item)?;
                         stats.approximate_bytes += get_n(item, "mbytes").unwrap_or(0)
                             + (get_s(item, "pk")?.len()
                                 + get_s(item, "sys")?.len()

@@ -167,6 +167,8 @@ impl DynamoStore {
     ) -> StoreResult<Update> {
         let reqs =
             serde_json::to_string(&meta.reqs).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let usage = serde_json::to_string(&meta.usage_total)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut sets = vec![
             ("gen", s(&meta.generation)),
             ("ver", n(meta.version)),
@@ -181,6 +183,7 @@ impl DynamoStore {
             ("sys", s(&meta.system)),
             ("state", s(&meta.state)),
             ("reqs", s(reqs)),
+            ("usage", s(usage)),
             ("ttl", n(ttl_seconds(meta.expire))),
         ];
         let mut expression: Vec<String> = sets
@@ -365,6 +368,7 @@ impl DynamoStore {
             .await?;
         let first_seq = meta.count + 1;
         let (open, groups) = place_messages(&mut meta, &append.messages, now)?;
+        meta.usage_total += UsageTotal::of(&append.messages);
         let chunks = groups
             .into_iter()
             .map(|group| self.chunk_transact_put(id, &meta, group))
@@ -462,6 +466,7 @@ impl DynamoStore {
         meta.open = Vec::new();
         meta.open_bytes = 0;
         meta.message_bytes = 0;
+        meta.usage_total = UsageTotal::of(messages);
         meta.horizon = expire + horizon_lead_ms(options.ttl);
         // New chunks go in first (invisible until the meta item points to them)...
         let (_, groups) = place_messages(&mut meta, messages, now)?;

@@ -14,8 +14,8 @@
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Role, Session,
-    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
-    WriteOutcome, json_bytes, tool_safe_start_by,
+    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, UsageTotal, Window,
+    WriteOptions, WriteOutcome, json_bytes, tool_safe_start_by,
 };
 use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::sweeper;
@@ -114,6 +114,7 @@ struct Entry {
     message_bytes: u64,
     system_bytes: u64,
     state_bytes: u64,
+    usage_total: UsageTotal,
     recent_appends: VecDeque<(String, AppendOutcome)>,
 }
 
@@ -130,6 +131,7 @@ impl Entry {
             message_bytes: 0,
             system_bytes: 0,
             state_bytes: 0,
+            usage_total: UsageTotal::default(),
             recent_appends: VecDeque::new(),
         }
     }
@@ -146,6 +148,7 @@ impl Entry {
         SessionSummary {
             id: id.clone(),
             message_count: self.messages.len() as u64,
+            usage_total: self.usage_total,
             version: self.version,
             update_time: self.update_time,
             expire_time: self.expire_time,
@@ -376,6 +379,7 @@ impl MemoryStore {
         let first_seq = entry.messages.len() as u64 + 1;
         let new_messages = std::mem::take(&mut append.messages);
         let count = new_messages.len() as u64;
+        entry.usage_total += UsageTotal::of(&new_messages);
         entry.messages.extend(compact(new_messages, now));
         entry.message_bytes += added_bytes;
         self.messages.fetch_add(count, Ordering::Relaxed);
@@ -430,6 +434,7 @@ impl MemoryStore {
                     entry.system_bytes = new_bytes;
                     0
                 } else {
+                    entry.usage_total = UsageTotal::of(messages.iter());
                     let stored = compact(std::mem::take(messages), now);
                     let delta = stored.len() as i64 - entry.messages.len() as i64;
                     entry.messages = stored;
@@ -480,6 +485,7 @@ impl SessionStore for MemoryStore {
             state: entry.state.clone(),
             version: entry.version,
             message_count: entry.messages.len() as u64,
+            usage_total: entry.usage_total,
             create_time: entry.create_time,
             update_time: entry.update_time,
             expire_time: entry.expire_time,
@@ -591,7 +597,17 @@ impl SessionStore for MemoryStore {
     async fn stats(&self) -> StoreResult<StoreStats> {
         self.sweep_expired();
         let records = self.count_records(None).await?;
+        let now = SystemTime::now();
+        let mut usage_total = UsageTotal::default();
+        for shard in &self.shards {
+            for entry in shard.lock().sessions.values() {
+                if entry.expire_time > now {
+                    usage_total += entry.usage_total;
+                }
+            }
+        }
         Ok(StoreStats {
+            usage_total,
             backend: self.backend().to_string(),
             active_sessions: self.sessions.load(Ordering::Relaxed),
             total_messages: self.messages.load(Ordering::Relaxed),

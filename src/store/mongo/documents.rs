@@ -1,7 +1,7 @@
 //! How a session is laid out in MongoDB documents: the session document's fields, and
 //! messages, metadata and state as BSON.
 
-use crate::domain::{JsonObject, Message, NewMessage};
+use crate::domain::{JsonObject, Message, NewMessage, UsageTotal};
 use crate::store::optimistic::new_generation;
 use crate::store::{StoreError, StoreResult};
 use mongodb::bson::{self, Bson, DateTime, Document};
@@ -20,6 +20,8 @@ pub(super) struct Head {
     pub(super) expire: DateTime,
     pub(super) horizon: DateTime,
     pub(super) reqs: Vec<Document>,
+    /// The provider usage of the session's messages (the `usage` subdocument).
+    pub(super) usage_total: UsageTotal,
 }
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -71,6 +73,7 @@ impl Head {
                         .collect()
                 })
                 .unwrap_or_default(),
+            usage_total: usage_of(document)?,
         })
     }
 
@@ -86,8 +89,32 @@ impl Head {
             expire: now,
             horizon: now,
             reqs: Vec::new(),
+            usage_total: UsageTotal::default(),
         }
     }
+}
+
+/// A usage total as the session document's `usage` subdocument.
+pub(super) fn usage_document(usage: &UsageTotal) -> Document {
+    let mut document = Document::new();
+    for (name, n) in UsageTotal::NAMES.iter().zip(usage.counters()) {
+        document.insert(*name, n.min(i64::MAX as u64) as i64);
+    }
+    document
+}
+
+/// The session document's usage total (zero for documents stored before it was kept).
+pub(super) fn usage_of(document: &Document) -> StoreResult<UsageTotal> {
+    let Ok(usage) = document.get_document("usage") else {
+        return Ok(UsageTotal::default());
+    };
+    let mut counters = [0u64; 6];
+    for (n, name) in counters.iter_mut().zip(UsageTotal::NAMES) {
+        if usage.contains_key(name) {
+            *n = get_i64(usage, name)?.max(0) as u64;
+        }
+    }
+    Ok(UsageTotal::from_counters(counters))
 }
 
 /// A message as a BSON document: CS-AI's JSON shape plus `seq` and `t` (its time).

@@ -33,8 +33,8 @@ pub use config::{BACKEND, MongoOptions};
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
-    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
-    WriteOutcome,
+    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, UsageTotal, Window,
+    WriteOptions, WriteOutcome,
 };
 use crate::store::optimistic::{WriteLocks, horizon_lead, new_generation};
 use crate::store::records::{Record, RecordCounts, RecordRange, RecordStream};
@@ -299,6 +299,7 @@ impl MongoStore {
             state: document_to_json(document.get_document("state").ok())?,
             version: head.version as u64,
             message_count: count as u64,
+            usage_total: head.usage_total,
             create_time: to_system_time(head.created),
             update_time: to_system_time(get_time(&document, "updated")?),
             expire_time: to_system_time(head.expire),
@@ -418,7 +419,7 @@ impl SessionStore for MongoStore {
             let cursor = self
                 .sessions
                 .find(doc! {"_id": id_filter, "expire": {"$gt": DateTime::now()}})
-                .projection(doc! {"version": 1, "count": 1, "updated": 1, "expire": 1})
+                .projection(doc! {"version": 1, "count": 1, "updated": 1, "expire": 1, "usage": 1})
                 .sort(doc! {"_id": 1})
                 .limit(page_size + 1)
                 .await?;
@@ -441,6 +442,7 @@ impl SessionStore for MongoStore {
                     version: get_i64(d, "version")? as u64,
                     update_time: to_system_time(get_time(d, "updated")?),
                     expire_time: to_system_time(get_time(d, "expire")?),
+                    usage_total: usage_of(d)?,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -460,11 +462,16 @@ impl SessionStore for MongoStore {
     async fn stats(&self) -> StoreResult<StoreStats> {
         self.ensure_ready().await?;
         let count = async {
+            let mut group =
+                doc! {"_id": Bson::Null, "sessions": {"$sum": 1}, "messages": {"$sum": "$count"}};
+            for name in UsageTotal::NAMES {
+                group.insert(name, doc! {"$sum": format!("$usage.{name}")});
+            }
             let mut cursor = self
                 .sessions
                 .aggregate(vec![
                     doc! {"$match": {"expire": {"$gt": DateTime::now()}}},
-                    doc! {"$group": {"_id": Bson::Null, "sessions": {"$sum": 1}, "messages": {"$sum": "$count"}}},
+                    doc! {"$group": group},
                 ])
                 .await?;
             cursor.try_next().await
@@ -477,9 +484,16 @@ impl SessionStore for MongoStore {
                 ));
             }
         };
-        let (sessions, messages) = match totals {
-            Some(t) => (get_i64(&t, "sessions")?, get_i64(&t, "messages")?),
-            None => (0, 0),
+        let (sessions, messages, usage_total) = match totals {
+            Some(t) => {
+                let mut counters = [0u64; 6];
+                for (n, name) in counters.iter_mut().zip(UsageTotal::NAMES) {
+                    *n = get_i64(&t, name)?.max(0) as u64;
+                }
+                let usage = UsageTotal::from_counters(counters);
+                (get_i64(&t, "sessions")?, get_i64(&t, "messages")?, usage)
+            }
+            None => (0, 0, UsageTotal::default()),
         };
         let mut bytes = 0;
         for collection in [self.sessions.name(), self.buckets.name()] {
@@ -500,6 +514,7 @@ impl SessionStore for MongoStore {
             active_sessions: sessions as u64,
             total_messages: messages as u64,
             approximate_bytes: bytes,
+            usage_total,
             learning_records: records.learning,
             security_logs: records.security,
         })

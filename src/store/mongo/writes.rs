@@ -144,6 +144,7 @@ impl MongoStore {
         set.insert("updated", now);
         set.insert("expire", expire);
         set.insert("horizon", head.horizon);
+        set.insert("usage", usage_document(&head.usage_total));
         if exists {
             let mut update = doc! {"$set": set};
             if let Some(request) = request {
@@ -205,6 +206,7 @@ impl MongoStore {
         let first_seq = head.count + 1;
         self.push_messages(session, id, &mut head, &append.messages, now)
             .await?;
+        head.usage_total += UsageTotal::of(&append.messages);
         let count = append.messages.len() as i64;
         let request = append.request_id.as_ref().map(|request_id| {
             doc! {
@@ -259,6 +261,7 @@ impl MongoStore {
         head.bucket = 0;
         head.bucket_messages = 0;
         head.bucket_bytes = 0;
+        head.usage_total = UsageTotal::of(messages);
         head.horizon = ttl_expiry(expire, horizon_lead(options.ttl));
         self.push_messages(session, id, &mut head, messages, now)
             .await?;

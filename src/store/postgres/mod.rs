@@ -22,11 +22,11 @@ pub use config::{BACKEND, KEYS, PostgresOptions};
 use crate::domain::JsonObject;
 use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, MAX_WINDOW_GROWTH, NewMessage, Session, SessionId,
-    SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
-    tool_safe_start_by,
+    SessionSummary, StateOutcome, StateUpdate, StoreStats, UsageTotal, Window, WriteOptions,
+    WriteOutcome, tool_safe_start_by,
 };
 use crate::store::sql_rows::{
-    SessionRow, corrupt, message_of, micros, micros_of, role_of, time_of,
+    SessionRow, corrupt, message_of, micros, micros_of, role_of, time_of, usage_of, usage_sums,
 };
 use crate::store::sweeper;
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
@@ -155,6 +155,7 @@ impl PostgresStore {
                     .await
                     .map_err(sql_error)?;
                     row.message_count = messages.len() as u64;
+                    row.usage_total = UsageTotal::of(&messages);
                     insert_messages(&tx, &self.tables, name, 1, messages, now).await?;
                 }
                 Change::SystemMessages(messages) => row.set_system_messages(messages, now)?,
@@ -341,13 +342,13 @@ async fn lock_row(tx: &Transaction<'_>, t: &Tables, id: &str) -> StoreResult<(Se
              VALUES ($1, 0, 0, 0, 0, 0, '[]', '{{}}', '[]') \
              ON CONFLICT (id) DO UPDATE SET id = s.id \
              RETURNING version, message_count, create_us, update_us, expire_us, \
-             system_messages, state::text, recent_appends::text, {NOW_US}",
+             system_messages, state::text, recent_appends::text, usage_total::text, {NOW_US}",
             t.sessions
         ))
         .await
         .map_err(sql_error)?;
     let found = tx.query_one(&statement, &[&id]).await.map_err(sql_error)?;
-    Ok((row_of(&found)?, found.get(8)))
+    Ok((row_of(&found)?, found.get(9)))
 }
 
 fn row_of(found: &tokio_postgres::Row) -> StoreResult<SessionRow> {
@@ -361,6 +362,7 @@ fn row_of(found: &tokio_postgres::Row) -> StoreResult<SessionRow> {
         state: serde_json::from_str(found.get::<_, &str>(6)).map_err(|e| corrupt("a state", e))?,
         recent_appends: serde_json::from_str(found.get::<_, &str>(7))
             .map_err(|e| corrupt("the recent appends", e))?,
+        usage_total: usage_of(found.get::<_, &str>(8))?,
     })
 }
 
@@ -373,7 +375,7 @@ async fn save(tx: &Transaction<'_>, t: &Tables, id: &str, row: &SessionRow) -> S
         .prepare_cached(&format!(
             "UPDATE {} SET version = $2, message_count = $3, create_us = $4, update_us = $5, \
              expire_us = $6, system_messages = $7, state = $8::text::jsonb, \
-             recent_appends = $9::text::jsonb WHERE id = $1",
+             recent_appends = $9::text::jsonb, usage_total = $10::text::jsonb WHERE id = $1",
             t.sessions
         ))
         .await
@@ -390,6 +392,7 @@ async fn save(tx: &Transaction<'_>, t: &Tables, id: &str, row: &SessionRow) -> S
             &row.system_messages,
             &state,
             &recent,
+            &row.usage_json()?,
         ],
     )
     .await
@@ -458,7 +461,8 @@ impl SessionStore for PostgresStore {
                         &format!(
                             "SELECT s.version, s.message_count, s.create_us, s.update_us, \
                              s.expire_us, s.system_messages, s.state::text, \
-                             s.recent_appends::text, m.seq, m.role, m.create_us, m.body \
+                             s.recent_appends::text, s.usage_total::text, \
+                             m.seq, m.role, m.create_us, m.body \
                              FROM {s} s LEFT JOIN {m} m ON m.session_id = s.id \
                              AND m.seq > GREATEST(s.message_count - $2, $3) \
                              WHERE s.id = $1 AND s.expire_us > {NOW_US} ORDER BY m.seq",
@@ -477,17 +481,17 @@ impl SessionStore for PostgresStore {
         let row = row_of(first)?;
         let tail: Vec<&tokio_postgres::Row> = rows
             .iter()
-            .filter(|r| r.get::<_, Option<i64>>(8).is_some())
+            .filter(|r| r.get::<_, Option<i64>>(9).is_some())
             .collect();
         let start = match window {
             Window::LastN(n) => tool_safe_start_by(tail.len(), n as usize, |i| {
-                role_of(tail[i].get::<_, &str>(9))
+                role_of(tail[i].get::<_, &str>(10))
             }),
             _ => 0,
         };
         let messages = tail[start..]
             .iter()
-            .map(|r| message_of(r.get(8), r.get(10), r.get(11)))
+            .map(|r| message_of(r.get(9), r.get(11), r.get(12)))
             .collect::<StoreResult<Vec<_>>>()?;
         row.session(id.clone(), messages)
     }
@@ -503,12 +507,8 @@ impl SessionStore for PostgresStore {
                 return Ok(earlier);
             }
             let mut row = SessionRow::for_write(row, append.options.expected_version, now)?;
-            let outcome = row.appended(
-                append.messages.len() as u64,
-                append.options.ttl,
-                append.request_id,
-                now,
-            );
+            let outcome =
+                row.appended(&append.messages, append.options.ttl, append.request_id, now);
             let first_seq = outcome.first_seq;
             // Both statements go out together (tokio-postgres pipelines them).
             tokio::try_join!(
@@ -624,7 +624,8 @@ impl SessionStore for PostgresStore {
                     .await?
                     .query(
                         &format!(
-                            "SELECT id, message_count, version, update_us, expire_us FROM {} \
+                            "SELECT id, message_count, version, update_us, expire_us, \
+                             usage_total::text FROM {} \
                              WHERE id >= $1 AND ($2::text IS NULL OR id > $2) \
                              AND expire_us > {NOW_US} ORDER BY id LIMIT $3",
                             self.tables.sessions
@@ -637,15 +638,21 @@ impl SessionStore for PostgresStore {
             .await?;
         let mut sessions: Vec<SessionSummary> = rows
             .iter()
-            .map(|row| SessionSummary {
-                id: SessionId::new(row.get::<_, String>(0)),
-                message_count: row.get::<_, i64>(1) as u64,
-                version: row.get::<_, i64>(2) as u64,
-                update_time: time_of(row.get(3)),
-                expire_time: time_of(row.get(4)),
+            .map(|row| {
+                Ok(SessionSummary {
+                    id: SessionId::new(row.get::<_, String>(0)),
+                    message_count: row.get::<_, i64>(1) as u64,
+                    version: row.get::<_, i64>(2) as u64,
+                    update_time: time_of(row.get(3)),
+                    expire_time: time_of(row.get(4)),
+                    usage_total: usage_of(row.get(5))?,
+                })
             })
-            .take_while(|s| s.id.as_str().starts_with(&query.prefix))
-            .collect();
+            .take_while(|s| {
+                s.as_ref()
+                    .map_or(true, |s| s.id.as_str().starts_with(&query.prefix))
+            })
+            .collect::<StoreResult<_>>()?;
         let next_page_token = (sessions.len() > page_size).then(|| {
             sessions.truncate(page_size);
             page_token::encode(TOKEN_TAG, sessions[page_size - 1].id.as_str().as_bytes())
@@ -668,11 +675,12 @@ impl SessionStore for PostgresStore {
                         &format!(
                             "SELECT COUNT(*), COALESCE(SUM(message_count), 0)::bigint, \
                              (pg_total_relation_size('{s}') + pg_total_relation_size('{m}') \
-                             + pg_total_relation_size('{r}'))::bigint \
+                             + pg_total_relation_size('{r}'))::bigint, {usage} \
                              FROM {s} WHERE expire_us > {NOW_US}",
                             s = t.sessions,
                             m = t.messages,
-                            r = t.records
+                            r = t.records,
+                            usage = usage_sums("(usage_total->>'{}')::bigint", "::bigint"),
                         ),
                         &[],
                     )
@@ -686,6 +694,9 @@ impl SessionStore for PostgresStore {
             active_sessions: row.get::<_, i64>(0) as u64,
             total_messages: row.get::<_, i64>(1) as u64,
             approximate_bytes: row.get::<_, i64>(2) as u64,
+            usage_total: UsageTotal::from_counters(std::array::from_fn(|i| {
+                row.get::<_, i64>(3 + i).max(0) as u64
+            })),
             learning_records: records.learning,
             security_logs: records.security,
         })

@@ -32,8 +32,9 @@ impl Tables {
             records,
             ..
         } = self;
-        vec![format!(
-            "CREATE TABLE {sessions} (
+        vec![
+            format!(
+                "CREATE TABLE {sessions} (
                 id TEXT COLLATE \"C\" PRIMARY KEY,
                 version BIGINT NOT NULL,
                 message_count BIGINT NOT NULL,
@@ -61,7 +62,11 @@ impl Tables {
                 PRIMARY KEY (stream, id)
             );
             CREATE INDEX {records}_by_expiry ON {records} (expire_us);"
-        )]
+            ),
+            // The provider usage of each session's messages, added up. Sessions stored
+            // before count what is appended from here on.
+            format!("ALTER TABLE {sessions} ADD COLUMN usage_total JSONB NOT NULL DEFAULT '{{}}'"),
+        ]
     }
 }
 

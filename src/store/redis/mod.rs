@@ -15,8 +15,8 @@ pub use config::{BACKEND, RedisOptions};
 
 use crate::domain::{
     Append, AppendOutcome, JsonObject, ListPage, ListQuery, Message, NewMessage, Session,
-    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions,
-    WriteOutcome,
+    SessionId, SessionSummary, StateOutcome, StateUpdate, StoreStats, UsageTotal, Window,
+    WriteOptions, WriteOutcome,
 };
 use crate::store::records::{self, Record, RecordCounts, RecordRange, RecordStream};
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, page_token};
@@ -85,6 +85,32 @@ fn int(value: &Value) -> StoreResult<i64> {
             .parse()
             .map_err(|_| corrupt(format!("expected a number, got {other:?}"))),
     }
+}
+
+/// Which messages a write replaces.
+#[derive(PartialEq)]
+enum Messages {
+    History,
+    System,
+}
+
+/// The usage counters of a script's reply (absent ones, on sessions stored before they
+/// were kept, are 0) and of an append's or replace's arguments.
+fn usage_of(value: &Value) -> StoreResult<UsageTotal> {
+    let mut counters = [0u64; 6];
+    for (n, value) in counters.iter_mut().zip(array(value)?) {
+        if *value != Value::Nil {
+            *n = int(value)?.max(0) as u64;
+        }
+    }
+    Ok(UsageTotal::from_counters(counters))
+}
+
+fn usage_args(messages: &[NewMessage]) -> impl Iterator<Item = String> + use<> {
+    UsageTotal::of(messages)
+        .counters()
+        .into_iter()
+        .map(|n| n.to_string())
 }
 
 fn array(value: &Value) -> StoreResult<&[Value]> {
@@ -236,18 +262,25 @@ impl RedisStore {
             .await
     }
 
+    /// Replaces the history (with its usage total) or the system messages.
     async fn write_messages(
         &self,
-        what: &str,
-        script: &Script,
+        kind: Messages,
         id: &SessionId,
         messages: &[NewMessage],
         options: WriteOptions,
     ) -> StoreResult<WriteOutcome> {
+        let (what, script) = match kind {
+            Messages::History => ("replace messages", &*scripts::REPLACE),
+            Messages::System => ("set system messages", &*scripts::SET_SYSTEM),
+        };
         let mut args = vec![
             ttl_ms(options.ttl).to_string(),
             expected_arg(options.expected_version),
         ];
+        if kind == Messages::History {
+            args.extend(usage_args(messages));
+        }
         args.extend(message_args(messages)?);
         let value = self.eval(what, false, script, id, &args).await?;
         match reply(&value)? {
@@ -265,10 +298,11 @@ impl RedisStore {
             .eval("session summary", true, &scripts::SUMMARY, &id, &[])
             .await?;
         match reply(&value)? {
-            (status, [version, updated, expire, count]) if status == "OK" => {
+            (status, [version, updated, expire, count, usage]) if status == "OK" => {
                 Ok(Some(SessionSummary {
                     id,
                     message_count: int(count)? as u64,
+                    usage_total: usage_of(usage)?,
                     version: int(version)? as u64,
                     update_time: to_time(int(updated)?),
                     expire_time: to_time(int(expire)?),
@@ -353,6 +387,7 @@ impl SessionStore for RedisStore {
                     count,
                     state,
                     messages,
+                    usage,
                 ],
             ) if status == "OK" => {
                 let system: Vec<StoredMessage> =
@@ -367,6 +402,7 @@ impl SessionStore for RedisStore {
                     state: parse_state(state)?,
                     version: int(version)? as u64,
                     message_count: int(count)? as u64,
+                    usage_total: usage_of(usage)?,
                     create_time: to_time(int(created)?),
                     update_time: to_time(int(updated)?),
                     expire_time: to_time(int(expire)?),
@@ -383,6 +419,7 @@ impl SessionStore for RedisStore {
             expected_arg(append.options.expected_version),
             append.request_id.clone().unwrap_or_default(),
         ];
+        args.extend(usage_args(&append.messages));
         args.extend(message_args(&append.messages)?);
         // With a request id a repeat is harmless, so lost replies may be retried.
         let idempotent = append.request_id.is_some();
@@ -413,14 +450,8 @@ impl SessionStore for RedisStore {
         messages: Vec<NewMessage>,
         options: WriteOptions,
     ) -> StoreResult<WriteOutcome> {
-        self.write_messages(
-            "replace messages",
-            &scripts::REPLACE,
-            id,
-            &messages,
-            options,
-        )
-        .await
+        self.write_messages(Messages::History, id, &messages, options)
+            .await
     }
 
     async fn set_system_messages(
@@ -429,14 +460,8 @@ impl SessionStore for RedisStore {
         messages: Vec<NewMessage>,
         options: WriteOptions,
     ) -> StoreResult<WriteOutcome> {
-        self.write_messages(
-            "set system messages",
-            &scripts::SET_SYSTEM,
-            id,
-            &messages,
-            options,
-        )
-        .await
+        self.write_messages(Messages::System, id, &messages, options)
+            .await
     }
 
     async fn update_state(
@@ -593,6 +618,7 @@ impl SessionStore for RedisStore {
                 for summary in self.summaries(ids).await? {
                     stats.active_sessions += 1;
                     stats.total_messages += summary.message_count;
+                    stats.usage_total += summary.usage_total;
                 }
                 cursor = next;
                 if cursor == 0 {

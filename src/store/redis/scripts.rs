@@ -56,6 +56,27 @@ local function push_messages(from, first_seq, now)
   return seq - first_seq
 end
 
+-- The provider usage of the session's messages, added up: six counters in the meta hash,
+-- in the order of UsageTotal::counters.
+local USAGE = {'usage:prompt_tokens', 'usage:completion_tokens', 'usage:total_tokens',
+  'usage:cached_tokens', 'usage:reasoning_tokens', 'usage:cache_miss_tokens'}
+
+-- Adds the six counters from ARGV[from] on to the session's (or, with reset, sets them).
+local function count_usage(from, reset)
+  for i, field in ipairs(USAGE) do
+    local n = ARGV[from + i - 1]
+    if reset then
+      redis.call('HSET', meta, field, n)
+    elseif n ~= '0' then
+      redis.call('HINCRBY', meta, field, n)
+    end
+  end
+end
+
+local function usage()
+  return redis.call('HMGET', meta, unpack(USAGE))
+end
+
 -- Records a write: next version, times, and the same expiry on every key.
 local function commit(now, ttl, version)
   local expire = now + tonumber(ttl)
@@ -71,8 +92,8 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 
-/// ARGV: ttl_ms, expected_version|'', request_id|'', then role, time|'', body triples.
-/// Reply: OK|DUP, "first count version expire".
+/// ARGV: ttl_ms, expected_version|'', request_id|'', the six usage counters of the
+/// messages, then role, time|'', body triples. Reply: OK|DUP, "first count version expire".
 pub static APPEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -89,7 +110,8 @@ if request_id ~= '' and version > 0 then
 end
 if mismatch(ARGV[2], version) then return {'VERSION', version} end
 local first = redis.call('LLEN', msgs) + 1
-local count = push_messages(4, first, now)
+local count = push_messages(10, first, now)
+count_usage(4, false)
 local outcome = string.format('%d %d %d %d', first, count, version + 1, now + tonumber(ARGV[1]))
 if request_id ~= '' then
   redis.call('LPUSH', reqs, request_id .. '\n' .. outcome)
@@ -101,7 +123,8 @@ return {'OK', outcome}
     )
 });
 
-/// ARGV: ttl_ms, expected_version|'', then role, time|'', body triples. Reply: OK, version, expire.
+/// ARGV: ttl_ms, expected_version|'', the six usage counters of the messages, then role,
+/// time|'', body triples. Reply: OK, version, expire.
 pub static REPLACE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -109,7 +132,8 @@ local now = now_ms()
 local version = current_version(now)
 if mismatch(ARGV[2], version) then return {'VERSION', version} end
 redis.call('DEL', msgs)
-push_messages(3, 1, now)
+push_messages(9, 1, now)
+count_usage(3, true)
 local expire = commit(now, ARGV[1], version)
 return {'OK', version + 1, expire}
 "#,
@@ -185,7 +209,8 @@ return {'OK', 1}
 });
 
 /// ARGV: 'all' | 'last' N MAX_GROWTH | 'after' SEQ.
-/// Reply: OK, version, created, updated, expire, system, message_count, state, messages.
+/// Reply: OK, version, created, updated, expire, system, message_count, state, messages,
+/// usage counters.
 pub static GET: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -217,18 +242,19 @@ elseif ARGV[1] == 'after' then
 end
 local list = {}
 if start < len then list = redis.call('LRANGE', msgs, start - len, -1) end
-return {'OK', m[1], m[3], m[4], m[2], m[5] or '[]', len, redis.call('HGETALL', state), list}
+return {'OK', m[1], m[3], m[4], m[2], m[5] or '[]', len, redis.call('HGETALL', state), list,
+  usage()}
 "#,
     )
 });
 
-/// No ARGV. Reply: OK, version, updated, expire, message_count | NOTFOUND.
+/// No ARGV. Reply: OK, version, updated, expire, message_count, usage counters | NOTFOUND.
 pub static SUMMARY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local m = redis.call('HMGET', meta, 'version', 'updated', 'expire')
 if not m[1] or tonumber(m[3]) <= now_ms() then return {'NOTFOUND'} end
-return {'OK', m[1], m[2], m[3], redis.call('LLEN', msgs)}
+return {'OK', m[1], m[2], m[3], redis.call('LLEN', msgs), usage()}
 "#,
     )
 });

@@ -19,10 +19,12 @@ pub use config::{BACKEND, KEYS, SqliteOptions, Synchronous};
 
 use crate::domain::{
     Append, AppendOutcome, ListPage, ListQuery, MAX_WINDOW_GROWTH, NewMessage, Session, SessionId,
-    SessionSummary, StateOutcome, StateUpdate, StoreStats, Window, WriteOptions, WriteOutcome,
-    tool_safe_start_by,
+    SessionSummary, StateOutcome, StateUpdate, StoreStats, UsageTotal, Window, WriteOptions,
+    WriteOutcome, tool_safe_start_by,
 };
-use crate::store::sql_rows::{SessionRow, micros, micros_of, now_us, time_of};
+use crate::store::sql_rows::{
+    SessionRow, micros, micros_of, now_us, time_of, usage_of, usage_sums,
+};
 use crate::store::sweeper;
 use crate::store::{RecordStore, SessionStore, StoreError, StoreResult, check_version, page_token};
 use async_trait::async_trait;
@@ -229,12 +231,8 @@ impl SessionStore for SqliteStore {
                 return Ok(earlier);
             }
             let mut row = SessionRow::for_write(row, append.options.expected_version, now)?;
-            let outcome = row.appended(
-                append.messages.len() as u64,
-                append.options.ttl,
-                append.request_id,
-                now,
-            );
+            let outcome =
+                row.appended(&append.messages, append.options.ttl, append.request_id, now);
             insert_messages(tx, id, outcome.first_seq, append.messages, now)?;
             rows::save(&row, tx, id)?;
             Ok(outcome)
@@ -253,6 +251,7 @@ impl SessionStore for SqliteStore {
                 tx.execute("DELETE FROM messages WHERE session_id = ?1", [id])
                     .map_err(sql_error)?;
                 row.message_count = messages.len() as u64;
+                row.usage_total = UsageTotal::of(&messages);
                 insert_messages(tx, id, 1, messages, now)
             })
             .await?;
@@ -334,30 +333,39 @@ impl SessionStore for SqliteStore {
                 };
                 let mut statement = tx
                     .prepare_cached(
-                        "SELECT id, message_count, version, update_us, expire_us FROM sessions \
+                        "SELECT id, message_count, version, update_us, expire_us, usage_total \
+                         FROM sessions \
                          WHERE id >= ?1 AND (?2 IS NULL OR id > ?2) AND expire_us > ?3 \
                          ORDER BY id LIMIT ?4",
                     )
                     .map_err(sql_error)?;
-                let found: Vec<SessionSummary> = statement
+                let found: Vec<(SessionSummary, String)> = statement
                     .query_map(
                         params![from, after, now_us(), page_size as i64 + 1],
                         |row| {
-                            Ok(SessionSummary {
+                            let summary = SessionSummary {
                                 id: SessionId::new(row.get::<_, String>(0)?),
                                 message_count: row.get::<_, i64>(1)? as u64,
                                 version: row.get::<_, i64>(2)? as u64,
                                 update_time: time_of(row.get(3)?),
                                 expire_time: time_of(row.get(4)?),
-                            })
+                                usage_total: UsageTotal::default(),
+                            };
+                            Ok((summary, row.get::<_, String>(5)?))
                         },
                     )
                     .and_then(|rows| rows.collect())
                     .map_err(sql_error)?;
-                let mut sessions: Vec<SessionSummary> = found
+                let mut sessions = found
                     .into_iter()
-                    .take_while(|s| s.id.as_str().starts_with(&query.prefix))
-                    .collect();
+                    .take_while(|(s, _)| s.id.as_str().starts_with(&query.prefix))
+                    .map(|(summary, usage)| {
+                        Ok(SessionSummary {
+                            usage_total: usage_of(&usage)?,
+                            ..summary
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
                 let next_page_token = (sessions.len() > page_size).then(|| {
                     sessions.truncate(page_size);
                     page_token::encode(TOKEN_TAG, sessions[page_size - 1].id.as_str().as_bytes())
@@ -371,15 +379,24 @@ impl SessionStore for SqliteStore {
     }
 
     async fn stats(&self) -> StoreResult<StoreStats> {
-        let (sessions, messages, bytes) = self
+        let (sessions, messages, bytes, usage_total) = self
             .db
             .read(|tx| {
-                let (sessions, messages): (i64, i64) = tx
+                let (sessions, messages, usage): (i64, i64, [i64; 6]) = tx
                     .query_row(
-                        "SELECT COUNT(*), COALESCE(SUM(message_count), 0) FROM sessions \
-                         WHERE expire_us > ?1",
+                        &format!(
+                            "SELECT COUNT(*), COALESCE(SUM(message_count), 0), {} FROM sessions \
+                             WHERE expire_us > ?1",
+                            usage_sums("json_extract(usage_total, '$.{}')", "")
+                        ),
                         [now_us()],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
+                        |row| {
+                            let mut usage = [0i64; 6];
+                            for (i, n) in usage.iter_mut().enumerate() {
+                                *n = row.get(i + 2)?;
+                            }
+                            Ok((row.get(0)?, row.get(1)?, usage))
+                        },
                     )
                     .map_err(sql_error)?;
                 let pages: i64 = tx
@@ -388,7 +405,13 @@ impl SessionStore for SqliteStore {
                 let page_size: i64 = tx
                     .query_row("PRAGMA page_size", [], |row| row.get(0))
                     .map_err(sql_error)?;
-                Ok((sessions as u64, messages as u64, (pages * page_size) as u64))
+                let usage = UsageTotal::from_counters(usage.map(|n| n.max(0) as u64));
+                Ok((
+                    sessions as u64,
+                    messages as u64,
+                    (pages * page_size) as u64,
+                    usage,
+                ))
             })
             .await?;
         let records = self.count_records(None).await?;
@@ -397,6 +420,7 @@ impl SessionStore for SqliteStore {
             active_sessions: sessions,
             total_messages: messages,
             approximate_bytes: bytes,
+            usage_total,
             learning_records: records.learning,
             security_logs: records.security,
         })

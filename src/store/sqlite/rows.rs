@@ -3,7 +3,7 @@
 use super::connections::sql_error;
 use crate::domain::{Message, Role};
 use crate::store::StoreResult;
-use crate::store::sql_rows::{SessionRow, corrupt, message_of, role_of};
+use crate::store::sql_rows::{SessionRow, corrupt, message_of, role_of, usage_of};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 /// The row of `id`, expired or not.
@@ -11,7 +11,7 @@ pub fn load(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<SessionRow>> {
     let found = tx
         .prepare_cached(
             "SELECT version, message_count, create_us, update_us, expire_us, \
-             system_messages, state, recent_appends FROM sessions WHERE id = ?1",
+             system_messages, state, recent_appends, usage_total FROM sessions WHERE id = ?1",
         )
         .and_then(|mut statement| {
             statement
@@ -25,12 +25,13 @@ pub fn load(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<SessionRow>> {
                         row.get::<_, String>(5)?,
                         row.get::<_, String>(6)?,
                         row.get::<_, String>(7)?,
+                        row.get::<_, String>(8)?,
                     ))
                 })
                 .optional()
         })
         .map_err(sql_error)?;
-    let Some((version, count, create, update, expire, system, state, recent)) = found else {
+    let Some((version, count, create, update, expire, system, state, recent, usage)) = found else {
         return Ok(None);
     };
     Ok(Some(SessionRow {
@@ -43,6 +44,7 @@ pub fn load(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<SessionRow>> {
         state: serde_json::from_str(&state).map_err(|e| corrupt("a state", e))?,
         recent_appends: serde_json::from_str(&recent)
             .map_err(|e| corrupt("the recent appends", e))?,
+        usage_total: usage_of(&usage)?,
     }))
 }
 
@@ -51,10 +53,11 @@ pub fn save(row: &SessionRow, tx: &Transaction<'_>, id: &str) -> StoreResult<()>
     let state = serde_json::to_string(&row.state).map_err(|e| corrupt("a state", e))?;
     let recent =
         serde_json::to_string(&row.recent_appends).map_err(|e| corrupt("the recent appends", e))?;
+    let usage = row.usage_json()?;
     tx.prepare_cached(
         "INSERT OR REPLACE INTO sessions (id, version, message_count, create_us, update_us, \
-         expire_us, system_messages, state, recent_appends) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         expire_us, system_messages, state, recent_appends, usage_total) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut statement| {
         statement.execute(params![
@@ -67,6 +70,7 @@ pub fn save(row: &SessionRow, tx: &Transaction<'_>, id: &str) -> StoreResult<()>
             row.system_messages,
             state,
             recent,
+            usage,
         ])
     })
     .map_err(sql_error)?;

@@ -35,6 +35,9 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (stream, id)
     ) WITHOUT ROWID;
     CREATE INDEX records_by_expiry ON records (expire_us);",
+    // 2: the provider usage of each session's messages, added up (JSON). Sessions stored
+    // before count what is appended from here on.
+    "ALTER TABLE sessions ADD COLUMN usage_total TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// Brings the database to the current schema in one transaction.

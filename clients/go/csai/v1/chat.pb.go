@@ -701,11 +701,14 @@ type ExecRequest struct {
 	Ttl *durationpb.Duration `protobuf:"bytes,11,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Format the answer must have; plain text when unset.
 	ResponseFormat *ResponseFormat `protobuf:"bytes,12,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
-	// At most this many tokens of the history_window's messages, the oldest dropped first
-	// (tool results go with their call), counted with the model's encoding (see
-	// GetSessionRequest.max_tokens); the server's `chat_history_tokens` when 0 (which is 0,
-	// no budget, unless configured). The system messages and the turn itself are not counted:
-	// leave room for them and the answer.
+	// At most this many tokens of the history_window's messages (and of the session's
+	// summary, when it was compacted), the oldest dropped first (tool results go with their
+	// call), counted with the model's encoding (see GetSessionRequest.max_tokens); the
+	// server's `chat_history_tokens` when 0 (which is 0, no budget, unless configured). The
+	// system messages and the turn itself are not counted against it. When the provider's
+	// model has a configured context size (`chat_context_tokens`, `[providers.NAME]
+	// context_tokens`), the history also fits what that context leaves after the rest of the
+	// request and the answer's max_tokens; the smaller budget wins.
 	MaxHistoryTokens uint32 `protobuf:"varint,13,opt,name=max_history_tokens,json=maxHistoryTokens,proto3" json:"max_history_tokens,omitempty"`
 }
 

@@ -318,6 +318,96 @@ func (x *Usage) GetCacheMissTokens() uint32 {
 	return 0
 }
 
+// The usage of many model calls added up: a session's (kept by every backend beside its
+// messages: appends add their messages' usage, ReplaceMessages sets it to the new
+// messages'), or the store's. The fields are Usage's, as 64-bit counters.
+type UsageTotal struct {
+	state         protoimpl.MessageState
+	sizeCache     protoimpl.SizeCache
+	unknownFields protoimpl.UnknownFields
+
+	PromptTokens     uint64 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens uint64 `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	TotalTokens      uint64 `protobuf:"varint,3,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
+	CachedTokens     uint64 `protobuf:"varint,4,opt,name=cached_tokens,json=cachedTokens,proto3" json:"cached_tokens,omitempty"`
+	ReasoningTokens  uint64 `protobuf:"varint,5,opt,name=reasoning_tokens,json=reasoningTokens,proto3" json:"reasoning_tokens,omitempty"`
+	CacheMissTokens  uint64 `protobuf:"varint,6,opt,name=cache_miss_tokens,json=cacheMissTokens,proto3" json:"cache_miss_tokens,omitempty"`
+}
+
+func (x *UsageTotal) Reset() {
+	*x = UsageTotal{}
+	if protoimpl.UnsafeEnabled {
+		mi := &file_csai_v1_message_proto_msgTypes[3]
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		ms.StoreMessageInfo(mi)
+	}
+}
+
+func (x *UsageTotal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageTotal) ProtoMessage() {}
+
+func (x *UsageTotal) ProtoReflect() protoreflect.Message {
+	mi := &file_csai_v1_message_proto_msgTypes[3]
+	if protoimpl.UnsafeEnabled && x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageTotal.ProtoReflect.Descriptor instead.
+func (*UsageTotal) Descriptor() ([]byte, []int) {
+	return file_csai_v1_message_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UsageTotal) GetPromptTokens() uint64 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *UsageTotal) GetCompletionTokens() uint64 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *UsageTotal) GetTotalTokens() uint64 {
+	if x != nil {
+		return x.TotalTokens
+	}
+	return 0
+}
+
+func (x *UsageTotal) GetCachedTokens() uint64 {
+	if x != nil {
+		return x.CachedTokens
+	}
+	return 0
+}
+
+func (x *UsageTotal) GetReasoningTokens() uint64 {
+	if x != nil {
+		return x.ReasoningTokens
+	}
+	return 0
+}
+
+func (x *UsageTotal) GetCacheMissTokens() uint64 {
+	if x != nil {
+		return x.CacheMissTokens
+	}
+	return 0
+}
+
 // One chat message. On writes, `seq` and `create_time` are ignored: the store assigns them.
 type Message struct {
 	state         protoimpl.MessageState
@@ -353,7 +443,7 @@ type Message struct {
 func (x *Message) Reset() {
 	*x = Message{}
 	if protoimpl.UnsafeEnabled {
-		mi := &file_csai_v1_message_proto_msgTypes[3]
+		mi := &file_csai_v1_message_proto_msgTypes[4]
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		ms.StoreMessageInfo(mi)
 	}
@@ -366,7 +456,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_csai_v1_message_proto_msgTypes[3]
+	mi := &file_csai_v1_message_proto_msgTypes[4]
 	if protoimpl.UnsafeEnabled && x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +469,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_csai_v1_message_proto_rawDescGZIP(), []int{3}
+	return file_csai_v1_message_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Message) GetSeq() uint64 {
@@ -495,6 +585,22 @@ var file_csai_v1_message_proto_rawDesc = []byte{
 	0x69, 0x6e, 0x67, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x12, 0x2a, 0x0a, 0x11, 0x63, 0x61, 0x63,
 	0x68, 0x65, 0x5f, 0x6d, 0x69, 0x73, 0x73, 0x5f, 0x74, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x18, 0x06,
 	0x20, 0x01, 0x28, 0x0d, 0x52, 0x0f, 0x63, 0x61, 0x63, 0x68, 0x65, 0x4d, 0x69, 0x73, 0x73, 0x54,
+	0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x22, 0xfd, 0x01, 0x0a, 0x0a, 0x55, 0x73, 0x61, 0x67, 0x65, 0x54,
+	0x6f, 0x74, 0x61, 0x6c, 0x12, 0x23, 0x0a, 0x0d, 0x70, 0x72, 0x6f, 0x6d, 0x70, 0x74, 0x5f, 0x74,
+	0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x18, 0x01, 0x20, 0x01, 0x28, 0x04, 0x52, 0x0c, 0x70, 0x72, 0x6f,
+	0x6d, 0x70, 0x74, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x12, 0x2b, 0x0a, 0x11, 0x63, 0x6f, 0x6d,
+	0x70, 0x6c, 0x65, 0x74, 0x69, 0x6f, 0x6e, 0x5f, 0x74, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x18, 0x02,
+	0x20, 0x01, 0x28, 0x04, 0x52, 0x10, 0x63, 0x6f, 0x6d, 0x70, 0x6c, 0x65, 0x74, 0x69, 0x6f, 0x6e,
+	0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x12, 0x21, 0x0a, 0x0c, 0x74, 0x6f, 0x74, 0x61, 0x6c, 0x5f,
+	0x74, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x18, 0x03, 0x20, 0x01, 0x28, 0x04, 0x52, 0x0b, 0x74, 0x6f,
+	0x74, 0x61, 0x6c, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x12, 0x23, 0x0a, 0x0d, 0x63, 0x61, 0x63,
+	0x68, 0x65, 0x64, 0x5f, 0x74, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x18, 0x04, 0x20, 0x01, 0x28, 0x04,
+	0x52, 0x0c, 0x63, 0x61, 0x63, 0x68, 0x65, 0x64, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x12, 0x29,
+	0x0a, 0x10, 0x72, 0x65, 0x61, 0x73, 0x6f, 0x6e, 0x69, 0x6e, 0x67, 0x5f, 0x74, 0x6f, 0x6b, 0x65,
+	0x6e, 0x73, 0x18, 0x05, 0x20, 0x01, 0x28, 0x04, 0x52, 0x0f, 0x72, 0x65, 0x61, 0x73, 0x6f, 0x6e,
+	0x69, 0x6e, 0x67, 0x54, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x12, 0x2a, 0x0a, 0x11, 0x63, 0x61, 0x63,
+	0x68, 0x65, 0x5f, 0x6d, 0x69, 0x73, 0x73, 0x5f, 0x74, 0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x18, 0x06,
+	0x20, 0x01, 0x28, 0x04, 0x52, 0x0f, 0x63, 0x61, 0x63, 0x68, 0x65, 0x4d, 0x69, 0x73, 0x73, 0x54,
 	0x6f, 0x6b, 0x65, 0x6e, 0x73, 0x22, 0x9b, 0x03, 0x0a, 0x07, 0x4d, 0x65, 0x73, 0x73, 0x61, 0x67,
 	0x65, 0x12, 0x10, 0x0a, 0x03, 0x73, 0x65, 0x71, 0x18, 0x01, 0x20, 0x01, 0x28, 0x04, 0x52, 0x03,
 	0x73, 0x65, 0x71, 0x12, 0x21, 0x0a, 0x04, 0x72, 0x6f, 0x6c, 0x65, 0x18, 0x02, 0x20, 0x01, 0x28,
@@ -549,23 +655,24 @@ func file_csai_v1_message_proto_rawDescGZIP() []byte {
 }
 
 var file_csai_v1_message_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_csai_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_csai_v1_message_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_csai_v1_message_proto_goTypes = []interface{}{
 	(Role)(0),                     // 0: csai.v1.Role
 	(*FunctionCall)(nil),          // 1: csai.v1.FunctionCall
 	(*ToolCall)(nil),              // 2: csai.v1.ToolCall
 	(*Usage)(nil),                 // 3: csai.v1.Usage
-	(*Message)(nil),               // 4: csai.v1.Message
-	(*structpb.Struct)(nil),       // 5: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*UsageTotal)(nil),            // 4: csai.v1.UsageTotal
+	(*Message)(nil),               // 5: csai.v1.Message
+	(*structpb.Struct)(nil),       // 6: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_csai_v1_message_proto_depIdxs = []int32{
 	1, // 0: csai.v1.ToolCall.function:type_name -> csai.v1.FunctionCall
 	0, // 1: csai.v1.Message.role:type_name -> csai.v1.Role
 	2, // 2: csai.v1.Message.tool_calls:type_name -> csai.v1.ToolCall
 	3, // 3: csai.v1.Message.usage:type_name -> csai.v1.Usage
-	5, // 4: csai.v1.Message.metadata:type_name -> google.protobuf.Struct
-	6, // 5: csai.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	6, // 4: csai.v1.Message.metadata:type_name -> google.protobuf.Struct
+	7, // 5: csai.v1.Message.create_time:type_name -> google.protobuf.Timestamp
 	6, // [6:6] is the sub-list for method output_type
 	6, // [6:6] is the sub-list for method input_type
 	6, // [6:6] is the sub-list for extension type_name
@@ -616,6 +723,18 @@ func file_csai_v1_message_proto_init() {
 			}
 		}
 		file_csai_v1_message_proto_msgTypes[3].Exporter = func(v interface{}, i int) interface{} {
+			switch v := v.(*UsageTotal); i {
+			case 0:
+				return &v.state
+			case 1:
+				return &v.sizeCache
+			case 2:
+				return &v.unknownFields
+			default:
+				return nil
+			}
+		}
+		file_csai_v1_message_proto_msgTypes[4].Exporter = func(v interface{}, i int) interface{} {
 			switch v := v.(*Message); i {
 			case 0:
 				return &v.state
@@ -634,7 +753,7 @@ func file_csai_v1_message_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: file_csai_v1_message_proto_rawDesc,
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -5,8 +5,8 @@
 //! random 96-bit nonce per value. Its associated data names the format, the key id and the
 //! value's place: the (tenant-qualified) session id and the field (message list, state
 //! key) or the record stream and id. A value copied into another session, list, state key
-//! or record therefore does not open. A message is stored as its role (the tool-safe
-//! window needs it) and one sealed JSON of everything else; a state entry as a keyed hash
+//! or record therefore does not open. A message is stored as its role and usage counters
+//! (the tool-safe window and the usage total need them) and one sealed JSON of everything else; a state entry as a keyed hash
 //! of its key and one sealed JSON of key and value; a record as its sealed body.
 //!
 //! Writes use the primary key; reads accept every configured key, so keys rotate without
@@ -58,12 +58,14 @@ impl EncryptedStore {
         }
     }
 
-    /// The message as stored: its role (backends need it) and one sealed JSON of the rest.
+    /// The message as stored: its role and provider usage (backends need them: the
+    /// tool-safe window, the session's usage total) and one sealed JSON of the rest.
     fn seal_message(&self, message: NewMessage, place: &Place<'_>) -> StoreResult<NewMessage> {
         let json = serde_json::to_string(&message)
             .map_err(|e| StoreError::Internal(format!("a message does not encode: {e}")))?;
         let mut stored = NewMessage::text(message.role, self.keys.seal(&json, place)?);
         stored.create_time = message.create_time;
+        stored.usage = message.usage;
         Ok(stored)
     }
 

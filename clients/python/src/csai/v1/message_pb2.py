@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63sai/v1/message.proto\x12\x07\x63sai.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"\\\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x15.csai.v1.FunctionCall\x12\r\n\x05index\x18\x04 \x01(\r\"\x9b\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63\x61\x63he_miss_tokens\x18\x06 \x01(\r\"\xb4\x02\n\x07Message\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1b\n\x04role\x18\x02 \x01(\x0e\x32\r.csai.v1.Role\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\ntool_calls\x18\x05 \x03(\x0b\x32\x11.csai.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x1d\n\x05usage\x18\x08 \x01(\x0b\x32\x0e.csai.v1.Usage\x12\x19\n\x11reasoning_content\x18\t \x01(\t\x12)\n\x08metadata\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\x12\n\x0eROLE_DEVELOPER\x10\x02\x12\r\n\tROLE_USER\x10\x03\x12\x12\n\x0eROLE_ASSISTANT\x10\x04\x12\r\n\tROLE_TOOL\x10\x05\x42@Z>github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1;csaiv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63sai/v1/message.proto\x12\x07\x63sai.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x0c\x46unctionCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x02 \x01(\t\"\\\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\'\n\x08\x66unction\x18\x03 \x01(\x0b\x32\x15.csai.v1.FunctionCall\x12\r\n\x05index\x18\x04 \x01(\r\"\x9b\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\r\x12\x19\n\x11\x63\x61\x63he_miss_tokens\x18\x06 \x01(\r\"\xa0\x01\n\nUsageTotal\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\x15\n\rcached_tokens\x18\x04 \x01(\x04\x12\x18\n\x10reasoning_tokens\x18\x05 \x01(\x04\x12\x19\n\x11\x63\x61\x63he_miss_tokens\x18\x06 \x01(\x04\"\xb4\x02\n\x07Message\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1b\n\x04role\x18\x02 \x01(\x0e\x32\r.csai.v1.Role\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12%\n\ntool_calls\x18\x05 \x03(\x0b\x32\x11.csai.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x1d\n\x05usage\x18\x08 \x01(\x0b\x32\x0e.csai.v1.Usage\x12\x19\n\x11reasoning_content\x18\t \x01(\t\x12)\n\x08metadata\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\x12\n\x0eROLE_DEVELOPER\x10\x02\x12\r\n\tROLE_USER\x10\x03\x12\x12\n\x0eROLE_ASSISTANT\x10\x04\x12\r\n\tROLE_TOOL\x10\x05\x42@Z>github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1;csaiv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'csai.v1.message_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/csai-sidecar/csai-sidecar/clients/go/csai/v1;csaiv1'
-  _globals['_ROLE']._serialized_start=709
-  _globals['_ROLE']._serialized_end=824
+  _globals['_ROLE']._serialized_start=872
+  _globals['_ROLE']._serialized_end=987
   _globals['_FUNCTIONCALL']._serialized_start=97
   _globals['_FUNCTIONCALL']._serialized_end=144
   _globals['_TOOLCALL']._serialized_start=146
   _globals['_TOOLCALL']._serialized_end=238
   _globals['_USAGE']._serialized_start=241
   _globals['_USAGE']._serialized_end=396
-  _globals['_MESSAGE']._serialized_start=399
-  _globals['_MESSAGE']._serialized_end=707
+  _globals['_USAGETOTAL']._serialized_start=399
+  _globals['_USAGETOTAL']._serialized_end=559
+  _globals['_MESSAGE']._serialized_start=562
+  _globals['_MESSAGE']._serialized_end=870
 # @@protoc_insertion_point(module_scope)

@@ -109,8 +109,8 @@ class GetSessionResponse(_message.Message):
     session: Session
     tokens: int
     summary: WindowSummary
-    usage_total: _message_pb2.Usage
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., tokens: _Optional[int] = ..., summary: _Optional[_Union[WindowSummary, _Mapping]] = ..., usage_total: _Optional[_Union[_message_pb2.Usage, _Mapping]] = ...) -> None: ...
+    usage_total: _message_pb2.UsageTotal
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., tokens: _Optional[int] = ..., summary: _Optional[_Union[WindowSummary, _Mapping]] = ..., usage_total: _Optional[_Union[_message_pb2.UsageTotal, _Mapping]] = ...) -> None: ...
 
 class WindowSummary(_message.Message):
     __slots__ = ("text", "through_seq", "tokens")
@@ -245,18 +245,20 @@ class ListSessionsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., id_prefix: _Optional[str] = ...) -> None: ...
 
 class SessionSummary(_message.Message):
-    __slots__ = ("session_id", "message_count", "version", "update_time", "expire_time")
+    __slots__ = ("session_id", "message_count", "version", "update_time", "expire_time", "usage_total")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    USAGE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     message_count: int
     version: int
     update_time: _timestamp_pb2.Timestamp
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., message_count: _Optional[int] = ..., version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    usage_total: _message_pb2.UsageTotal
+    def __init__(self, session_id: _Optional[str] = ..., message_count: _Optional[int] = ..., version: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_total: _Optional[_Union[_message_pb2.UsageTotal, _Mapping]] = ...) -> None: ...
 
 class ListSessionsResponse(_message.Message):
     __slots__ = ("sessions", "next_page_token")
@@ -271,20 +273,22 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("backend", "active_sessions", "total_messages", "approximate_bytes", "learning_records", "security_logs")
+    __slots__ = ("backend", "active_sessions", "total_messages", "approximate_bytes", "learning_records", "security_logs", "usage_total")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RECORDS_FIELD_NUMBER: _ClassVar[int]
     SECURITY_LOGS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     backend: str
     active_sessions: int
     total_messages: int
     approximate_bytes: int
     learning_records: int
     security_logs: int
-    def __init__(self, backend: _Optional[str] = ..., active_sessions: _Optional[int] = ..., total_messages: _Optional[int] = ..., approximate_bytes: _Optional[int] = ..., learning_records: _Optional[int] = ..., security_logs: _Optional[int] = ...) -> None: ...
+    usage_total: _message_pb2.UsageTotal
+    def __init__(self, backend: _Optional[str] = ..., active_sessions: _Optional[int] = ..., total_messages: _Optional[int] = ..., approximate_bytes: _Optional[int] = ..., learning_records: _Optional[int] = ..., security_logs: _Optional[int] = ..., usage_total: _Optional[_Union[_message_pb2.UsageTotal, _Mapping]] = ...) -> None: ...
 
 class LearningRecord(_message.Message):
     __slots__ = ("id", "session_id", "message_seq", "query", "response", "tools", "context", "feedback_score", "participant", "create_time")
