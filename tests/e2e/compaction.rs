@@ -187,6 +187,13 @@ async fn converse(backend: &str, turns: usize) {
         (usage.cached_tokens, usage.reasoning_tokens),
         (4 * n, 2 * n)
     );
+    let stats = sessions
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    let whole = stats.usage_total.expect("the store's usage total");
+    assert!(whole.total_tokens >= 15 * n, "{backend}: {whole:?}");
     assert_eq!(first.messages[0].content, question(0), "{backend}");
 
     // By RPC, with a smaller budget: one more summary, further on.
