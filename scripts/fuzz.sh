@@ -3,7 +3,6 @@
 # time, after replaying every input that ever crashed it (fuzz/regressions/requests/).
 #
 #   scripts/fuzz.sh [SECONDS]     default 60
-#   scripts/fuzz.sh build         only installs cargo-fuzz and builds the target
 #
 # cargo-fuzz comes from crates.io (installed if missing). libFuzzer needs the nightly
 # -Z flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. No sanitizer: the
@@ -11,8 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
-build_only=false
-[ "$seconds" = build ] && build_only=true
 cargo_fuzz_version=0.13.2
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
@@ -23,9 +20,6 @@ export RUSTC_BOOTSTRAP=1
 # The dev profile of fuzz/Cargo.toml (opt-level 1, debug assertions on, no debug info)
 # builds in ~7 minutes on two cores instead of ~9 for release, at ~60% of its speed.
 cargo fuzz build --dev -s none requests
-if $build_only; then
-    exit 0
-fi
 binary=fuzz/target/x86_64-unknown-linux-gnu/debug/requests
 regressions=(fuzz/regressions/requests/*)
 if [ -e "${regressions[0]}" ]; then

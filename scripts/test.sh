@@ -52,12 +52,8 @@ rm -rf "$servers"
 mkdir -p "$servers"
 log=$(mktemp)
 prepare_log=$(mktemp)
-fuzz_log=$(mktemp)
 preparing=
-fuzz_building=
-trap '[ -n "$preparing" ] && { kill "$preparing" 2>/dev/null || true; }
-      [ -n "$fuzz_building" ] && { kill "$fuzz_building" 2>/dev/null || true; }
-      stop_servers; rm -f "$log" "$prepare_log" "$fuzz_log"' EXIT
+trap '[ -n "$preparing" ] && { kill "$preparing" 2>/dev/null || true; }; stop_servers; rm -f "$log" "$prepare_log"' EXIT
 prepare >"$prepare_log" 2>&1 &
 preparing=$!
 
@@ -82,11 +78,6 @@ source "$servers/postgres/env"
 export CSAI_TEST_CLIENT_PYTHON="$PWD/.venv-client/bin/python"
 export CSAI_TEST_GO_BOT="$PWD/.data/clients/go-bot"
 
-# The fuzz target builds (a second build of the whole graph, ~6 minutes) at the lowest
-# priority beside the tests: it takes the CPU they leave while they wait on servers.
-nice -n 19 scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
-fuzz_building=$!
-
 echo "== cargo test (at ${SECONDS}s)"
 cargo test --no-fail-fast 2>&1 | tee "$log"
 # One closing line over every test binary, so the total is plain to read.
@@ -97,13 +88,6 @@ awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
 stop_servers
 
 echo "== fuzz (at ${SECONDS}s)"
-if ! wait "$fuzz_building"; then
-    cat "$fuzz_log"
-    echo "scripts/test.sh: building the fuzz target failed (above)" >&2
-    exit 1
-fi
-fuzz_building=
-cat "$fuzz_log"
 scripts/fuzz.sh 60
 
 echo "== README quick start (at ${SECONDS}s)"
