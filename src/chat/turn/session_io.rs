@@ -5,6 +5,15 @@ use super::*;
 use crate::chat::token_window::Budget;
 use crate::store::decorators::tenant::stored_id;
 
+/// A read of the session as the turn sees it: a session not stored yet is an empty one.
+fn loaded(read: crate::store::StoreResult<crate::domain::Session>) -> Result<Loaded, TurnError> {
+    match read {
+        Ok(session) => Ok(Loaded::of(session)),
+        Err(StoreError::NotFound(_)) => Ok(Loaded::default()),
+        Err(e) => Err(TurnError::Store(e)),
+    }
+}
+
 impl ChatEngine {
     /// Reads the session with enough history for the window (or, without one, for
     /// `budget` tokens), and for a continued turn the whole open turn however long it is.
@@ -17,13 +26,7 @@ impl ChatEngine {
         budget: Option<(u32, Encoding)>,
     ) -> Result<Loaded, TurnError> {
         let id = &request.session;
-        let read = |w: Window| async move {
-            match store.get(id, w).await {
-                Ok(session) => Ok(Loaded::of(session)),
-                Err(StoreError::NotFound(_)) => Ok(Loaded::default()),
-                Err(e) => Err(TurnError::Store(e)),
-            }
-        };
+        let read = |w: Window| async move { loaded(store.get(id, w).await) };
         if window == 0 {
             let Some((tokens, encoding)) = budget else {
                 return read(Window::All).await;
@@ -37,11 +40,8 @@ impl ChatEngine {
                 count_system: false,
                 open_turn: continuing,
             };
-            return match self.token_windows.read(store, id, &stored, budget).await {
-                Ok(fitted) => Ok(Loaded::of(fitted.session)),
-                Err(StoreError::NotFound(_)) => Ok(Loaded::default()),
-                Err(e) => Err(TurnError::Store(e)),
-            };
+            let fitted = self.token_windows.read(store, id, &stored, budget).await;
+            return loaded(fitted.map(|fitted| fitted.session));
         }
         let loaded = read(Window::LastN(window)).await?;
         let starts_at_one = loaded.messages.first().is_none_or(|m| m.seq == 1);
