@@ -23,11 +23,17 @@ pub fn history(before: &[Message], window: u32) -> Vec<NewMessage> {
 }
 
 /// The most recent messages of `history` whose tokens add up to at most `budget`: the
-/// oldest go first, and tool results left without their call go with it.
-pub fn fit_tokens(history: Vec<NewMessage>, budget: u32, encoding: Encoding) -> Vec<NewMessage> {
+/// oldest go first, and tool results left without their call go with it. Also the tokens
+/// of the messages left out.
+pub fn fit_tokens(
+    mut history: Vec<NewMessage>,
+    budget: u32,
+    encoding: Encoding,
+) -> (Vec<NewMessage>, u32) {
     let costs: Vec<u32> = history.iter().map(|m| encoding.message(m)).collect();
     let fit = tokens::fit(&costs, 0, 0, budget, |i| history[i].role == Role::Tool);
-    history.into_iter().skip(fit.start).collect()
+    history.drain(..fit.start);
+    (history, costs[..fit.start].iter().sum())
 }
 
 /// The tokens a turn's history (its summary included) may take: the `requested` budget

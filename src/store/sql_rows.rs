@@ -128,6 +128,12 @@ impl SessionRow {
         outcome
     }
 
+    /// After the messages were replaced by `messages`: their count and usage.
+    pub fn replaced(&mut self, messages: &[NewMessage]) {
+        self.message_count = messages.len() as u64;
+        self.usage_total = UsageTotal::of(messages);
+    }
+
     /// What an earlier append with this request_id reported, as a deduplicated outcome.
     pub fn remembered(&self, request_id: &str) -> Option<AppendOutcome> {
         self.recent_appends

@@ -412,12 +412,8 @@ impl ChatEngine {
         let mut left_out = 0u32;
         if let Some(budget) = budget {
             let summary_tokens = loaded.summary.as_ref().map_or(0, |s| s.tokens(encoding));
-            let all = history.clone();
-            history = window::fit_tokens(history, budget.saturating_sub(summary_tokens), encoding);
-            left_out = all[..all.len() - history.len()]
-                .iter()
-                .map(|m| encoding.message(m))
-                .sum();
+            (history, left_out) =
+                window::fit_tokens(history, budget.saturating_sub(summary_tokens), encoding);
             // A budgeted read stops once `every` tokens more than the budget would not
             // fit: history it did not read is left out too, and is more than that.
             let unread = before.first().is_some_and(|m| m.seq > summarised + 1);

@@ -105,13 +105,18 @@ pub(super) fn usage_document(usage: &UsageTotal) -> Document {
 
 /// The session document's usage total (zero for documents stored before it was kept).
 pub(super) fn usage_of(document: &Document) -> StoreResult<UsageTotal> {
-    let Ok(usage) = document.get_document("usage") else {
-        return Ok(UsageTotal::default());
-    };
+    match document.get_document("usage") {
+        Ok(usage) => usage_counters(usage),
+        Err(_) => Ok(UsageTotal::default()),
+    }
+}
+
+/// A usage total from the counters named as its fields in `document` (absent ones are 0).
+pub(super) fn usage_counters(document: &Document) -> StoreResult<UsageTotal> {
     let mut counters = [0u64; 6];
     for (n, name) in counters.iter_mut().zip(UsageTotal::NAMES) {
-        if usage.contains_key(name) {
-            *n = get_i64(usage, name)?.max(0) as u64;
+        if document.contains_key(name) {
+            *n = get_i64(document, name)?.max(0) as u64;
         }
     }
     Ok(UsageTotal::from_counters(counters))

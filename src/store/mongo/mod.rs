@@ -485,14 +485,11 @@ impl SessionStore for MongoStore {
             }
         };
         let (sessions, messages, usage_total) = match totals {
-            Some(t) => {
-                let mut counters = [0u64; 6];
-                for (n, name) in counters.iter_mut().zip(UsageTotal::NAMES) {
-                    *n = get_i64(&t, name)?.max(0) as u64;
-                }
-                let usage = UsageTotal::from_counters(counters);
-                (get_i64(&t, "sessions")?, get_i64(&t, "messages")?, usage)
-            }
+            Some(t) => (
+                get_i64(&t, "sessions")?,
+                get_i64(&t, "messages")?,
+                usage_counters(&t)?,
+            ),
             None => (0, 0, UsageTotal::default()),
         };
         let mut bytes = 0;

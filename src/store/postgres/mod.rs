@@ -154,8 +154,7 @@ impl PostgresStore {
                     )
                     .await
                     .map_err(sql_error)?;
-                    row.message_count = messages.len() as u64;
-                    row.usage_total = UsageTotal::of(&messages);
+                    row.replaced(&messages);
                     insert_messages(&tx, &self.tables, name, 1, messages, now).await?;
                 }
                 Change::SystemMessages(messages) => row.set_system_messages(messages, now)?,

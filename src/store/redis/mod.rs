@@ -95,7 +95,7 @@ enum Messages {
 }
 
 /// The usage counters of a script's reply (absent ones, on sessions stored before they
-/// were kept, are 0) and of an append's or replace's arguments.
+/// were kept, are 0).
 fn usage_of(value: &Value) -> StoreResult<UsageTotal> {
     let mut counters = [0u64; 6];
     for (n, value) in counters.iter_mut().zip(array(value)?) {
@@ -106,6 +106,7 @@ fn usage_of(value: &Value) -> StoreResult<UsageTotal> {
     Ok(UsageTotal::from_counters(counters))
 }
 
+/// The usage counters of `messages`, as an append's or replace's arguments.
 fn usage_args(messages: &[NewMessage]) -> impl Iterator<Item = String> + use<> {
     UsageTotal::of(messages)
         .counters()

@@ -250,8 +250,7 @@ impl SessionStore for SqliteStore {
             .write_row(id, options, move |tx, id, row, now| {
                 tx.execute("DELETE FROM messages WHERE session_id = ?1", [id])
                     .map_err(sql_error)?;
-                row.message_count = messages.len() as u64;
-                row.usage_total = UsageTotal::of(&messages);
+                row.replaced(&messages);
                 insert_messages(tx, id, 1, messages, now)
             })
             .await?;

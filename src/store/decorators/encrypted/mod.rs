@@ -6,8 +6,9 @@
 //! value's place: the (tenant-qualified) session id and the field (message list, state
 //! key) or the record stream and id. A value copied into another session, list, state key
 //! or record therefore does not open. A message is stored as its role and usage counters
-//! (the tool-safe window and the usage total need them) and one sealed JSON of everything else; a state entry as a keyed hash
-//! of its key and one sealed JSON of key and value; a record as its sealed body.
+//! (the tool-safe window and the usage total need them) and one sealed JSON of everything
+//! else; a state entry as a keyed hash of its key and one sealed JSON of key and value; a
+//! record as its sealed body.
 //!
 //! Writes use the primary key; reads accept every configured key, so keys rotate without
 //! downtime. Reads refuse values that are not sealed this way (plaintext, or the older
