@@ -51,7 +51,10 @@ start)
     mkdir -p "$dir/dynamo"
     (
         cd "$dir/dynamo"
-        nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$dynamo" >"$dir/dynamo/log" 2>&1 &
+        # moto_server as scripts/moto_serial.py runs it: one request at a time, atomic as
+        # DynamoDB's own requests are (moto's threaded server shows half-written items).
+        nohup "$venv/bin/python" "$root/scripts/moto_serial.py" -H 127.0.0.1 -p "$dynamo" \
+            >"$dir/dynamo/log" 2>&1 &
         echo $! >"$dir/dynamo/pid"
     )
     wait_for_port SecantusDB "$mongo" "$dir/mongo/log"
