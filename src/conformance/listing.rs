@@ -24,10 +24,22 @@ pub async fn listing_under_churn_returns_each_stable_session_once(store: TestSto
             .map(|n| SessionId::new(format!("{prefix}/{kind}{n:03}")))
             .collect()
     };
-    let stable = ids("s", 120);
+    // The Python servers behind MongoDB and DynamoDB in tests answer each page in time
+    // linear in the collection: a third of the sessions there. Their keyset pagination is
+    // exactly-once whatever the count; Redis's SCAN, whose cursor crosses rehashing as the
+    // keyspace grows, keeps the full count.
+    let share = match store.backend() {
+        "mongo" | "dynamo" => 3,
+        _ => 1,
+    };
+    let stable = ids("s", 120 / share);
     write_all(stable.clone()).await;
 
-    for (phase, churn) in [("created", ids("c", 400)), ("deleted", ids("d", 300))] {
+    let churn = [
+        ("created", ids("c", 400 / share)),
+        ("deleted", ids("d", 300 / share)),
+    ];
+    for (phase, churn) in churn {
         if phase == "deleted" {
             write_all(churn.clone()).await;
         }

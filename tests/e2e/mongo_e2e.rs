@@ -47,7 +47,9 @@ async fn every_rpc_through_the_binary() {
 #[tokio::test]
 async fn sixty_four_concurrent_appenders_lose_nothing() {
     let server = server("csai_appenders").await;
-    concurrent_appenders_through_the_sidecar(&server, 64, 50).await;
+    // 64 writers racing as on the other backends; 15 appends each (not 50): each
+    // append costs the Python test server tens of milliseconds; the race is the same.
+    concurrent_appenders_through_the_sidecar(&server, 64, 15).await;
 }
 
 #[tokio::test]
