@@ -3,6 +3,7 @@
 use crate::chat::provider::ProviderError;
 use crate::chat::turn::TurnError;
 use crate::service::ValidationError;
+use crate::service::sessions::SessionError;
 use crate::store::StoreError;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -12,6 +13,17 @@ use tonic_types::{ErrorDetails, StatusExt};
 impl From<ValidationError> for Status {
     fn from(error: ValidationError) -> Self {
         Status::invalid_argument(error.to_string())
+    }
+}
+
+/// Maps a refused or failed SessionStore request to the status a client sees.
+impl From<SessionError> for Status {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::Invalid(error) => error.into(),
+            SessionError::Precondition(message) => Status::failed_precondition(message),
+            SessionError::Store(error) => status_of(error),
+        }
     }
 }
 

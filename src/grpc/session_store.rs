@@ -1,23 +1,21 @@
-//! The SessionStore gRPC service: validates requests, applies policy, calls the store.
+//! The SessionStore gRPC service: converts requests and hands them to the service layer.
 
-use crate::chat::token_window::{Budget, TokenWindows};
 use crate::domain::Tenant;
-use crate::domain::{Append, ListQuery, NewMessage, SessionId, StateUpdate, Window, WriteOptions};
+use crate::domain::{Append, ListQuery, SessionId, StateUpdate, Window, WriteOptions};
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
 use crate::grpc::pb::session_store_server::SessionStore as SessionStoreRpc;
 use crate::grpc::{export_import, record_rpcs, watch_rpcs};
 use crate::service::Policy;
+use crate::service::sessions::{Read, SessionService};
 use crate::service::validate;
+use crate::store::SessionStore;
 use crate::store::changes::ChangeHub;
-use crate::store::decorators::tenant::{TenantStore, stored_id};
+use crate::store::decorators::tenant::TenantStore;
 use crate::store::stats_cache::StatsCache;
-use crate::store::{SessionStore, StoreError};
-use crate::tokens::Encoding;
 use futures::stream::BoxStream;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Longest id_prefix of ListSessions, in bytes.
@@ -39,9 +37,8 @@ fn write_options(
 pub struct SessionStoreService {
     store: Arc<dyn SessionStore>,
     stats: Arc<StatsCache>,
-    policy: Policy,
     feeds: Feeds,
-    token_windows: TokenWindows,
+    service: SessionService,
 }
 
 /// What the watch RPCs need: the hub the store's writes signal, and each WatchSessions
@@ -64,31 +61,13 @@ impl SessionStoreService {
         Self {
             store,
             stats,
-            policy,
+            service: SessionService::new(policy),
             feeds,
-            token_windows: TokenWindows::default(),
         }
     }
 
-    /// With `sliding_ttl_on_read`, extends a read session's expiry to the default TTL
-    /// (never shortening a longer one).
-    async fn slide(
-        &self,
-        store: &dyn SessionStore,
-        id: &SessionId,
-        mut session: crate::domain::Session,
-    ) -> Result<crate::domain::Session, Status> {
-        if self.policy.sliding_ttl_on_read {
-            let extended = SystemTime::now() + self.policy.default_ttl;
-            if extended > session.expire_time {
-                let touched = store
-                    .touch(id, self.policy.default_ttl)
-                    .await
-                    .map_err(status_of)?;
-                session.expire_time = touched.expire_time;
-            }
-        }
-        Ok(session)
+    fn policy(&self) -> &Policy {
+        self.service.policy()
     }
 
     /// The store as the request's tenant sees it (the whole store without authentication).
@@ -116,44 +95,6 @@ pub fn scoped_store<T>(
     }
 }
 
-/// Refuses tool results that answer no call of an assistant message before them, in the
-/// request or among the session's last messages: the tool-safe window grows back from a
-/// result to its call, so a run of results without one would make every read walk it.
-async fn check_tool_results_answer_calls(
-    store: &dyn SessionStore,
-    id: &SessionId,
-    messages: &[NewMessage],
-) -> Result<(), Status> {
-    use crate::domain::MAX_WINDOW_GROWTH;
-    if validate::unanswered_tool_results(messages, &[]).is_empty() {
-        return Ok(());
-    }
-    let recent = match store.get(id, Window::LastN(MAX_WINDOW_GROWTH as u32)).await {
-        Ok(session) => session.messages,
-        Err(StoreError::NotFound(_)) => Vec::new(),
-        Err(error) => return Err(status_of(error)),
-    };
-    let earlier: Vec<(usize, String)> = recent
-        .iter()
-        .rev()
-        .enumerate()
-        .flat_map(|(back, m)| {
-            m.body
-                .tool_calls
-                .iter()
-                .map(move |c| (back + 1, c.id.clone()))
-        })
-        .collect();
-    match validate::unanswered_tool_results(messages, &earlier).first() {
-        None => Ok(()),
-        Some((i, call)) => Err(Status::failed_precondition(format!(
-            "messages[{i}].tool_call_id: {call:?} answers no tool call of the session's last \
-             {MAX_WINDOW_GROWTH} messages or of this request; append the assistant message \
-             with the call first"
-        ))),
-    }
-}
-
 fn session_id(raw: &str) -> Result<SessionId, Status> {
     convert::session_id(raw, "session_id")
 }
@@ -175,60 +116,32 @@ impl SessionStoreRpc for SessionStoreService {
         let tenant = request.extensions().get::<Tenant>().cloned();
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
-        let window = match request.window {
-            None => Window::All,
-            Some(pb::get_session_request::Window::LastN(0)) => {
-                return Err(Status::invalid_argument("last_n: must be at least 1"));
+        let read = match request.window {
+            None => Read::Messages(Window::All),
+            Some(pb::get_session_request::Window::LastN(n)) => Read::Messages(Window::LastN(n)),
+            Some(pb::get_session_request::Window::AfterSeq(seq)) => {
+                Read::Messages(Window::AfterSeq(seq))
             }
-            Some(pb::get_session_request::Window::LastN(n)) => Window::LastN(n),
-            Some(pb::get_session_request::Window::AfterSeq(seq)) => Window::AfterSeq(seq),
-            Some(pb::get_session_request::Window::MaxTokens(0)) => {
-                return Err(Status::invalid_argument("max_tokens: must be at least 1"));
-            }
-            Some(pb::get_session_request::Window::MaxTokens(budget)) => {
-                let encoding = Encoding::for_model(&request.model, self.policy.token_encoding);
-                let stored = stored_id(tenant.as_ref().map(|t| t.0.as_str()), id.as_str());
-                let fitted = self
-                    .token_windows
-                    .read(
-                        store.as_ref(),
-                        &id,
-                        &stored,
-                        Budget {
-                            encoding,
-                            tokens: budget,
-                            count_system: request.count_system_messages,
-                            open_turn: false,
-                        },
-                    )
-                    .await
-                    .map_err(status_of)?;
-                let session = self.slide(store.as_ref(), &id, fitted.session).await?;
-                let usage_total = request
-                    .include_usage
-                    .then(|| convert::usage_total_to_proto(session.usage_total));
-                return Ok(Response::new(pb::GetSessionResponse {
-                    session: Some(convert::session_to_proto(session)),
-                    usage_total,
-                    tokens: fitted.tokens,
-                    summary: fitted.summary.map(|(s, tokens)| pb::WindowSummary {
-                        text: s.text,
-                        through_seq: s.through_seq,
-                        tokens,
-                    }),
-                }));
-            }
+            Some(pb::get_session_request::Window::MaxTokens(budget)) => Read::Tokens {
+                budget,
+                model: request.model,
+                count_system_messages: request.count_system_messages,
+            },
         };
-        let session = store.get(&id, window).await.map_err(status_of)?;
-        let session = self.slide(store.as_ref(), &id, session).await?;
+        let tenant = tenant.as_ref().map(|t| t.0.as_str());
+        let read = self.service.read(store.as_ref(), tenant, &id, read).await?;
         let usage_total = request
             .include_usage
-            .then(|| convert::usage_total_to_proto(session.usage_total));
+            .then(|| convert::usage_total_to_proto(read.session.usage_total));
         Ok(Response::new(pb::GetSessionResponse {
-            session: Some(convert::session_to_proto(session)),
+            session: Some(convert::session_to_proto(read.session)),
             usage_total,
-            tokens: 0,
-            summary: None,
+            tokens: read.tokens,
+            summary: read.summary.map(|(s, tokens)| pb::WindowSummary {
+                text: s.text,
+                through_seq: s.through_seq,
+                tokens,
+            }),
         }))
     }
     async fn append_messages(
@@ -238,17 +151,14 @@ impl SessionStoreRpc for SessionStoreService {
         let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
-        if request.messages.is_empty() {
-            return Err(Status::invalid_argument(
-                "messages: at least one message is required",
-            ));
-        }
-        let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
-        check_tool_results_answer_calls(store.as_ref(), &id, &messages).await?;
+        let messages = convert::new_messages(request.messages, &self.policy().limits, "messages")?;
+        self.service
+            .check_append(store.as_ref(), &id, &messages)
+            .await?;
         let append = Append {
             messages,
             request_id: convert::request_id(request.request_id, "request_id")?,
-            options: write_options(&self.policy, request.expected_version, request.ttl)?,
+            options: write_options(self.policy(), request.expected_version, request.ttl)?,
         };
         let outcome = store.append(&id, append).await.map_err(status_of)?;
         Ok(Response::new(pb::AppendMessagesResponse {
@@ -266,15 +176,9 @@ impl SessionStoreRpc for SessionStoreService {
         let store = self.store_for(&request);
         let request = request.into_inner();
         let id = session_id(&request.session_id)?;
-        let messages = convert::new_messages(request.messages, &self.policy.limits, "messages")?;
-        if let Some((i, call)) = validate::unanswered_tool_results(&messages, &[]).first() {
-            return Err(Status::invalid_argument(format!(
-                "messages[{i}].tool_call_id: {call:?} answers no tool call of an assistant \
-                 message before it (at most {} messages before)",
-                crate::domain::MAX_WINDOW_GROWTH
-            )));
-        }
-        let options = write_options(&self.policy, request.expected_version, request.ttl)?;
+        let messages = convert::new_messages(request.messages, &self.policy().limits, "messages")?;
+        self.service.check_replace(&messages)?;
+        let options = write_options(self.policy(), request.expected_version, request.ttl)?;
         let outcome = store
             .replace(&id, messages, options)
             .await
@@ -291,10 +195,10 @@ impl SessionStoreRpc for SessionStoreService {
         let id = session_id(&request.session_id)?;
         let messages = convert::new_messages(
             request.system_messages,
-            &self.policy.limits,
+            &self.policy().limits,
             "system_messages",
         )?;
-        let options = write_options(&self.policy, request.expected_version, request.ttl)?;
+        let options = write_options(self.policy(), request.expected_version, request.ttl)?;
         let outcome = store
             .set_system_messages(&id, messages, options)
             .await
@@ -322,7 +226,7 @@ impl SessionStoreRpc for SessionStoreService {
                 )));
             }
         };
-        let options = write_options(&self.policy, request.expected_version, request.ttl)?;
+        let options = write_options(self.policy(), request.expected_version, request.ttl)?;
         let outcome = store
             .update_state(&id, update, options)
             .await
@@ -343,8 +247,8 @@ impl SessionStoreRpc for SessionStoreService {
         let id = session_id(&request.session_id)?;
         let ttl = convert::ttl(
             request.ttl,
-            self.policy.default_ttl,
-            &self.policy.limits,
+            self.policy().default_ttl,
+            &self.policy().limits,
             "ttl",
         )?;
         let outcome = store.touch(&id, ttl).await.map_err(status_of)?;
@@ -374,7 +278,7 @@ impl SessionStoreRpc for SessionStoreService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let store = self.store_for(&request);
         let request = request.into_inner();
-        let page_size = self.policy.page_size(request.page_size)?;
+        let page_size = self.policy().page_size(request.page_size)?;
         if request.id_prefix.len() > MAX_PREFIX_BYTES {
             return Err(Status::invalid_argument(format!(
                 "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
@@ -413,7 +317,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::RecordFeedbackRequest>,
     ) -> Result<Response<pb::LearningRecord>, Status> {
         let store = self.store_for(&request);
-        record_rpcs::record_feedback(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::record_feedback(store.as_ref(), self.policy(), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -423,7 +327,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::ListLearningDataRequest>,
     ) -> Result<Response<pb::ListLearningDataResponse>, Status> {
         let store = self.store_for(&request);
-        record_rpcs::list_learning(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::list_learning(store.as_ref(), self.policy(), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -433,7 +337,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::RecordSecurityLogRequest>,
     ) -> Result<Response<pb::SecurityLog>, Status> {
         let store = self.store_for(&request);
-        record_rpcs::record_security(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::record_security(store.as_ref(), self.policy(), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -459,7 +363,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<Streaming<pb::ImportSessionsRequest>>,
     ) -> Result<Response<pb::ImportSessionsResponse>, Status> {
         let store = self.store_for(&request);
-        export_import::import(store.as_ref(), &self.policy, request.into_inner())
+        export_import::import(store.as_ref(), self.policy(), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -504,7 +408,7 @@ impl SessionStoreRpc for SessionStoreService {
         request: Request<pb::ListSecurityLogsRequest>,
     ) -> Result<Response<pb::ListSecurityLogsResponse>, Status> {
         let store = self.store_for(&request);
-        record_rpcs::list_security(store.as_ref(), &self.policy, request.into_inner())
+        record_rpcs::list_security(store.as_ref(), self.policy(), request.into_inner())
             .await
             .map(Response::new)
     }

@@ -5,6 +5,7 @@
 pub mod chat_rules;
 pub mod import;
 pub mod policy;
+pub mod sessions;
 pub mod validate;
 pub mod watch;
 
