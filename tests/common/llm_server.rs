@@ -1,13 +1,20 @@
 //! A scripted OpenAI-compatible model on a local port: it answers from a script and
 //! records every request it receives. The one stand-in the tests use: no real model is
 //! reachable here, and the sidecar's real HTTP client talks to it over a real socket.
+//!
+//! It is served by hyper directly (the sidecar's own HTTP stack): a web framework among the
+//! test dependencies would change the features of crates the sidecar shares with it, and
+//! `cargo run` after the tests would rebuild them.
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -15,6 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
+
+type Response = http::Response<BoxBody<Bytes, Infallible>>;
 
 /// One scripted answer.
 #[derive(Clone)]
@@ -87,14 +96,18 @@ impl ScriptedModel {
     pub async fn start(script: Vec<Reply>) -> Self {
         let shared = Arc::new(Shared::default());
         *shared.script.lock().await = script.into();
-        let app = Router::new()
-            .route("/v1/chat/completions", post(complete))
-            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the scripted model");
         let base_url = format!("http://{}/v1", listener.local_addr().expect("address"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let serving = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = serving.clone();
+                let service = service_fn(move |request| route(shared.clone(), request));
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
         Self { base_url, shared }
     }
 
@@ -121,10 +134,29 @@ impl ScriptedModel {
     }
 }
 
-async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// POST /v1/chat/completions is the one route.
+async fn route(
+    shared: Arc<Shared>,
+    request: http::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    if request.uri().path() != "/v1/chat/completions" {
+        return Ok(plain(StatusCode::NOT_FOUND, "no such route".into()));
+    }
+    if request.method() != Method::POST {
+        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "POST only".into()));
+    }
+    let (parts, body) = request.into_parts();
+    let response = match body.collect().await {
+        Ok(body) => complete(shared, parts.headers, body.to_bytes()).await,
+        Err(e) => plain(StatusCode::BAD_REQUEST, format!("unreadable body: {e}")),
+    };
+    Ok(response)
+}
+
+async fn complete(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(body) => body,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response(),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
     };
     let stream = body["stream"] == json!(true);
     let header = |name: &str| {
@@ -147,7 +179,7 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
     }
     match reply {
         Reply::Status(code, retry_after) => error(code, retry_after, "scripted failure"),
-        Reply::Malformed(text) => (StatusCode::OK, text.to_string()).into_response(),
+        Reply::Malformed(text) => plain(StatusCode::OK, text.to_string()),
         Reply::Text(text) if stream => {
             let mut chunks: Vec<Value> = text
                 .split_inclusive(' ')
@@ -213,18 +245,27 @@ fn whole(message: Value, finish_reason: &str) -> Response {
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage(),
     });
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_response(StatusCode::OK, body.to_string())
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    http::Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(text)).boxed())
+        .expect("response")
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = plain(status, body);
+    let json = http::HeaderValue::from_static("application/json");
+    response.headers_mut().insert("content-type", json);
+    response
 }
 
 fn error(code: u16, retry_after: Option<&'static str>, message: &str) -> Response {
     let status = StatusCode::from_u16(code).expect("status code");
     let body = json!({"error": {"message": message, "type": "scripted"}}).to_string();
-    let mut response = (status, [("content-type", "application/json")], body).into_response();
+    let mut response = json_response(status, body);
     if let Some(seconds) = retry_after {
         response
             .headers_mut()
@@ -251,9 +292,10 @@ impl Drop for AbandonGuard {
 fn sse(before: Vec<Value>, after: Option<Vec<Value>>, shared: Arc<Shared>) -> Response {
     let frame = |chunk: &Value| Bytes::from(format!("data: {chunk}\n\n"));
     let stream = async_stream(before, after, shared, frame);
-    Response::builder()
+    let body = StreamBody::new(stream.map(|chunk| chunk.map(Frame::data)));
+    http::Response::builder()
         .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
+        .body(BodyExt::boxed(body))
         .expect("response")
 }
 
