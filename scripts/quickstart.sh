@@ -50,6 +50,13 @@ until target/debug/csai-sidecar health >/dev/null 2>&1; do
     sleep 2
 done
 echo "quickstart: the sidecar is SERVING ($(grep -c . "$work/sidecar.log") log lines so far)"
+# After the tests `cargo run` should build nothing: a crate compiled here is one whose
+# features a test dependency changes, and the whole run pays for its second build.
+rebuilt=$(grep -c '^ *Compiling ' "$work/sidecar.log" || true)
+if [ "$rebuilt" -gt 0 ]; then
+    echo "quickstart: note: \`cargo run\` compiled $rebuilt crate(s) the tests had built with" \
+        "other features (see the dev-dependencies in Cargo.toml)"
+fi
 
 for block in "${blocks[@]:1}"; do
     command=$(cat "$block")
