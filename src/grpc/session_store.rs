@@ -18,9 +18,6 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Longest id_prefix of ListSessions, in bytes.
-const MAX_PREFIX_BYTES: usize = validate::MAX_SESSION_ID_BYTES;
-
 /// A write's options: the requested TTL (else the default) within the limits.
 fn write_options(
     policy: &Policy,
@@ -279,11 +276,7 @@ impl SessionStoreRpc for SessionStoreService {
         let store = self.store_for(&request);
         let request = request.into_inner();
         let page_size = self.policy().page_size(request.page_size)?;
-        if request.id_prefix.len() > MAX_PREFIX_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
-            )));
-        }
+        validate::id_prefix(&request.id_prefix, "id_prefix")?;
         let page = store
             .list(ListQuery {
                 prefix: request.id_prefix,
@@ -350,11 +343,7 @@ impl SessionStoreRpc for SessionStoreService {
     ) -> Result<Response<Self::ExportSessionsStream>, Status> {
         let store = self.store_for(&request);
         let prefix = request.into_inner().id_prefix;
-        if prefix.len() > MAX_PREFIX_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "id_prefix: at most {MAX_PREFIX_BYTES} bytes are allowed"
-            )));
-        }
+        validate::id_prefix(&prefix, "id_prefix")?;
         Ok(Response::new(export_import::export(store.clone(), prefix)))
     }
 

@@ -5,7 +5,7 @@ use crate::domain::Tenant;
 use crate::grpc::convert::{self, timestamp};
 use crate::grpc::errors::status_of;
 use crate::grpc::pb;
-use crate::service::validate::MAX_SESSION_ID_BYTES;
+use crate::service::validate;
 use crate::service::watch::{
     self, SessionChange, SessionEvent, SessionPosition, SummaryEvent, SummaryKind, WatchError,
 };
@@ -98,11 +98,7 @@ pub fn watch_sessions(
     buffer: usize,
     request: pb::WatchSessionsRequest,
 ) -> Result<Events<pb::SessionSummaryEvent>, Status> {
-    if request.id_prefix.len() > MAX_SESSION_ID_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "id_prefix: at most {MAX_SESSION_ID_BYTES} bytes are allowed"
-        )));
-    }
+    validate::id_prefix(&request.id_prefix, "id_prefix")?;
     let resume_from = match request.resume_token.as_str() {
         "" => None,
         token => Some(watch::parse_prefix_token(token)?),

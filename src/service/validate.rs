@@ -72,6 +72,17 @@ pub fn session_id(raw: &str, field: &str) -> Checked<SessionId> {
     Ok(SessionId::new(raw))
 }
 
+/// A listing's or a feed's id prefix: empty (every session) or at most as long as an id.
+pub fn id_prefix(prefix: &str, field: &str) -> Checked<()> {
+    if prefix.len() > MAX_SESSION_ID_BYTES {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_SESSION_ID_BYTES} bytes are allowed"),
+        ));
+    }
+    Ok(())
+}
+
 /// An optional idempotency key (empty means none).
 pub fn request_id(raw: String, field: &str) -> Checked<Option<String>> {
     if raw.len() > MAX_REQUEST_ID_BYTES {

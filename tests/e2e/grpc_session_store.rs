@@ -677,6 +677,38 @@ async fn invalid_arguments_name_the_field() {
         "system_messages[0].role",
     )
     .await;
+    // A prefix longer than any id would match nothing: refused by every RPC that takes one.
+    let long_prefix = "p".repeat(257);
+    let refused = "id_prefix: at most 256 bytes are allowed";
+    let list = pb::ListSessionsRequest {
+        id_prefix: long_prefix.clone(),
+        ..Default::default()
+    };
+    expect_code(
+        client.list_sessions(list).await,
+        Code::InvalidArgument,
+        refused,
+    )
+    .await;
+    let export = pb::ExportSessionsRequest {
+        id_prefix: long_prefix.clone(),
+    };
+    expect_code(
+        client.export_sessions(export).await,
+        Code::InvalidArgument,
+        refused,
+    )
+    .await;
+    let watch = pb::WatchSessionsRequest {
+        id_prefix: long_prefix,
+        ..Default::default()
+    };
+    expect_code(
+        client.watch_sessions(watch).await,
+        Code::InvalidArgument,
+        refused,
+    )
+    .await;
     let stats = client
         .get_stats(pb::GetStatsRequest {})
         .await

@@ -1455,7 +1455,8 @@ type ListSessionsRequest struct {
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page; empty for the first page.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Only sessions whose id starts with this prefix.
+	// Only sessions whose id starts with this prefix (at most 256 bytes); every session
+	// when empty.
 	IdPrefix string `protobuf:"bytes,3,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
 }
 
@@ -2622,7 +2623,7 @@ type ExportSessionsRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Only sessions whose id starts with this.
+	// Only sessions whose id starts with this (at most 256 bytes); every session when empty.
 	IdPrefix string `protobuf:"bytes,1,opt,name=id_prefix,json=idPrefix,proto3" json:"id_prefix,omitempty"`
 }
 
