@@ -109,7 +109,7 @@ fn seqs(messages: &[crate::domain::Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
-fn assistant_calling(ids: &[&str]) -> NewMessage {
+pub(crate) fn assistant_calling(ids: &[&str]) -> NewMessage {
     let mut message = NewMessage::text(Role::Assistant, "");
     message.tool_calls = ids
         .iter()
@@ -127,7 +127,7 @@ fn assistant_calling(ids: &[&str]) -> NewMessage {
     message
 }
 
-fn tool_result(call_id: &str) -> NewMessage {
+pub(crate) fn tool_result(call_id: &str) -> NewMessage {
     let mut message = NewMessage::text(Role::Tool, format!("result of {call_id}"));
     message.tool_call_id = Some(call_id.into());
     message

@@ -213,7 +213,8 @@ impl SessionService {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::domain::{Append, FunctionCall, Role, ToolCall, WriteOptions};
+    use crate::conformance::{assistant_calling, tool_result};
+    use crate::domain::{Append, Role, WriteOptions};
     use crate::store::memory::{MemoryLimits, MemoryStore};
     use std::time::Duration;
 
@@ -231,26 +232,6 @@ mod tests {
             options: WriteOptions::ttl(Duration::from_secs(ttl)),
         };
         store.append(id, append).await.expect("append");
-    }
-
-    fn calling(call: &str) -> NewMessage {
-        let mut message = NewMessage::text(Role::Assistant, "");
-        message.tool_calls = vec![ToolCall {
-            id: call.into(),
-            kind: "function".into(),
-            function: FunctionCall {
-                name: "lookup".into(),
-                arguments: "{}".into(),
-            },
-            index: 0,
-        }];
-        message
-    }
-
-    fn answering(call: &str) -> NewMessage {
-        let mut message = NewMessage::text(Role::Tool, "found");
-        message.tool_call_id = Some(call.into());
-        message
     }
 
     #[tokio::test]
@@ -332,7 +313,7 @@ mod tests {
         );
 
         let error = service
-            .check_append(&store, &id, &[answering("c1")])
+            .check_append(&store, &id, &[tool_result("c1")])
             .await
             .unwrap_err();
         assert!(matches!(error, SessionError::Precondition(_)), "{error}");
@@ -342,19 +323,19 @@ mod tests {
                 .starts_with("messages[0].tool_call_id: \"c1\"")
         );
 
-        let in_request = [calling("c1"), answering("c1")];
+        let in_request = [assistant_calling(&["c1"]), tool_result("c1")];
         service
             .check_append(&store, &id, &in_request)
             .await
             .unwrap();
-        stored(&store, &id, vec![calling("c2")], 60).await;
+        stored(&store, &id, vec![assistant_calling(&["c2"])], 60).await;
         service
-            .check_append(&store, &id, &[answering("c2")])
+            .check_append(&store, &id, &[tool_result("c2")])
             .await
             .unwrap();
 
         service.check_replace(&in_request).unwrap();
-        let error = service.check_replace(&[answering("c2")]).unwrap_err();
+        let error = service.check_replace(&[tool_result("c2")]).unwrap_err();
         assert_eq!(error.field, "messages[0].tool_call_id");
     }
 
